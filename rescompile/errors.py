@@ -1,0 +1,50 @@
+"""User-facing errors.
+
+A :class:`UserError` is something the user can fix (a bad spec, a missing file); the CLI prints it
+without a traceback and exits with status 1. Anything else is a bug in rescompile and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePos:
+    """A position in a source file; ``line`` and ``col`` are 1-based."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One problem, at one place."""
+
+    pos: SourcePos | None
+    message: str
+    path: str = ""  # dotted field path, e.g. "stages.2.depth"
+
+    def __str__(self) -> str:
+        where = f"{self.pos}: " if self.pos else ""
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}{field}{self.message}"
+
+
+class UserError(Exception):
+    """An error caused by user input; printed as ``error: ...`` with exit status 1."""
+
+
+class SpecError(UserError):
+    """One or more diagnostics about a spec, all reported at once."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic):
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))

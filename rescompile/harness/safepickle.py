@@ -1,0 +1,107 @@
+"""Unpickling restricted to plain data: numpy arrays, dicts, lists, numbers and strings.
+
+The CIFAR "python version" files are pickles. ``pickle.load`` on a file from elsewhere can run
+arbitrary code, because a pickle may name any importable callable. :func:`safe_loads` resolves
+only the handful of globals a numpy array needs and refuses everything else, so a hostile file
+fails with :class:`UnsafePickleError` before any of its code can run.
+
+Both the original Python 2 files (``numpy.core.multiarray._reconstruct``, byte strings) and
+re-pickled Python 3 files (``numpy._core``, protocol 2 to 5) are accepted.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["UnsafePickleError", "safe_loads"]
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle names a global outside the allowed set."""
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """Stand-in for ``_codecs.encode``: Python 3 writes ``bytes`` this way at protocol 2."""
+    if encoding != "latin1":
+        raise UnsafePickleError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_reconstruct() -> Callable[..., Any]:
+    # The array reconstructor lives in numpy.core (1.x) or numpy._core (2.x); take it from an
+    # array's own reduce tuple instead of importing the (deprecated) module by name.
+    return np.ndarray.__reduce__(np.zeros(1))[0]
+
+
+def _numpy_frombuffer() -> Callable[..., Any] | None:
+    # Protocol 5 pickles rebuild arrays with numpy's private ``_frombuffer`` helper.
+    reduced = np.zeros(1).__reduce_ex__(5)
+    return reduced[0] if reduced[0].__name__ == "_frombuffer" else None
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    reconstruct = _numpy_reconstruct()
+    frombuffer = _numpy_frombuffer()
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        if frombuffer is not None:
+            allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    for module in ("builtins", "__builtin__"):
+        for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "bytes", "str"):
+            allowed[(module, name)] = getattr(builtins, name)
+    return allowed
+
+
+_ALLOWED = _allowed_globals()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refusing to load {module}.{name}: only numpy arrays, dicts, lists, numbers "
+                "and strings are allowed"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("refusing a pickle with persistent references")
+
+
+def safe_loads(data: bytes, *, encoding: str = "bytes") -> Any:
+    """Unpickle ``data`` allowing only plain data and numpy arrays.
+
+    ``encoding`` is passed to :class:`pickle.Unpickler`; ``"bytes"`` (the default) keeps
+    Python 2 strings as :class:`bytes`, which is how the CIFAR files are meant to be read.
+    Object arrays are refused, since their elements could be anything.
+
+    Raises:
+        UnsafePickleError: the pickle names a callable outside the allowed set.
+        pickle.UnpicklingError, EOFError, ValueError, TypeError: the stream is malformed.
+    """
+    obj = _RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
+    _reject_object_arrays(obj)
+    return obj
+
+
+def _reject_object_arrays(obj: Any) -> None:
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+        raise UnsafePickleError("refusing a numpy array of Python objects")
+    if isinstance(obj, dict):
+        for value in obj.values():
+            _reject_object_arrays(value)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            _reject_object_arrays(value)

@@ -1,0 +1,1 @@
+"""Graph IR: op vocabulary, graph, lowering, verifier, printers."""

@@ -1,0 +1,58 @@
+"""Cost passes: parameters, multiply-adds, element-wise work and activation sizes.
+
+Conventions (stated in every report header):
+
+* ``params``: trainable parameters (conv and fc weights and biases, BN gamma and beta), as
+  torchvision's ``num_params``; ``buffers``: BN running mean and variance, counted separately.
+* ``macs``: multiply-accumulates of conv and fc layers only, the paper's "FLOPs";
+  ``flops`` = 2 x ``macs``, what ``torch.utils.flop_counter`` reports.
+* ``bn``, ``relu``, ``add``: elements each op touches (= its output elements); ``pool``: elements
+  each pooling op reads (its input elements). Listed apart, never folded into MACs.
+* ``act``: output elements of every op except input/flatten/dropout (views or identities at
+  inference); ``act_bytes`` = ``act`` x 4 (float32), per image.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rescompile.ir.graph import Graph, Op
+
+COUNTERS = ("params", "buffers", "macs", "flops", "bn", "relu", "add", "pool", "act", "act_bytes")
+_NO_ACT = {Op.INPUT, Op.FLATTEN, Op.DROPOUT}
+_POOLS = {Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL}
+
+
+def count_costs(g: Graph) -> Graph:
+    """Annotate every node with the counters above and sum them into ``g.totals``."""
+    totals = dict.fromkeys(COUNTERS, 0)
+    for n in g:
+        a, out = n.attrs, n.meta["shape"]
+        numel = math.prod(out)
+        c = dict.fromkeys(COUNTERS, 0)
+        if n.op is Op.CONV2D:
+            per_out = a["in_channels"] // a["groups"] * a["kernel"] ** 2
+            c["params"] = a["out_channels"] * per_out + (a["out_channels"] if a["bias"] else 0)
+            c["macs"] = numel * per_out
+        elif n.op is Op.LINEAR:
+            c["params"] = a["in_features"] * a["out_features"] + (
+                a["out_features"] if a["bias"] else 0)
+            c["macs"] = a["in_features"] * a["out_features"]
+        elif n.op is Op.BATCHNORM:
+            c["params"] = c["buffers"] = 2 * a["channels"]
+            c["bn"] = numel
+        elif n.op is Op.RELU:
+            c["relu"] = numel
+        elif n.op is Op.ADD:
+            c["add"] = numel
+        elif n.op in _POOLS:
+            c["pool"] = math.prod(g[g.inputs(n.name)[0]].meta["shape"])
+        c["flops"] = 2 * c["macs"]
+        if n.op not in _NO_ACT:
+            c["act"] = numel
+            c["act_bytes"] = 4 * numel
+        n.meta.update(c)
+        for k in COUNTERS:
+            totals[k] += c[k]
+    g.totals = totals
+    return g

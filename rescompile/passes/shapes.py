@@ -1,0 +1,77 @@
+"""Shape inference: writes ``node.meta["shape"]`` (C, H, W), or (F,) after flatten."""
+
+from __future__ import annotations
+
+import math
+
+from rescompile.errors import Diagnostic, SpecError
+from rescompile.ir.graph import Graph, Node, Op
+
+
+def _conv_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def _shape(g: Graph, n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
+    a = n.attrs
+    if n.op is Op.INPUT:
+        return tuple(a["shape"])
+    x = ins[0]
+    match n.op:
+        case Op.CONV2D:
+            c, h, w = x
+            if c != a["in_channels"]:
+                raise ValueError(f"expects {a['in_channels']} input channels, got {c}")
+            k, s, p = a["kernel"], a["stride"], a["padding"]
+            return (a["out_channels"], _conv_out(h, k, s, p), _conv_out(w, k, s, p))
+        case Op.BATCHNORM:
+            if x[0] != a["channels"]:
+                raise ValueError(f"expects {a['channels']} channels, got {x[0]}")
+            return x
+        case Op.RELU | Op.DROPOUT:
+            return x
+        case Op.MAXPOOL:
+            k, s, p = a["kernel"], a["stride"], a["padding"]
+            return (x[0], _conv_out(x[1], k, s, p), _conv_out(x[2], k, s, p))
+        case Op.AVGPOOL:  # ceil_mode=True, no padding
+            k, s = a["kernel"], a["stride"]
+            return (x[0], math.ceil((x[1] - k) / s) + 1, math.ceil((x[2] - k) / s) + 1)
+        case Op.PAD_CHANNELS:  # x[:, :, ::s, ::s] then zero channels up to out_channels
+            s = a["stride"]
+            return (a["out_channels"], math.ceil(x[1] / s), math.ceil(x[2] / s))
+        case Op.ADD:
+            if any(i != x for i in ins):
+                raise ValueError(
+                    "adds tensors of different shapes: " + " + ".join(_fmt(i) for i in ins))
+            return x
+        case Op.GLOBAL_AVGPOOL:
+            return (x[0], 1, 1)
+        case Op.FLATTEN:
+            return (math.prod(x),)
+        case Op.LINEAR:
+            if x != (a["in_features"],):
+                raise ValueError(f"expects {a['in_features']} features, got {_fmt(x)}")
+            return (a["out_features"],)
+    raise AssertionError(f"no shape rule for {n.op}")  # pragma: no cover
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def infer_shapes(g: Graph) -> Graph:
+    """Annotate every node with its output shape; a spec error names the node and YAML line."""
+    for n in g:
+        ins = [g[p].meta["shape"] for p in g.inputs(n.name)]
+        try:
+            shape = _shape(g, n, ins)
+        except ValueError as e:
+            raise SpecError(Diagnostic(n.src, f"IR node {n.name!r} ({n.op}) {e}")) from None
+        if len(shape) == 3 and (shape[1] < 1 or shape[2] < 1):
+            raise SpecError(Diagnostic(
+                n.src,
+                f"IR node {n.name!r} ({n.op}) turns the {_fmt(ins[0][1:])} feature map into "
+                f"{_fmt(shape[1:])}: the input is too small for this many stride-2 stages",
+            ))
+        n.meta["shape"] = shape
+    return g

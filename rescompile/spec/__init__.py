@@ -1,0 +1,1 @@
+"""Spec language: safe YAML, pydantic models, extends/--set, diagnostics."""

@@ -1,0 +1,299 @@
+"""Spec loading: YAML file -> ``extends`` chain -> ``--set`` overrides -> validated :class:`Spec`.
+
+Positions survive every step: a value that came from a base spec is reported at the base file's
+line, and a value from ``--set`` at the override's position on the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from rescompile.errors import Diagnostic, SourcePos, SpecError
+from rescompile.spec import yamlsafe
+from rescompile.spec.models import Spec
+
+MAX_EXTENDS = 16
+LIBRARY = Path(__file__).resolve().parents[2] / "specs"  # the built-in spec library (checkout)
+_SHORTHAND = {"block", "stem"}  # fields that accept a bare string for {kind: ...}
+
+
+@dataclass
+class Resolved:
+    """A validated spec plus where each of its values came from."""
+
+    spec: Spec
+    file: str
+    data: dict[str, Any]
+    positions: dict[tuple, SourcePos] = field(default_factory=dict)
+    key_positions: dict[tuple, SourcePos] = field(default_factory=dict)
+
+    def pos(self, *path: str | int) -> SourcePos | None:
+        for n in range(len(path), -1, -1):
+            p = self.positions.get(path[:n])
+            if p is not None:
+                return p
+        return None
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.spec)
+
+
+def spec_hash(spec: Spec) -> str:
+    """sha256 of the canonical JSON of the resolved spec (first 16 hex digits)."""
+    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# extends
+
+
+def _allowed(target: Path, roots: list[Path]) -> bool:
+    return any(target == r or r in target.parents for r in roots)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Deep-merge mappings; anything else (lists included) is replaced by the override."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            if k in _SHORTHAND:
+                b, v = _normalise_shorthand(out.get(k)), _normalise_shorthand(v)
+                out[k] = _merge(b, v)
+            else:
+                out[k] = _merge(out.get(k), v) if k in out else v
+        return out
+    return over
+
+
+def _normalise_shorthand(v: Any) -> Any:
+    return {"kind": v} if isinstance(v, str) else v
+
+
+def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -> yamlsafe.Located:
+    loc = yamlsafe.load_file(path, display)
+    if not isinstance(loc.data, dict):
+        raise SpecError(Diagnostic(SourcePos(display, 1, 1), "a spec must be a YAML mapping"))
+    ext = loc.data.get("extends")
+    if ext is None:
+        return loc
+    where = loc.positions.get(("extends",))
+    if not isinstance(ext, str):
+        raise SpecError(Diagnostic(where, "must be a path to another spec", "extends"))
+    target = (path.parent / ext).resolve()
+    if target.suffix not in (".yaml", ".yml"):
+        raise SpecError(Diagnostic(where, f"must name a .yaml file, got {ext!r}", "extends"))
+    if not _allowed(target, roots):
+        raise SpecError(
+            Diagnostic(
+                where,
+                f"{ext!r} resolves outside the allowed spec directories "
+                f"({', '.join(str(r) for r in roots)})",
+                "extends",
+            )
+        )
+    if target in seen:
+        chain = " -> ".join(str(p.name) for p in [*seen, target])
+        raise SpecError(Diagnostic(where, f"cyclic extends: {chain}", "extends"))
+    if len(seen) >= MAX_EXTENDS:
+        raise SpecError(Diagnostic(where, f"extends chain longer than {MAX_EXTENDS}", "extends"))
+    if not target.is_file():
+        raise SpecError(Diagnostic(where, f"base spec {ext!r} not found ({target})", "extends"))
+    base = _load_chain(target, _display(target), roots, [*seen, target])
+    merged = _merge(base.data, {k: v for k, v in loc.data.items() if k != "extends"})
+    out = yamlsafe.Located(merged, display)
+    # A value's position is the override's when it has one, otherwise the base's.
+    out.positions = {**base.positions, **loc.positions}
+    out.key_positions = {**base.key_positions, **loc.key_positions}
+    return out
+
+
+def _display(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def apply_override(loc: yamlsafe.Located, assignment: str, index: int = 0) -> None:
+    """Apply ``key.path=value`` to ``loc`` in place; the value is parsed as a YAML scalar/flow."""
+    where = SourcePos("--set", index + 1, 1)
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(Diagnostic(where, f"expected KEY=VALUE, got {assignment!r}"))
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    value = yamlsafe.load_text(text, f"--set {key}").data
+    node = loc.data
+    for i, part in enumerate(parts[:-1]):
+        child = _child(node, part, parts[: i + 1], where)
+        if child is None or (isinstance(child, str) and parts[i] in _SHORTHAND):
+            child = _normalise_shorthand(child) if child is not None else {}
+            node[part] = child
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise SpecError(Diagnostic(where, f"no list element {key!r}"))
+    elif not isinstance(node, dict):
+        raise SpecError(Diagnostic(where, f"cannot set {key!r}: its parent is not a mapping"))
+    node[last] = value
+    path = tuple(parts)
+    for table in (loc.positions, loc.key_positions):
+        for p in [p for p in table if p[: len(path)] == path]:
+            del table[p]
+    loc.positions[path] = where
+    loc.key_positions[path] = where
+
+
+def _child(node: Any, part: str | int, path: list, where: SourcePos) -> Any:
+    dotted = ".".join(map(str, path))
+    if isinstance(node, list):
+        if not isinstance(part, int) or part >= len(node):
+            raise SpecError(Diagnostic(where, f"no list element {dotted!r}"))
+        return node[part]
+    if isinstance(node, dict):
+        return node.get(part)
+    raise SpecError(Diagnostic(where, f"cannot descend into {dotted!r}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# pydantic errors -> diagnostics
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``path`` (for suggestions)."""
+    model: Any = Spec
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        f = model.model_fields.get(part)
+        if f is None:
+            return None
+        model = _unwrap(f.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    for arg in (typing.get_args(tp) or (tp,)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        inner = _unwrap(arg) if typing.get_args(arg) else None
+        if inner is not None:
+            return inner
+    return None
+
+
+def _is_field(part: Any) -> bool:
+    return isinstance(part, int) or (isinstance(part, str) and "[" not in part and "-" not in part
+                                     and part not in ("function-after", "function-before"))
+
+
+_YAML11 = {"yes", "no", "on", "off", "y", "n", "Yes", "No", "On", "Off", "YES", "NO"}
+
+
+def diagnostics_from(err: ValidationError, loc: yamlsafe.Located | Resolved) -> list[Diagnostic]:
+    out: dict[tuple, Diagnostic] = {}
+    for e in err.errors(include_url=False):
+        raw = e["loc"]
+        path = tuple(p for p in raw if _is_field(p))
+        typ, msg, value = e["type"], e["msg"], e.get("input")
+        if typ == "extra_forbidden":
+            model = _model_at(path[:-1])
+            key = path[-1]
+            msg = f"unknown field {key!r}"
+            if model is not None:
+                close = difflib.get_close_matches(str(key), list(model.model_fields), n=1)
+                if close:
+                    msg += f"; did you mean {close[0]!r}?"
+                else:
+                    msg += f"; expected one of: {', '.join(model.model_fields)}"
+            pos = loc.key_positions.get(path) or _pos(loc, path)
+        elif typ == "missing":
+            msg = f"missing required field {path[-1]!r}"
+            pos = _pos(loc, path[:-1])
+        else:
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            if isinstance(value, str) and value in _YAML11:
+                msg += f" (got the string {value!r}: YAML 1.1 booleans are not coerced; write true/false)"
+            elif isinstance(value, str | int | float | bool) and typ not in ("value_error",):
+                msg += f", got {value!r}"
+            pos = _pos(loc, path)
+        dotted = ".".join(map(str, path))
+        if path in out and len(raw) != len(path):  # several members of a union failed
+            prev = out[path]
+            if msg not in prev.message:
+                out[path] = Diagnostic(prev.pos, f"{prev.message}; or {msg}", dotted)
+            continue
+        out.setdefault(path if len(raw) != len(path) else raw, Diagnostic(pos, msg, dotted))
+    return sorted(out.values(), key=lambda d: (d.pos.line, d.pos.col) if d.pos else (0, 0))
+
+
+def _pos(loc: Any, path: tuple) -> SourcePos | None:
+    for n in range(len(path), -1, -1):
+        p = loc.positions.get(path[:n])
+        if p is not None:
+            return p
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load_spec(
+    path: str | Path,
+    overrides: typing.Sequence[str] = (),
+    *,
+    roots: typing.Sequence[Path] | None = None,
+) -> Resolved:
+    """Load, merge, override and validate a spec file.
+
+    ``roots`` are the directories that ``extends`` may reach: by default the spec's own directory's
+    parent, the current directory and the built-in library.
+    """
+    p = Path(path)
+    display = str(path)
+    real = p.resolve()
+    if roots is None:
+        roots = [real.parent.parent, Path.cwd().resolve(), LIBRARY]
+    loc = _load_chain(real, display, [Path(r).resolve() for r in roots], [real])
+    loc = yamlsafe.Located(copy.deepcopy(loc.data), loc.file, loc.positions, loc.key_positions)
+    for i, assignment in enumerate(overrides):
+        apply_override(loc, assignment, i)
+    try:
+        spec = Spec.model_validate(loc.data)
+    except ValidationError as e:
+        raise SpecError(diagnostics_from(e, loc)) from None
+    return Resolved(spec, display, loc.data, loc.positions, loc.key_positions)
+
+
+def load_spec_text(text: str, file: str = "<string>", overrides: typing.Sequence[str] = ()) -> Resolved:
+    """Validate a spec given as text (no ``extends``); used by tests and tools."""
+    loc = yamlsafe.load_text(text, file)
+    if not isinstance(loc.data, dict):
+        raise SpecError(Diagnostic(SourcePos(file, 1, 1), "a spec must be a YAML mapping"))
+    if "extends" in loc.data:
+        raise SpecError(Diagnostic(loc.positions.get(("extends",)), "extends needs a file", "extends"))
+    for i, assignment in enumerate(overrides):
+        apply_override(loc, assignment, i)
+    try:
+        spec = Spec.model_validate(loc.data)
+    except ValidationError as e:
+        raise SpecError(diagnostics_from(e, loc)) from None
+    return Resolved(spec, file, loc.data, loc.positions, loc.key_positions)

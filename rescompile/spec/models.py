@@ -1,0 +1,175 @@
+"""The spec language: pydantic v2 models.
+
+Every model forbids unknown fields and validates strictly (no "3" -> 3, no "yes" -> True), so a
+spec means exactly what it says. Field descriptions feed the JSON Schema and the reference docs.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BlockKind = Literal["basic", "bottleneck"]
+Shortcut = Literal["A", "B", "C", "none"]
+Downsample = Literal["conv", "avgpool"]
+StrideOn = Literal["1x1", "3x3"]
+StemKind = Literal["imagenet", "cifar", "deep"]
+
+PosInt = Annotated[int, Field(ge=1)]
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _shorthand(value: Any) -> Any:
+    """``block: bottleneck`` is short for ``block: {kind: bottleneck}`` (same for ``stem``)."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
+class BlockSpec(_Model):
+    """A residual block kind and its width parameters (torchvision's conventions)."""
+
+    kind: BlockKind = Field(description="basic: two 3x3 convs; bottleneck: 1x1, 3x3, 1x1")
+    expansion: PosInt | None = Field(
+        None, description="output width / stage width; default 1 (basic) or 4 (bottleneck)"
+    )
+    groups: PosInt = Field(1, description="groups of the 3x3 conv (ResNeXt cardinality)")
+    width_per_group: PosInt = Field(
+        64,
+        description="inner 3x3 width = int(width * width_per_group / 64) * groups "
+        "(64: the plain ResNet bottleneck; 128: Wide ResNet-50-2)",
+    )
+
+    @property
+    def expansion_(self) -> int:
+        return self.expansion if self.expansion is not None else (1 if self.kind == "basic" else 4)
+
+
+class StemSpec(_Model):
+    """The layers before the first stage."""
+
+    kind: StemKind = Field(
+        description="imagenet: 7x7/2 conv + BN + ReLU + 3x3/2 max pool; cifar: 3x3 conv + BN + "
+        "ReLU; deep: three 3x3 convs (the first stride 2) + max pool (ResNet-C)"
+    )
+    width: PosInt | None = Field(None, description="output channels; default: the first stage's width")
+
+
+class InputSpec(_Model):
+    """The input image."""
+
+    channels: PosInt = Field(3, description="input channels")
+    size: PosInt | tuple[PosInt, PosInt] = Field(description="an int, or [height, width]")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+
+
+class StageSpec(_Model):
+    """One stage: ``depth`` blocks of the same width; the first one may downsample."""
+
+    depth: PosInt = Field(description="number of blocks")
+    width: PosInt = Field(description="stage width (planes); a block outputs width * expansion")
+    stride: PosInt = Field(1, description="stride of the stage's first block")
+    block: BlockSpec | None = Field(None, description="override of the model's block")
+    shortcut: Shortcut | None = Field(None, description="override of the model's shortcut")
+    downsample: Downsample | None = Field(None, description="override of the model's downsample")
+    stride_on: StrideOn | None = Field(None, description="override of the model's stride_on")
+
+    _block = field_validator("block", mode="before")(lambda v: _shorthand(v))
+
+
+class HeadSpec(_Model):
+    """Global average pool, optional dropout, fully connected classifier."""
+
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
+
+
+class NormSpec(_Model):
+    """Batch normalisation hyper-parameters (PyTorch's momentum convention)."""
+
+    eps: float = Field(1e-5, gt=0.0, le=1.0, description="BatchNorm epsilon")
+    momentum: float = Field(
+        0.1, gt=0.0, le=1.0, description="weight of the new batch in running statistics"
+    )
+
+
+class InitSpec(_Model):
+    """Weight initialisation (He et al. 2015, as torchvision does it)."""
+
+    zero_init_residual: bool = Field(
+        False, description="zero the last BN gamma of each residual branch (Goyal et al. 2017)"
+    )
+
+
+class PaperRef(_Model):
+    """The published row a spec is audited against by ``rescompile check``."""
+
+    table: str = Field(description="e.g. resnet2016.table1, resnet2016.table6, torchvision")
+    row: str = Field(description="e.g. 50-layer, ResNet-110, resnet50")
+
+
+class Spec(_Model):
+    """A residual network."""
+
+    name: str = Field(description="identifier; the emitted class name derives from it")
+    input: InputSpec = Field(description="input channels and size")
+    num_classes: PosInt = Field(description="classifier outputs")
+    stem: StemSpec = Field(description="imagenet | cifar | deep, or {kind, width}")
+    block: BlockSpec = Field(description="basic | bottleneck, or {kind, expansion, groups, width_per_group}")
+    preact: bool = Field(False, description="pre-activation units (He et al., Identity Mappings)")
+    shortcut: Shortcut = Field(
+        "B",
+        description="A: zero-padded identity; B: projection where the shape changes; "
+        "C: projections everywhere; none: plain net",
+    )
+    downsample: Downsample = Field(
+        "conv", description="projection: strided 1x1 conv, or avg-pool then 1x1 conv (ResNet-D)"
+    )
+    stride_on: StrideOn = Field(
+        "1x1", description="bottleneck stride on the 1x1 (paper, v1) or the 3x3 (torchvision, v1.5)"
+    )
+    stages: list[StageSpec] = Field(min_length=1, max_length=16, description="the stages, in order")
+    head: HeadSpec = Field(default_factory=HeadSpec, description="classifier head")
+    norm: NormSpec = Field(default_factory=NormSpec, description="BatchNorm settings")
+    init: InitSpec = Field(default_factory=InitSpec, description="initialisation")
+    paper: PaperRef | None = Field(None, description="published row to audit against")
+
+    _block = field_validator("block", "stem", mode="before")(lambda v: _shorthand(v))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.fullmatch(v):
+            raise ValueError(
+                "name must start with a letter and use only letters, digits, '_', '-' or '.' "
+                "(at most 64 characters)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _total_depth(self) -> Spec:
+        blocks = sum(s.depth for s in self.stages)
+        if blocks > 2000:
+            raise ValueError(f"{blocks} blocks in total; rescompile accepts at most 2000")
+        return self
+
+    @property
+    def class_name(self) -> str:
+        """CamelCase class name: ``cifar-resnet20`` -> ``CifarResnet20``."""
+        parts = [p for p in re.split(r"[-_.]", self.name) if p]
+        out = "".join(p[0].upper() + p[1:] for p in parts)
+        if not out.isidentifier() or keyword.iskeyword(out):  # pragma: no cover - NAME_RE forbids
+            raise ValueError(f"cannot derive a class name from {self.name!r}")
+        return out
