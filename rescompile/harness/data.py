@@ -390,9 +390,7 @@ def _parse_cifar_batch(
     except (TypeError, ValueError) as exc:
         raise DataError(f"{source}: '{layout.label_key}' is not a list of integers") from exc
     if y.shape != (len(x),):
-        raise DataError(
-            f"{source}: {len(x)} images but '{layout.label_key}' has shape {y.shape}"
-        )
+        raise DataError(f"{source}: {len(x)} images but '{layout.label_key}' has shape {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= layout.num_classes):
         raise DataError(
             f"{source}: labels must be in [0, {layout.num_classes}), found {y.min()}..{y.max()}"

@@ -1,0 +1,257 @@
+"""The ``rescompile`` command line.
+
+Every command that takes a spec also takes ``--set key.path=value`` overrides, validated exactly
+like the file. User errors print as ``file:line:col: message`` (no traceback) and exit 1.
+Heavy modules (backends, the training harness, rich tables) are imported inside the commands
+that need them.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rescompile.errors import SpecError, UserError
+
+app = typer.Typer(
+    name="rescompile",
+    help="Compile YAML residual-network specs to an analysable IR and to PyTorch / Flax code.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SpecArg = Annotated[str, typer.Argument(help="path to a spec YAML file", metavar="SPEC")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override a field: key.path=value (repeatable)",
+                 metavar="KEY=VALUE"),
+]
+
+
+class Depth(StrEnum):
+    stage = "stage"
+    block = "block"
+    layer = "layer"
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+class IRFormat(StrEnum):
+    json = "json"
+    dot = "dot"
+
+
+BACKENDS = ("torch", "flax")
+
+
+def _compile(spec: str, overrides: list[str] | None, input_size: str | None = None):
+    from rescompile.compiler import compile_spec
+
+    sets = list(overrides or [])
+    if input_size is not None:
+        sets.append(f"input.size={_parse_size(input_size)}")
+    return compile_spec(spec, sets)
+
+
+def _parse_size(text: str) -> str:
+    h, sep, w = text.lower().partition("x")
+    if not h.isdigit() or (sep and not w.isdigit()):
+        raise UserError(f"--input expects SIZE or HxW (e.g. 224 or 160x192), got {text!r}")
+    return f"[{h}, {w}]" if sep else h
+
+
+def _console(cls):
+    """A rich console; wide when writing to a pipe or file, so tables do not wrap."""
+    return cls() if sys.stdout.isatty() else cls(width=160)
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+def validate(spec: SpecArg, set_: SetOpt = None) -> None:
+    """Validate a spec (syntax, fields, and shapes through the whole network)."""
+    resolved, g = _compile(spec, set_)
+    typer.echo(f"{spec}: ok ({g.name}, {len(g.blocks)} blocks, {len(g)} IR nodes, "
+               f"hash {resolved.hash})")
+
+
+@app.command()
+def report(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    input: Annotated[str | None, typer.Option("--input", help="input size: N or HxW")] = None,
+    format: Annotated[ReportFormat, typer.Option("--format", "-f")] = ReportFormat.table,
+    depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.stage,
+) -> None:
+    """Output shapes, parameters, MACs, FLOPs and activations per stage, block or layer."""
+    from rescompile.passes import report as rep
+
+    _, g = _compile(spec, set_, input)
+    d = depth.value
+    if format is ReportFormat.table:
+        from rich.console import Console
+
+        rep.render_table(g, d, _console(Console))
+    else:
+        render = {"json": rep.to_json, "csv": rep.to_csv, "markdown": rep.to_markdown}
+        sys.stdout.write(render[format.value](g, d) + ("\n" if format is ReportFormat.json else ""))
+
+
+@app.command()
+def diff(
+    spec_a: Annotated[str, typer.Argument(metavar="SPEC_A")],
+    spec_b: Annotated[str, typer.Argument(metavar="SPEC_B")],
+    set_: SetOpt = None,
+    depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.stage,
+) -> None:
+    """Two specs' figures side by side, with the differences."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rescompile.passes.report import CONVENTION, diff_rows
+
+    _, a = _compile(spec_a, set_)
+    _, b = _compile(spec_b, set_)
+    t = Table(title=f"{a.name} ({spec_a})  vs  {b.name} ({spec_b})", caption=CONVENTION,
+              caption_justify="left", show_footer=True)
+    t.add_column("name", footer="total")
+    totals = {k: (a.totals[k], b.totals[k]) for k in ("params", "macs")}
+    for key, label in (("params", "params"), ("macs", "MACs")):
+        ta, tb = totals[key]
+        t.add_column(f"{label} A", justify="right", footer=f"{ta:,}")
+        t.add_column(f"{label} B", justify="right", footer=f"{tb:,}")
+        t.add_column(f"Δ {label}", justify="right", footer=f"{tb - ta:+,}")
+    for name, ca, cb in diff_rows(a, b, depth.value):
+        if depth is Depth.layer and ca == cb:
+            continue
+        t.add_row(name, *(x for k in ("params", "macs")
+                          for x in (f"{ca[k]:,}", f"{cb[k]:,}", f"{cb[k] - ca[k]:+,}")))
+    _console(Console).print(t)
+
+
+@app.command()
+def check(
+    spec: Annotated[str | None, typer.Argument(metavar="[SPEC]", help="spec to audit")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="audit every spec in the library")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Audit computed figures against the published row the spec names."""
+    from rescompile.passes.audit import FAIL, audit
+    from rescompile.spec.load import LIBRARY
+
+    if all_ == (spec is not None):
+        raise UserError("give either SPEC or --all")
+    if all_:
+        specs = [str(p) for p in sorted(LIBRARY.rglob("*.yaml"))]
+    else:
+        specs = [spec]
+    failed = 0
+    for path in specs:
+        resolved, g = _compile(path, set_)
+        if resolved.spec.paper is None:
+            if not all_:
+                audit(resolved, g)  # raises the "names no paper row" error
+            continue
+        ref = resolved.spec.paper
+        typer.echo(f"{path}: {g.name} vs {ref.table} {ref.row}")
+        for f in audit(resolved, g):
+            typer.echo(f"  {f.status}  {f.figure:28s} {f.computed:>30s}   printed {f.printed}")
+            if f.note:
+                typer.echo(f"        {f.status.lower()}: {f.note}")
+            failed += f.status == FAIL
+    if failed:
+        typer.echo(f"{failed} figure(s) FAIL", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def ir(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    format: Annotated[IRFormat, typer.Option("--format", "-f")] = IRFormat.json,
+) -> None:
+    """Print the analysed IR as JSON or Graphviz DOT."""
+    from rescompile.ir import printer
+
+    _, g = _compile(spec, set_)
+    sys.stdout.write(printer.to_json(g) + "\n" if format is IRFormat.json else printer.to_dot(g))
+
+
+def load_backend(name: str):
+    """The backend module for ``name``: built-in, or registered under ``rescompile.backends``."""
+    import importlib
+
+    if name in BACKENDS:
+        return importlib.import_module(f"rescompile.backends.{name}")
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="rescompile.backends"):
+        if ep.name == name:
+            return ep.load()
+    raise UserError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+
+
+@app.command()
+def build(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="torch | flax")] = "torch",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+    check_: Annotated[bool, typer.Option("--check", help="build, run and compare with the IR")] = False,
+) -> None:
+    """Emit a standalone model source file for a backend."""
+    _, g = _compile(spec, set_)
+    mod = load_backend(backend)
+    source = mod.emit(g)
+    _write(source, output)
+    if check_:
+        results = mod.check(g, source)
+        bad = 0
+        for what, expected, got, ok in results:
+            typer.echo(f"  {'PASS' if ok else 'FAIL'}  {what}: IR {expected}, model {got}", err=True)
+            bad += not ok
+        if bad:
+            raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point: user errors become one line per problem and exit status 1."""
+    try:
+        app()
+    except SpecError as e:
+        for d in e.diagnostics:
+            typer.echo(f"{d}", err=True)
+        n = len(e.diagnostics)
+        typer.echo(f"{n} error{'s' if n > 1 else ''}", err=True)
+        sys.exit(1)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""Learning-rate schedules and named training recipes.
+
+Conventions:
+
+- A schedule is a pure function of the step: ``lr = schedule(step)``. Steps count optimizer
+  updates from 0, and ``schedule(k)`` is the rate used by update ``k`` (the one that takes the
+  model from step ``k`` to ``k + 1``). Nothing is stateful, so a resumed run only needs the step.
+- A milestone ``m`` takes effect *at* ``m``: "divide by 10 at 32k iterations" means
+  ``schedule(31_999) == 0.1`` and ``schedule(32_000) == 0.01``.
+- A :class:`Recipe` states its length and milestones in its own unit (steps or epochs);
+  :func:`plan_training` converts everything to steps for a given epoch length and, when the user
+  asks for another length (``--steps N`` or ``--epochs N``), scales the milestones and the
+  warm-up proportionally, so a shortened run keeps the shape of the original schedule.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "PAPER_WARMUP_DEPTH",
+    "RECIPES",
+    "Cosine",
+    "OneCycle",
+    "Recipe",
+    "RecipeError",
+    "Schedule",
+    "StepDecay",
+    "TrainPlan",
+    "cosine",
+    "get_recipe",
+    "one_cycle",
+    "plan_training",
+    "rescale_milestones",
+    "step_decay",
+]
+
+Schedule = Callable[[int], float]
+ScheduleKind = Literal["step", "cosine", "one_cycle"]
+Unit = Literal["steps", "epochs"]
+
+PAPER_WARMUP_DEPTH = 110
+"""He et al. (2016) warm up CIFAR nets this deep (110, 1202 layers); others start at 0.1."""
+
+
+class RecipeError(ValueError):
+    """A recipe name or length request that cannot be satisfied. The message is user-facing."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules: frozen dataclasses, so they print, compare and serialize as what they are
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepDecay:
+    """``base_lr * gamma ** (number of milestones <= step)``, after an optional warm-up.
+
+    During the first ``warmup_steps`` steps the rate is ``warmup_lr`` if given (the paper's
+    constant 0.01 for ResNet-110), otherwise a linear ramp up to ``base_lr``.
+    """
+
+    base_lr: float
+    milestones: tuple[int, ...]
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_lr: float | None = None
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            if self.warmup_lr is not None:
+                return self.warmup_lr
+            return _linear_warmup(self.base_lr, step, self.warmup_steps)
+        return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, step)
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Linear warm-up to ``base_lr``, then half a cosine down to ``final_lr`` at ``total_steps``."""
+
+    base_lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    final_lr: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return _linear_warmup(self.base_lr, step, self.warmup_steps)
+        span = max(self.total_steps - self.warmup_steps, 1)
+        progress = min(max((step - self.warmup_steps) / span, 0.0), 1.0)
+        return _cosine_between(self.base_lr, self.final_lr, progress)
+
+
+@dataclass(frozen=True)
+class OneCycle:
+    """The one-cycle policy (Smith & Topin 2019), as ``torch.optim.lr_scheduler.OneCycleLR``
+    computes it with cosine annealing and two phases.
+
+    The rate rises from ``max_lr / div_factor`` to ``max_lr`` over the first ``pct_start`` of the
+    run, then falls to ``max_lr / div_factor / final_div_factor`` at step ``total_steps - 1``.
+    Momentum is not cycled.
+    """
+
+    max_lr: float
+    total_steps: int
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+    def __call__(self, step: int) -> float:
+        initial = self.max_lr / self.div_factor
+        final = initial / self.final_div_factor
+        peak = self.pct_start * self.total_steps - 1
+        last = self.total_steps - 1
+        step = min(max(step, 0), last)
+        if step <= peak:
+            return _cosine_between(initial, self.max_lr, step / peak if peak > 0 else 1.0)
+        return _cosine_between(self.max_lr, final, (step - peak) / (last - peak))
+
+
+def _linear_warmup(base_lr: float, step: int, warmup_steps: int) -> float:
+    return base_lr * (step + 1) / warmup_steps
+
+
+def _cosine_between(start: float, end: float, progress: float) -> float:
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_decay(
+    base_lr: float,
+    milestones: Sequence[int],
+    gamma: float = 0.1,
+    warmup_steps: int = 0,
+    warmup_lr: float | None = None,
+) -> StepDecay:
+    """Piecewise-constant decay; see :class:`StepDecay`."""
+    ordered = tuple(sorted(int(m) for m in milestones))
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    return StepDecay(base_lr, ordered, gamma, warmup_steps, warmup_lr)
+
+
+def cosine(
+    base_lr: float, total_steps: int, warmup_steps: int = 0, final_lr: float = 0.0
+) -> Cosine:
+    """Cosine decay with linear warm-up; see :class:`Cosine`."""
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    return Cosine(base_lr, total_steps, warmup_steps, final_lr)
+
+
+def one_cycle(
+    max_lr: float,
+    total_steps: int,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> OneCycle:
+    """One-cycle policy; see :class:`OneCycle`."""
+    if total_steps < 2:
+        raise ValueError(f"one_cycle needs at least 2 steps, got {total_steps}")
+    if not 0.0 < pct_start < 1.0:
+        raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
+    return OneCycle(max_lr, total_steps, pct_start, div_factor, final_div_factor)
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of optimization hyper-parameters. The optimizer is SGD with momentum.
+
+    ``length``, ``milestones`` and ``warmup`` are in ``unit`` (steps or epochs).
+    ``warmup_by_default`` says whether the warm-up applies when the caller does not decide
+    (the paper warms up only its deepest nets; see :data:`PAPER_WARMUP_DEPTH`).
+    """
+
+    name: str
+    description: str
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: ScheduleKind
+    length: int
+    unit: Unit
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup: int = 0
+    warmup_lr: float | None = None
+    warmup_by_default: bool = True
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper-cifar": Recipe(
+        name="paper-cifar",
+        description=(
+            "He et al. 2016, sec. 4.2: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 "
+            "divided by 10 at 32k and 48k iterations, 64k iterations in all; nets of 110 layers "
+            "or more warm up at lr 0.01 for the first 400 iterations"
+        ),
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="step",
+        length=64_000,
+        unit="steps",
+        milestones=(32_000, 48_000),
+        warmup=400,
+        warmup_lr=0.01,
+        warmup_by_default=False,
+    ),
+    "paper-imagenet": Recipe(
+        name="paper-imagenet",
+        description=(
+            "He et al. 2016, sec. 3.4: batch 256, SGD momentum 0.9, weight decay 1e-4, lr 0.1 "
+            "divided by 10 every 30 epochs, 90 epochs (the paper divides 'when the error "
+            "plateaus'; every 30 epochs is the torchvision reference convention)"
+        ),
+        batch_size=256,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="step",
+        length=90,
+        unit="epochs",
+        milestones=(30, 60),
+    ),
+    "fast": Recipe(
+        name="fast",
+        description=(
+            "a short modern run: batch 128, SGD Nesterov momentum 0.9, weight decay 5e-4, "
+            "lr 0.1 with 1 epoch of linear warm-up then cosine decay to 0, label smoothing 0.1, "
+            "30 epochs"
+        ),
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        length=30,
+        unit="epochs",
+        warmup=1,
+        nesterov=True,
+        label_smoothing=0.1,
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; :class:`RecipeError` lists the choices otherwise."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise RecipeError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """A recipe resolved to steps for one dataset: everything the training loop needs."""
+
+    recipe: Recipe
+    steps_per_epoch: int
+    total_steps: int
+    milestones: tuple[int, ...]
+    warmup_steps: int
+    lr: StepDecay | Cosine | OneCycle = field(repr=False)
+
+    @property
+    def epochs(self) -> float:
+        """The run's length in epochs (possibly fractional)."""
+        return self.total_steps / self.steps_per_epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary, e.g. for a checkpoint sidecar or a run header."""
+        return {
+            "recipe": asdict(self.recipe),
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "milestones": list(self.milestones),
+            "warmup_steps": self.warmup_steps,
+            "schedule": {"kind": type(self.lr).__name__, **asdict(self.lr)},
+        }
+
+
+def rescale_milestones(
+    milestones: Sequence[int], old_total: int, new_total: int
+) -> tuple[int, ...]:
+    """Scale step milestones from a run of ``old_total`` steps to one of ``new_total`` steps.
+
+    Each milestone keeps its fraction of the run, rounded to the nearest step:
+    ``(32000, 48000)`` of 64000 becomes ``(500, 750)`` of 1000.
+    """
+    if old_total <= 0 or new_total <= 0:
+        raise ValueError(f"run lengths must be positive, got {old_total} and {new_total}")
+    return tuple(round(m * new_total / old_total) for m in milestones)
+
+
+def plan_training(
+    recipe: Recipe,
+    steps_per_epoch: int,
+    *,
+    steps: int | None = None,
+    epochs: float | None = None,
+    warmup: bool | None = None,
+) -> TrainPlan:
+    """Resolve ``recipe`` to steps and build its learning-rate schedule.
+
+    Args:
+        recipe: the recipe.
+        steps_per_epoch: batches per epoch of the training set (see ``data.steps_per_epoch``).
+        steps, epochs: an optional run length chosen by the user (at most one of the two);
+            milestones and warm-up are scaled proportionally to it.
+        warmup: whether to warm up; ``None`` uses ``recipe.warmup_by_default``. For
+            ``paper-cifar`` pass ``depth >= PAPER_WARMUP_DEPTH``.
+    """
+    if steps_per_epoch <= 0:
+        raise RecipeError(
+            f"the training set yields no batch of {recipe.batch_size}; use a smaller batch size"
+        )
+    if steps is not None and epochs is not None:
+        raise RecipeError("give the run length as steps or as epochs, not both")
+    per_unit = 1 if recipe.unit == "steps" else steps_per_epoch
+    native_total = recipe.length * per_unit
+    if steps is not None:
+        total = int(steps)
+    elif epochs is not None:
+        total = round(epochs * steps_per_epoch)
+    else:
+        total = native_total
+    if total <= 0:
+        raise RecipeError(f"a run needs at least one step, got {total}")
+
+    milestones = rescale_milestones([m * per_unit for m in recipe.milestones], native_total, total)
+    use_warmup = recipe.warmup_by_default if warmup is None else warmup
+    warmup_steps = 0
+    if use_warmup and recipe.warmup > 0:
+        warmup_steps = max(1, round(recipe.warmup * per_unit * total / native_total))
+
+    schedule: StepDecay | Cosine | OneCycle
+    if recipe.schedule == "step":
+        schedule = step_decay(recipe.lr, milestones, recipe.gamma, warmup_steps, recipe.warmup_lr)
+    elif recipe.schedule == "cosine":
+        schedule = cosine(recipe.lr, total, warmup_steps)
+    else:
+        schedule = one_cycle(recipe.lr, max(total, 2))
+    return TrainPlan(recipe, steps_per_epoch, total, milestones, warmup_steps, schedule)

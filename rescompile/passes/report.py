@@ -1,0 +1,157 @@
+"""Report rendering: per-layer / per-block / per-stage figures as table, JSON, CSV or Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rescompile.ir.graph import Graph, Op
+from rescompile.passes.costs import COUNTERS
+
+Depth = Literal["stage", "block", "layer"]
+
+CONVENTION = (
+    "params: trainable (conv/fc weights+biases, BN gamma+beta), as torchvision's num_params; "
+    "buffers: BN running mean+var. MACs: multiply-adds of conv and fc only (the paper's "
+    "'FLOPs'); FLOPs = 2 x MACs (torch.utils.flop_counter's convention). BN/ReLU/add: elements "
+    "written; pool: elements read; not folded into MACs. act: output elements per image "
+    "(act_bytes at float32). Batch size 1."
+)
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    counts: dict[str, int] = field(default_factory=dict)
+    paper: str = ""
+
+    @property
+    def shape_str(self) -> str:
+        return "x".join(map(str, self.shape))
+
+
+def paper_stage_name(stage: str) -> str:
+    if stage == "stem":
+        return "conv1"
+    if stage.startswith("layer"):
+        return f"conv{int(stage[5:]) + 1}_x"
+    return "pool, fc"
+
+
+def rows(g: Graph, depth: Depth = "stage") -> list[Row]:
+    """Figures grouped at ``depth``; every group's counts add up to the totals."""
+    out: dict[str, Row] = {}
+    for n in g:
+        if n.op is Op.INPUT:
+            continue
+        if depth == "layer":
+            key, kind = n.name, str(n.op)
+        elif depth == "block":
+            key = n.block or n.stage
+            kind = _block_kind(g, key) if n.block else n.stage
+        else:
+            key, kind = n.stage, n.stage
+        row = out.get(key)
+        if row is None:
+            row = out[key] = Row(key, kind, n.meta["shape"], dict.fromkeys(COUNTERS, 0),
+                                 paper_stage_name(n.stage))
+        row.shape = n.meta["shape"]
+        for c in COUNTERS:
+            row.counts[c] += n.meta[c]
+    return list(out.values())
+
+
+def _block_kind(g: Graph, name: str) -> str:
+    b = next(b for b in g.blocks if b.name == name)
+    kind = ("preact-" if b.preact else "") + b.kind
+    return f"{kind}/{b.shortcut}" + (f"/s{b.stride}" if b.stride > 1 else "")
+
+
+def _human(v: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.3f}{unit}"
+    return str(v)
+
+
+def to_json(g: Graph, depth: Depth) -> str:
+    doc = {
+        "spec": g.name,
+        "spec_hash": g.spec_hash,
+        "input": list(g.input_shape),
+        "convention": CONVENTION,
+        "depth": depth,
+        "rows": [{"name": r.name, "kind": r.kind, "paper_stage": r.paper,
+                  "output": list(r.shape), **r.counts} for r in rows(g, depth)],
+        "totals": g.totals,
+    }
+    return json.dumps(doc, indent=2)
+
+
+def to_csv(g: Graph, depth: Depth) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["name", "kind", "paper_stage", "output", *COUNTERS])
+    for r in rows(g, depth):
+        w.writerow([r.name, r.kind, r.paper, r.shape_str, *(r.counts[c] for c in COUNTERS)])
+    w.writerow(["total", "", "", "x".join(map(str, g[g.output].meta["shape"])),
+                *(g.totals[c] for c in COUNTERS)])
+    return buf.getvalue()
+
+
+_COLS = ("params", "macs", "flops", "act")
+
+
+def to_markdown(g: Graph, depth: Depth) -> str:
+    head = ["name", "kind", "output", "params", "MACs", "FLOPs", "act"]
+    lines = [f"# {g.name} ({g.input_shape[1]}x{g.input_shape[2]} input)", "", f"> {CONVENTION}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows(g, depth):
+        cells = [r.name, r.kind, r.shape_str, *(f"{r.counts[c]:,}" for c in _COLS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    t = g.totals
+    lines.append("| **total** | | | " + " | ".join(f"**{t[c]:,}**" for c in _COLS) + " |")
+    lines += ["", f"BN elements {t['bn']:,} · ReLU {t['relu']:,} · add {t['add']:,} · "
+                  f"pool {t['pool']:,} · buffers {t['buffers']:,} · "
+                  f"activations {t['act_bytes'] / 2**20:.1f} MiB/image (float32)"]
+    return "\n".join(lines) + "\n"
+
+
+def render_table(g: Graph, depth: Depth, console) -> None:
+    """Rich table to ``console``."""
+    from rich.table import Table
+
+    t = Table(title=f"{g.name}: {g.input_shape[0]}x{g.input_shape[1]}x{g.input_shape[2]} input",
+              caption=CONVENTION, caption_justify="left", show_footer=True)
+    tot = g.totals
+    t.add_column("name", footer="total")
+    if depth == "stage":
+        t.add_column("paper")
+    if depth != "stage":
+        t.add_column("kind")
+    t.add_column("output", justify="right", footer="x".join(map(str, g[g.output].meta["shape"])))
+    for c, label in (("params", "params"), ("macs", "MACs"), ("flops", "FLOPs"), ("act", "act")):
+        t.add_column(label, justify="right", footer=f"{tot[c]:,}")
+    for r in rows(g, depth):
+        cells = [r.name, *([r.paper] if depth == "stage" else [r.kind]), r.shape_str]
+        t.add_row(*cells, *(f"{r.counts[c]:,}" for c in _COLS))
+    console.print(t)
+    console.print(
+        f"MACs {_human(tot['macs'])} · FLOPs {_human(tot['flops'])} · params {_human(tot['params'])}"
+        f" (+{tot['buffers']:,} BN buffers) · BN elems {tot['bn']:,} · ReLU {tot['relu']:,} · "
+        f"add {tot['add']:,} · pool {tot['pool']:,} · activations "
+        f"{tot['act_bytes'] / 2**20:.1f} MiB/image (float32)")
+
+
+def diff_rows(a: Graph, b: Graph, depth: Depth) -> list[tuple[str, dict[str, int], dict[str, int]]]:
+    """Rows of ``a`` and ``b`` matched by name (union, in order of appearance)."""
+    ra = {r.name: r.counts for r in rows(a, depth)}
+    rb = {r.name: r.counts for r in rows(b, depth)}
+    names = list(dict.fromkeys([*ra, *rb]))
+    zero = dict.fromkeys(COUNTERS, 0)
+    return [(n, ra.get(n, zero), rb.get(n, zero)) for n in names]
