@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.errors import UserError
+
 __all__ = [
     "FORMAT",
     "LATEST_FILE",
@@ -52,7 +54,7 @@ LATEST_FILE = "latest"
 _NAME_RE = re.compile(r"ckpt-(\d+)")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint is missing, incomplete, corrupt or does not fit the model (user-facing)."""
 
 

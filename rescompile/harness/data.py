@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rescompile.errors import UserError
 from rescompile.harness.safepickle import UnsafePickleError, safe_loads
 
 __all__ = [
@@ -49,7 +50,7 @@ _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _MAX_MEMBER_BYTES = 512 * 1024 * 1024  # largest archive member read into memory
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset could not be found or read. The message is meant for the user as is."""
 
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from rescompile.errors import UserError
+
 __all__ = [
     "PAPER_WARMUP_DEPTH",
     "RECIPES",
@@ -47,7 +49,7 @@ PAPER_WARMUP_DEPTH = 110
 """He et al. (2016) warm up CIFAR nets this deep (110, 1202 layers); others start at 0.1."""
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe name or length request that cannot be satisfied. The message is user-facing."""
 
 

@@ -67,6 +67,14 @@ def infer_shapes(g: Graph) -> Graph:
             shape = _shape(g, n, ins)
         except ValueError as e:
             raise SpecError(Diagnostic(n.src, f"IR node {n.name!r} ({n.op}) {e}")) from None
+        stride = n.attrs.get("stride", 1)
+        if stride > 1 and min(ins[0][1:]) < stride:
+            raise SpecError(Diagnostic(
+                n.src,
+                f"IR node {n.name!r} ({n.op}) applies stride {stride} to a {_fmt(ins[0][1:])} "
+                "feature map, which cannot shrink further: the input is too small for this many "
+                "downsampling stages",
+            ))
         if len(shape) == 3 and (shape[1] < 1 or shape[2] < 1):
             raise SpecError(Diagnostic(
                 n.src,

@@ -115,6 +115,7 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
     # A value's position is the override's when it has one, otherwise the base's.
     out.positions = {**base.positions, **loc.positions}
     out.key_positions = {**base.key_positions, **loc.key_positions}
+    out.problems = [*base.problems, *loc.problems]
     return out
 
 
@@ -131,12 +132,15 @@ def _display(p: Path) -> str:
 
 def apply_override(loc: yamlsafe.Located, assignment: str, index: int = 0) -> None:
     """Apply ``key.path=value`` to ``loc`` in place; the value is parsed as a YAML scalar/flow."""
-    where = SourcePos("--set", index + 1, 1)
     key, sep, text = assignment.partition("=")
+    where = SourcePos(f"--set {assignment}", 1, len(key) + 2 if sep else 1)
     if not sep or not key.strip():
         raise SpecError(Diagnostic(where, f"expected KEY=VALUE, got {assignment!r}"))
     parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-    value = yamlsafe.load_text(text, f"--set {key}").data
+    parsed = yamlsafe.load_text(text, f"--set {key}")
+    if parsed.problems:
+        raise SpecError(parsed.problems)
+    value = parsed.data
     node = loc.data
     for i, part in enumerate(parts[:-1]):
         child = _child(node, part, parts[: i + 1], where)
@@ -231,7 +235,8 @@ def diagnostics_from(err: ValidationError, loc: yamlsafe.Located | Resolved) -> 
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, "):]
             if isinstance(value, str) and value in _YAML11:
-                msg += f" (got the string {value!r}: YAML 1.1 booleans are not coerced; write true/false)"
+                msg += f", got the string {value!r} (YAML 1.1 booleans are not coerced"
+                msg += "; write true or false)" if typ == "bool_type" else ")"
             elif isinstance(value, str | int | float | bool) and typ not in ("value_error",):
                 msg += f", got {value!r}"
             pos = _pos(loc, path)
@@ -242,7 +247,7 @@ def diagnostics_from(err: ValidationError, loc: yamlsafe.Located | Resolved) -> 
                 out[path] = Diagnostic(prev.pos, f"{prev.message}; or {msg}", dotted)
             continue
         out.setdefault(path if len(raw) != len(path) else raw, Diagnostic(pos, msg, dotted))
-    return sorted(out.values(), key=lambda d: (d.pos.line, d.pos.col) if d.pos else (0, 0))
+    return _sorted(list(out.values()))
 
 
 def _pos(loc: Any, path: tuple) -> SourcePos | None:
@@ -273,14 +278,27 @@ def load_spec(
     if roots is None:
         roots = [real.parent.parent, Path.cwd().resolve(), LIBRARY]
     loc = _load_chain(real, display, [Path(r).resolve() for r in roots], [real])
-    loc = yamlsafe.Located(copy.deepcopy(loc.data), loc.file, loc.positions, loc.key_positions)
+    loc = yamlsafe.Located(copy.deepcopy(loc.data), loc.file, loc.positions, loc.key_positions,
+                           loc.problems)
+    return _validate(loc, overrides)
+
+
+def _validate(loc: yamlsafe.Located, overrides: typing.Sequence[str]) -> Resolved:
     for i, assignment in enumerate(overrides):
         apply_override(loc, assignment, i)
     try:
         spec = Spec.model_validate(loc.data)
     except ValidationError as e:
-        raise SpecError(diagnostics_from(e, loc)) from None
-    return Resolved(spec, display, loc.data, loc.positions, loc.key_positions)
+        flagged = {d.path for d in loc.problems}
+        rest = [d for d in diagnostics_from(e, loc) if d.path not in flagged]
+        raise SpecError(_sorted([*loc.problems, *rest])) from None
+    if loc.problems:
+        raise SpecError(loc.problems)
+    return Resolved(spec, loc.file, loc.data, loc.positions, loc.key_positions)
+
+
+def _sorted(diags: list[Diagnostic]) -> list[Diagnostic]:
+    return sorted(diags, key=lambda d: (d.pos.file, d.pos.line, d.pos.col) if d.pos else ("", 0, 0))
 
 
 def load_spec_text(text: str, file: str = "<string>", overrides: typing.Sequence[str] = ()) -> Resolved:
@@ -290,10 +308,4 @@ def load_spec_text(text: str, file: str = "<string>", overrides: typing.Sequence
         raise SpecError(Diagnostic(SourcePos(file, 1, 1), "a spec must be a YAML mapping"))
     if "extends" in loc.data:
         raise SpecError(Diagnostic(loc.positions.get(("extends",)), "extends needs a file", "extends"))
-    for i, assignment in enumerate(overrides):
-        apply_override(loc, assignment, i)
-    try:
-        spec = Spec.model_validate(loc.data)
-    except ValidationError as e:
-        raise SpecError(diagnostics_from(e, loc)) from None
-    return Resolved(spec, file, loc.data, loc.positions, loc.key_positions)
+    return _validate(loc, overrides)

@@ -46,6 +46,7 @@ class Located:
     file: str
     positions: dict[Path_, SourcePos] = field(default_factory=dict)
     key_positions: dict[Path_, SourcePos] = field(default_factory=dict)
+    problems: list[Diagnostic] = field(default_factory=list)  # non-fatal, reported with the rest
 
     def pos(self, path: Path_, *, key: bool = False) -> SourcePos | None:
         """Position of ``path`` or of its nearest ancestor that has one."""
@@ -88,7 +89,7 @@ def _prescan(text: str, file: str) -> None:
         raise _fail(file, None, f"invalid YAML: {e}") from None
 
 
-def _scalar(node: yaml.ScalarNode, file: str) -> Any:
+def _scalar(node: yaml.ScalarNode, file: str, problems: list[Diagnostic], path: Path_) -> Any:
     v = node.value
     if node.style:  # quoted or block scalar: always a string
         return v
@@ -101,12 +102,12 @@ def _scalar(node: yaml.ScalarNode, file: str) -> Any:
     if _INT.fullmatch(v):
         return int(v)
     if _LEADING_ZERO.fullmatch(v):
-        raise _fail(
-            file,
-            node.start_mark,
-            f"ambiguous number {v!r}: a leading zero is octal in YAML 1.1; write "
-            f"{int(v)} or quote it",
-        )
+        problems.append(Diagnostic(
+            _pos(file, node.start_mark),
+            f"ambiguous number {v!r}: a leading zero is octal in YAML 1.1; write {int(v)} or "
+            "quote it",
+            ".".join(map(str, path)),
+        ))
     if _FLOAT.fullmatch(v):
         return float(v)
     return v
@@ -129,7 +130,7 @@ class _Builder:
             )
         self.loc.positions.setdefault(path, _pos(self.file, node.start_mark))
         if isinstance(node, yaml.ScalarNode):
-            return _scalar(node, self.file)
+            return _scalar(node, self.file, self.loc.problems, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
