@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").rglob("*.yaml"))
+
+
+def spec_id(p: Path) -> str:
+    return f"{p.parent.name}/{p.stem}"
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """Write YAML text to a file in tmp_path and return its path."""
+
+    def _write(text: str, name: str = "spec.yaml") -> Path:
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        return p
+
+    return _write
