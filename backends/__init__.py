@@ -1,0 +1,1 @@
+"""Code-generation targets: rescompile.backends.torch and rescompile.backends.flax."""
