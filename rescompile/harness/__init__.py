@@ -8,6 +8,7 @@ The pieces a training run needs that do not depend on a framework:
 - :mod:`rescompile.harness.metrics`: the ``metrics.jsonl`` log and its reader.
 - :mod:`rescompile.harness.checkpoint`: the portable safetensors + JSON checkpoint format.
 - :mod:`rescompile.harness.plots`: training curves in the style of He et al. (2016), Figure 6.
+- :mod:`rescompile.harness.safepickle`: unpickling restricted to numpy arrays and plain data.
 
 Nothing here imports torch, jax or flax; a backend supplies the train and eval steps.
 Submodules are imported on demand, so ``import rescompile.harness`` stays cheap.

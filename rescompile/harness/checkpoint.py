@@ -148,7 +148,9 @@ def _serialize(tensors: Mapping[str, np.ndarray], spec_hash: str) -> bytes:
     for name, value in tensors.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"tensor names must be non-empty strings, got {name!r}")
-        arrays[name] = np.ascontiguousarray(value)
+        array = np.asarray(value)
+        # not np.ascontiguousarray: it would turn a 0-d array (num_batches_tracked) into 1-d
+        arrays[name] = array if array.flags.c_contiguous else array.copy(order="C")
     try:
         return save(arrays, metadata={"format": FORMAT, "spec_hash": spec_hash})
     except Exception as exc:  # safetensors raises its own error types for unsupported dtypes
@@ -205,8 +207,9 @@ def _prune(directory: Path, *, keep: int, current: str) -> None:
     for leftover in [*directory.glob("ckpt-*.json"), *directory.glob("ckpt-*.safetensors")]:
         if leftover.stem not in committed_stems and _NAME_RE.fullmatch(leftover.stem):
             leftover.unlink(missing_ok=True)
-    for stale in directory.glob(".ckpt-*.tmp"):
-        stale.unlink(missing_ok=True)
+    for pattern in (".ckpt-*.tmp", f".{LATEST_FILE}.*.tmp"):  # temporaries of a killed save
+        for stale in directory.glob(pattern):
+            stale.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -274,11 +274,11 @@ def load_cifar(path: str | Path, which: Literal[10, 100] = 10) -> Dataset:
     read = _cifar_reader(Path(path).expanduser(), layout)
     x_parts, y_parts = [], []
     for member in layout.train:
-        x, y = _parse_cifar_batch(read(member), member, layout)
+        x, y = _parse_cifar_batch(*read(member), layout)
         x_parts.append(x)
         y_parts.append(y)
     x_train, y_train = np.concatenate(x_parts), np.concatenate(y_parts)
-    x_test, y_test = _parse_cifar_batch(read(layout.test), layout.test, layout)
+    x_test, y_test = _parse_cifar_batch(*read(layout.test), layout)
     mean, std = channel_stats(x_train)
     return Dataset(
         name=layout.name,
@@ -361,9 +361,9 @@ def _archive_reader(archive: Path, layout: _CifarLayout) -> Callable[[str], tupl
 
 
 def _parse_cifar_batch(
-    blob: tuple[bytes, str], member: str, layout: _CifarLayout
+    data: bytes, source: str, layout: _CifarLayout
 ) -> tuple[np.ndarray, np.ndarray]:
-    data, source = blob
+    """Validate one unpickled batch; ``source`` names the file in error messages."""
     try:
         batch: Any = safe_loads(data, encoding="bytes")
     except UnsafePickleError as exc:

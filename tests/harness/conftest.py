@@ -71,7 +71,12 @@ def write_cifar(tmp_path: Path) -> CifarWriter:
                 10,
             )
         else:
-            folder, names, key, classes = ("cifar-100-python", ["train", "test"], b"fine_labels", 100)
+            folder, names, key, classes = (
+                "cifar-100-python",
+                ["train", "test"],
+                b"fine_labels",
+                100,
+            )
         batches = {name: cifar_batch(n, key, classes, seed) for seed, name in enumerate(names)}
         write.batches = batches  # type: ignore[attr-defined]
         root = tmp_path / f"cifar{which}"

@@ -138,7 +138,10 @@ def test_corrupt_archive(tmp_path: Path) -> None:
         ({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, r"shape \(N, 3072\)"),
         ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8"),
         ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images but 'labels'"),
-        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"labels must be in \[0, 10\)"),
+        (
+            {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]},
+            r"labels must be in \[0, 10\)",
+        ),
         ({b"labels": [0, 1]}, "no 'data' entry"),
         ([1, 2, 3], "expected a dict"),
     ],
@@ -164,7 +167,9 @@ def test_hostile_pickle_is_refused_before_running(write_cifar: CifarWriter, tmp_
     marker = tmp_path / "pwned"
     evil = {b"data": _Hostile(marker), b"labels": [0]}
     (directory / "data_batch_1").write_bytes(pickle.dumps(evil, protocol=2))
-    with pytest.raises(DataError, match=r"data_batch_1 is not a plain CIFAR pickle: refusing to load"):
+    with pytest.raises(
+        DataError, match=r"data_batch_1 is not a plain CIFAR pickle: refusing to load"
+    ):
         load_cifar(directory)
     assert not marker.exists()
 
@@ -188,7 +193,9 @@ def test_safe_loads_refuses_other_globals_and_object_arrays() -> None:
     with pytest.raises(UnsafePickleError, match="objects"):
         safe_loads(pickle.dumps(np.array([1, "x"], dtype=object)))
     with pytest.raises(UnsafePickleError, match="encoding 'base64'"):
-        safe_loads(b"\x80\x02c_codecs\nencode\nX\x04\x00\x00\x00YWJjq\x00X\x06\x00\x00\x00base64q\x01\x86R.")
+        safe_loads(
+            b"\x80\x02c_codecs\nencode\nX\x04\x00\x00\x00YWJjq\x00X\x06\x00\x00\x00base64q\x01\x86R."
+        )
     value = {"a": [1, 2.5, b"x"], "b": np.arange(3)}
     loaded = safe_loads(pickle.dumps(value, protocol=2), encoding="latin1")
     assert loaded["a"] == [1, 2.5, b"x"]

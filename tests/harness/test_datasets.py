@@ -34,9 +34,9 @@ def test_digits_split_is_deterministic_and_seeded() -> None:
     c = load_digits_dataset(seed=1)
     assert not np.array_equal(a.y_train, c.y_train)
     # Same images overall, just split differently.
-    assert sorted(a.x_train.sum(axis=(1, 2, 3)).tolist() + a.x_test.sum(axis=(1, 2, 3)).tolist()) == (
-        sorted(c.x_train.sum(axis=(1, 2, 3)).tolist() + c.x_test.sum(axis=(1, 2, 3)).tolist())
-    )
+    assert sorted(
+        a.x_train.sum(axis=(1, 2, 3)).tolist() + a.x_test.sum(axis=(1, 2, 3)).tolist()
+    ) == (sorted(c.x_train.sum(axis=(1, 2, 3)).tolist() + c.x_test.sum(axis=(1, 2, 3)).tolist()))
 
 
 def test_synthetic_shapes_and_determinism() -> None:
@@ -60,7 +60,11 @@ def test_dataset_rejects_inconsistent_arrays() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "shape", "classes"),
-    [("synthetic", (32, 32, 3), 10), ("synthetic:8x8x1", (8, 8, 1), 10), ("synthetic:4x6x2:7", (4, 6, 2), 7)],
+    [
+        ("synthetic", (32, 32, 3), 10),
+        ("synthetic:8x8x1", (8, 8, 1), 10),
+        ("synthetic:4x6x2:7", (4, 6, 2), 7),
+    ],
 )
 def test_load_dataset_synthetic(spec: str, shape: tuple[int, int, int], classes: int) -> None:
     ds = load_dataset(spec)
