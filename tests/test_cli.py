@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 R50 = str(ROOT / "specs" / "paper" / "resnet50.yaml")
@@ -17,8 +16,13 @@ TV50 = str(ROOT / "specs" / "torchvision" / "resnet50.yaml")
 
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rescompile", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "rescompile", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
 
 
 def test_validate_ok():
@@ -27,8 +31,10 @@ def test_validate_ok():
 
 
 def test_bad_spec_exit_1_no_traceback(write_spec):
-    bad = write_spec("name: x\ninput: {size: 32}\nnum_classes: 10\nstem: cifar\nblock: basic\n"
-                     "stages: [{depth: 1, width: 16, strid: 1}]\n")
+    bad = write_spec(
+        "name: x\ninput: {size: 32}\nnum_classes: 10\nstem: cifar\nblock: basic\n"
+        "stages: [{depth: 1, width: 16, strid: 1}]\n"
+    )
     p = run("report", str(bad))
     assert p.returncode == 1
     assert "Traceback" not in p.stderr
@@ -77,8 +83,12 @@ def test_check_single_and_all():
 
 
 def test_check_fails_when_spec_departs_from_paper():
-    p = run("check", str(ROOT / "specs" / "paper" / "cifar-resnet20.yaml"), "--set",
-            "stages.2.width=128")
+    p = run(
+        "check",
+        str(ROOT / "specs" / "paper" / "cifar-resnet20.yaml"),
+        "--set",
+        "stages.2.width=128",
+    )
     assert p.returncode == 1
     assert "FAIL  parameters (trainable)" in p.stdout
     assert "FAIL  conv4_x output channels" in p.stdout
@@ -103,8 +113,9 @@ def test_usage_errors():
 HEAVY = ("torch", "jax", "flax")
 
 
-@pytest.mark.parametrize("argv", [["validate", R50], ["report", R50, "--depth", "layer"],
-                                  ["check", R50]])
+@pytest.mark.parametrize(
+    "argv", [["validate", R50], ["report", R50, "--depth", "layer"], ["check", R50]]
+)
 def test_core_commands_never_import_frameworks(argv):
     code = (
         "import sys, runpy\n"
@@ -118,6 +129,9 @@ def test_core_commands_never_import_frameworks(argv):
 
 
 def test_import_rescompile_is_light():
-    code = f"import sys, rescompile, rescompile.cli; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    code = (
+        "import sys, rescompile, rescompile.cli\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.stdout.strip() == "[]"

@@ -7,11 +7,10 @@ formulas written in this file, never from rescompile's own output.
 from __future__ import annotations
 
 import pytest
+from conftest import ROOT, SPECS, spec_id
 
 from rescompile import compile_spec
 from rescompile.passes.audit import FAIL, NOTE, audit
-
-from conftest import ROOT, SPECS, spec_id
 
 # torchvision's published num_params and GFLOPS (multiply-adds), REFERENCE.md.
 TORCHVISION = {
@@ -35,8 +34,14 @@ def test_torchvision_metadata(name):
 
 
 # Table 1 "FLOPs" (multiply-adds), printed to one decimal in units of 1e9.
-TABLE1 = {"resnet18": 1.8, "resnet34": 3.6, "resnet101": 7.6, "resnet152": 11.3,
-          "plain18": 1.8, "plain34": 3.6}
+TABLE1 = {
+    "resnet18": 1.8,
+    "resnet34": 3.6,
+    "resnet101": 7.6,
+    "resnet152": 11.3,
+    "plain18": 1.8,
+    "plain34": 3.6,
+}
 
 
 @pytest.mark.parametrize("name", TABLE1)
@@ -115,8 +120,10 @@ def bottleneck_macs(depths, stride_on_3x3: bool, size: int = 224) -> int:
     return macs + 2048 * 1000
 
 
-@pytest.mark.parametrize("depths,name", [((3, 4, 6, 3), "resnet50"), ((3, 4, 23, 3), "resnet101"),
-                                         ((3, 8, 36, 3), "resnet152")])
+@pytest.mark.parametrize(
+    "depths,name",
+    [((3, 4, 6, 3), "resnet50"), ((3, 4, 23, 3), "resnet101"), ((3, 8, 36, 3), "resnet152")],
+)
 def test_bottleneck_macs_independent(depths, name):
     _, v1 = compile_spec(ROOT / "specs" / "paper" / f"{name}.yaml")
     _, v15 = compile_spec(ROOT / "specs" / "torchvision" / f"{name}.yaml")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import ROOT
 
 from rescompile.errors import SpecError
 from rescompile.spec.load import load_spec, load_spec_text
-
-from conftest import ROOT
 
 GOOD = """\
 name: net
@@ -102,17 +101,30 @@ def test_name_must_be_identifier_like():
     assert msg.startswith("s.yaml:1:7: name: name must start with a letter")
 
 
-@pytest.mark.parametrize("text,expected", [
-    (GOOD.replace("block: basic", "block: {kind: basic, groups: 2}"),
-     "s.yaml:5:8: block: basic blocks support only groups=1 and width_per_group=64"),
-    (GOOD.replace("width: 32", "width: 8"),
-     "s.yaml:9:23: stages.1.width: option A cannot shrink the width (16 -> 8 channels); "
-     "use B or C"),
-    (GOOD.replace("size: 32", "size: 1"),
-     "s.yaml:9:5: IR node 'layer2.0.conv1' (conv2d) applies stride 2 to a 1x1 feature map"),
-    (GOOD.replace("shortcut: A", "shortcut: A\ninit: {zero_init_residual: true}\npreact: true"),
-     "s.yaml:7:7: init: zero_init_residual needs post-activation residual blocks"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (
+            GOOD.replace("block: basic", "block: {kind: basic, groups: 2}"),
+            "s.yaml:5:8: block: basic blocks support only groups=1 and width_per_group=64",
+        ),
+        (
+            GOOD.replace("width: 32", "width: 8"),
+            "s.yaml:9:23: stages.1.width: option A cannot shrink the width (16 -> 8 channels); "
+            "use B or C",
+        ),
+        (
+            GOOD.replace("size: 32", "size: 1"),
+            "s.yaml:9:5: IR node 'layer2.0.conv1' (conv2d) applies stride 2 to a 1x1 feature map",
+        ),
+        (
+            GOOD.replace(
+                "shortcut: A", "shortcut: A\ninit: {zero_init_residual: true}\npreact: true"
+            ),
+            "s.yaml:7:7: init: zero_init_residual needs post-activation residual blocks",
+        ),
+    ],
+)
 def test_semantic_errors(text, expected):
     from rescompile.compiler import analyse
 
@@ -129,18 +141,20 @@ def test_grouped_width_must_divide():
     with pytest.raises(SpecError) as e:
         analyse(load_spec_text(text, "s.yaml"))
     assert str(e.value.diagnostics[0]) == (
-        "s.yaml:5:8: block: width 16 x width_per_group 3 / 64 is not an integer")
+        "s.yaml:5:8: block: width 16 x width_per_group 3 / 64 is not an integer"
+    )
 
 
 def test_set_overrides_are_validated_like_the_file():
     assert errors(GOOD, ["stages.1.widht=8", "num_classes=x"]) == [
         "--set num_classes=x:1:13: num_classes: Input should be a valid integer, got 'x'",
-        "--set stages.1.widht=8:1:16: stages.1.widht: unknown field 'widht'; "
-        "did you mean 'width'?",
+        "--set stages.1.widht=8:1:16: stages.1.widht: unknown field 'widht'; did you mean 'width'?",
     ]
     r = load_spec_text(GOOD, "s.yaml", ["shortcut=C", "stages.1.depth=5", "block.kind=bottleneck"])
     assert (r.spec.shortcut, r.spec.stages[1].depth, r.spec.block.kind) == ("C", 5, "bottleneck")
-    assert errors(GOOD, ["stages.7.depth=1"]) == ["--set stages.7.depth=1:1:16: no list element 'stages.7'"]
+    assert errors(GOOD, ["stages.7.depth=1"]) == [
+        "--set stages.7.depth=1:1:16: no list element 'stages.7'"
+    ]
     assert errors(GOOD, ["nonsense"]) == ["--set nonsense:1:1: expected KEY=VALUE, got 'nonsense'"]
 
 
@@ -155,8 +169,9 @@ def test_extends_merges_and_reports_base_positions(write_spec):
 
 def test_extends_override(write_spec):
     write_spec(GOOD, "base.yaml")
-    child = write_spec("extends: base.yaml\nname: child\nblock: {kind: bottleneck}\n"
-                       "shortcut: B\n", "child.yaml")
+    child = write_spec(
+        "extends: base.yaml\nname: child\nblock: {kind: bottleneck}\nshortcut: B\n", "child.yaml"
+    )
     r = load_spec(child)
     assert (r.spec.name, r.spec.block.kind, r.spec.stages[0].depth) == ("child", "bottleneck", 3)
 
@@ -167,7 +182,9 @@ def test_extends_cycle_missing_and_outside(write_spec, tmp_path):
     with pytest.raises(SpecError, match=r"cyclic extends: a.yaml -> b.yaml -> a.yaml"):
         load_spec(a)
     m = write_spec("extends: missing.yaml\nname: m\n", "m.yaml")
-    with pytest.raises(SpecError, match=r"m.yaml:1:10: extends: base spec 'missing.yaml' not found"):
+    with pytest.raises(
+        SpecError, match=r"m.yaml:1:10: extends: base spec 'missing.yaml' not found"
+    ):
         load_spec(m)
     o = write_spec("extends: /etc/passwd.yaml\nname: o\n", "o.yaml")
     with pytest.raises(SpecError, match=r"resolves outside the allowed spec directories"):

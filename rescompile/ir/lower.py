@@ -55,13 +55,21 @@ class _Lowerer:
         return self.g.add(Node(name, op, attrs, src, stage, block), *inputs)
 
     def conv(self, name, x, cin, cout, k, stride=1, groups=1, *, src, stage, block=None) -> str:
-        attrs = dict(in_channels=cin, out_channels=cout, kernel=k, stride=stride,
-                     padding=k // 2, groups=groups, bias=False)
+        attrs = dict(
+            in_channels=cin,
+            out_channels=cout,
+            kernel=k,
+            stride=stride,
+            padding=k // 2,
+            groups=groups,
+            bias=False,
+        )
         return self.node(name, Op.CONV2D, attrs, [x], src=src, stage=stage, block=block)
 
     def bn(self, name, x, c, *, src, stage, block=None, zero_init=False) -> str:
-        attrs = dict(channels=c, eps=self.s.norm.eps, momentum=self.s.norm.momentum,
-                     zero_init=zero_init)
+        attrs = dict(
+            channels=c, eps=self.s.norm.eps, momentum=self.s.norm.momentum, zero_init=zero_init
+        )
         return self.node(name, Op.BATCHNORM, attrs, [x], src=src, stage=stage, block=block)
 
     def relu(self, name, x, *, src, stage, block=None) -> str:
@@ -73,8 +81,14 @@ class _Lowerer:
         kw = dict(src=src, stage="stem")
         cin = s.input.channels
         width = s.stem.width or s.stages[0].width
-        x = self.node("input", Op.INPUT, {"shape": self.g.input_shape}, [], src=self.pos("input"),
-                      stage="stem")
+        x = self.node(
+            "input",
+            Op.INPUT,
+            {"shape": self.g.input_shape},
+            [],
+            src=self.pos("input"),
+            stage="stem",
+        )
         if s.stem.kind == "deep":
             if width % 2:
                 self.error(f"a deep stem needs an even width, got {width}", "stem")
@@ -100,8 +114,14 @@ class _Lowerer:
     # -- blocks ------------------------------------------------------------------------------
     def stage_cfg(self, i: int, st: StageSpec) -> _StageCfg:
         s = self.s
-        return _StageCfg(i, st, st.block or s.block, st.shortcut or s.shortcut,
-                         st.downsample or s.downsample, st.stride_on or s.stride_on)
+        return _StageCfg(
+            i,
+            st,
+            st.block or s.block,
+            st.shortcut or s.shortcut,
+            st.downsample or s.downsample,
+            st.stride_on or s.stride_on,
+        )
 
     def block(self, cfg: _StageCfg, j: int, x: str, cin: int) -> tuple[str, int]:
         st, b = cfg.spec, cfg.block
@@ -122,7 +142,9 @@ class _Lowerer:
                 path = ("stages", i, "block") if st.block else ("block",)
                 self.error(
                     f"width {st.width} x width_per_group {b.width_per_group} / 64 is not an "
-                    "integer", *path)
+                    "integer",
+                    *path,
+                )
             inner = (st.width * b.width_per_group // 64) * b.groups
         if cfg.shortcut == "none":
             sc = "none"
@@ -131,11 +153,28 @@ class _Lowerer:
         else:
             sc = "identity"
         if sc == "pad" and cout < cin:
-            self.error(f"option A cannot shrink the width ({cin} -> {cout} channels); use B or C",
-                       "stages", i, "width")
+            self.error(
+                f"option A cannot shrink the width ({cin} -> {cout} channels); use B or C",
+                "stages",
+                i,
+                "width",
+            )
         stride_on = cfg.stride_on if b.kind == "bottleneck" else "3x3"
-        blk = Block(name, stage, b.kind, self.s.preact, sc, cfg.downsample, cin, inner, cout,
-                    stride, stride_on, b.groups, src)
+        blk = Block(
+            name,
+            stage,
+            b.kind,
+            self.s.preact,
+            sc,
+            cfg.downsample,
+            cin,
+            inner,
+            cout,
+            stride,
+            stride_on,
+            b.groups,
+            src,
+        )
         self.g.blocks.append(blk)
         first = len(self.g)
         kw = dict(src=src, stage=stage, block=name)
@@ -150,8 +189,11 @@ class _Lowerer:
             convs = [(3, cin, inner, stride, 1), (3, inner, cout, 1, 1)]
         else:
             s1, s3 = (stride, 1) if stride_on == "1x1" else (1, stride)
-            convs = [(1, cin, inner, s1, 1), (3, inner, inner, s3, b.groups),
-                     (1, inner, cout, 1, 1)]
+            convs = [
+                (1, cin, inner, s1, 1),
+                (3, inner, inner, s3, b.groups),
+                (1, inner, cout, 1, 1),
+            ]
         h = x
         preact_out = None
         last = len(convs)
@@ -173,21 +215,32 @@ class _Lowerer:
             if sc == "identity":
                 short = x
             elif sc == "pad":
-                short = self.node(f"{name}.shortcut", Op.PAD_CHANNELS,
-                                  dict(stride=stride, out_channels=cout), [x], **kw)
+                short = self.node(
+                    f"{name}.shortcut",
+                    Op.PAD_CHANNELS,
+                    dict(stride=stride, out_channels=cout),
+                    [x],
+                    **kw,
+                )
             else:
                 short = preact_out if self.s.preact else x
                 idx = 0
                 if cfg.downsample == "avgpool":
                     if stride > 1:
-                        short = self.node(f"{name}.downsample.0", Op.AVGPOOL,
-                                          dict(kernel=stride, stride=stride), [short], **kw)
+                        short = self.node(
+                            f"{name}.downsample.0",
+                            Op.AVGPOOL,
+                            dict(kernel=stride, stride=stride),
+                            [short],
+                            **kw,
+                        )
                     idx = 1
                     conv_stride = 1
                 else:
                     conv_stride = stride
-                short = self.conv(f"{name}.downsample.{idx}", short, cin, cout, 1, conv_stride,
-                                  **kw)
+                short = self.conv(
+                    f"{name}.downsample.{idx}", short, cin, cout, 1, conv_stride, **kw
+                )
                 if not self.s.preact:
                     short = self.bn(f"{name}.downsample.{idx + 1}", short, cout, **kw)
             h = self.node(f"{name}.add", Op.ADD, {}, [h, short], **kw)
@@ -205,10 +258,21 @@ class _Lowerer:
         x = self.node("avgpool", Op.GLOBAL_AVGPOOL, {}, [x], **kw)
         x = self.node("flatten", Op.FLATTEN, {}, [x], **kw)
         if self.s.head.dropout > 0:
-            x = self.node("dropout", Op.DROPOUT, {"p": self.s.head.dropout}, [x],
-                          src=self.pos("head", "dropout"), stage="head")
-        self.node("fc", Op.LINEAR, dict(in_features=c, out_features=self.s.num_classes, bias=True),
-                  [x], **kw)
+            x = self.node(
+                "dropout",
+                Op.DROPOUT,
+                {"p": self.s.head.dropout},
+                [x],
+                src=self.pos("head", "dropout"),
+                stage="head",
+            )
+        self.node(
+            "fc",
+            Op.LINEAR,
+            dict(in_features=c, out_features=self.s.num_classes, bias=True),
+            [x],
+            **kw,
+        )
 
     def run(self) -> Graph:
         x, c = self.stem()

@@ -22,7 +22,7 @@ class Finding:
 
 
 def paper_stage_outputs(g: Graph) -> dict[str, tuple[int, ...]]:
-    """Output shape of each of the paper's stages: conv1 (the stem's last conv), conv2_x, ..., pool."""
+    """Output shape of each paper stage: conv1 (the stem's last conv), conv2_x, ..., pool."""
     out: dict[str, tuple[int, ...]] = {}
     stem_convs = [n for n in g if n.stage == "stem" and n.op is Op.CONV2D]
     out["conv1"] = stem_convs[-1].meta["shape"]
@@ -42,33 +42,53 @@ def _fmt_printed(p: Printed) -> str:
 
 def _compare(figure: str, exact: int, p: Printed) -> Finding:
     rounded = round(exact / p.unit, p.digits)
-    shown = f"{exact:,} = {exact / p.unit:.{p.digits + 3}f}" + ("" if p.unit == 1 else
-                                                              {1e9: "e9", 1e6: "M"}[p.unit])
+    shown = f"{exact:,} = {exact / p.unit:.{p.digits + 3}f}" + (
+        "" if p.unit == 1 else {1e9: "e9", 1e6: "M"}[p.unit]
+    )
     printed = _fmt_printed(p)
     if abs(rounded - p.value) < 10 ** -(p.digits + 3):
         return Finding(PASS, figure, shown, printed)
     if p.note and abs(exact / p.unit - p.value) / p.value < 0.05:
         return Finding(NOTE, figure, shown, printed, p.note)
-    return Finding(FAIL, figure, shown, printed,
-                   f"rounds to {rounded:.{p.digits}f}, not {p.value:.{p.digits}f}")
+    return Finding(
+        FAIL,
+        figure,
+        shown,
+        printed,
+        f"rounds to {rounded:.{p.digits}f}, not {p.value:.{p.digits}f}",
+    )
 
 
 def audit(resolved: Resolved, g: Graph) -> list[Finding]:
     """Every figure of the spec's paper row, compared with the IR's exact value."""
     ref = resolved.spec.paper
     if ref is None:
-        raise SpecError(Diagnostic(resolved.pos(), "the spec names no paper row to check against "
-                                                    "(add `paper: {table: ..., row: ...}`)", "paper"))
+        raise SpecError(
+            Diagnostic(
+                resolved.pos(),
+                "the spec names no paper row to check against "
+                "(add `paper: {table: ..., row: ...}`)",
+                "paper",
+            )
+        )
     table = TABLES.get(ref.table)
     if table is None:
-        raise SpecError(Diagnostic(resolved.pos("paper", "table"),
-                                   f"unknown table {ref.table!r}; known: {', '.join(TABLES)}",
-                                   "paper.table"))
+        raise SpecError(
+            Diagnostic(
+                resolved.pos("paper", "table"),
+                f"unknown table {ref.table!r}; known: {', '.join(TABLES)}",
+                "paper.table",
+            )
+        )
     row = table.get(ref.row)
     if row is None:
-        raise SpecError(Diagnostic(resolved.pos("paper", "row"),
-                                   f"no row {ref.row!r} in {ref.table}; rows: {', '.join(table)}",
-                                   "paper.row"))
+        raise SpecError(
+            Diagnostic(
+                resolved.pos("paper", "row"),
+                f"no row {ref.row!r} in {ref.table}; rows: {', '.join(table)}",
+                "paper.row",
+            )
+        )
     found: list[Finding] = []
     stages = paper_stage_outputs(g)
     for stage, size in row.outputs.items():

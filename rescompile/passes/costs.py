@@ -36,7 +36,8 @@ def count_costs(g: Graph) -> Graph:
             c["macs"] = numel * per_out
         elif n.op is Op.LINEAR:
             c["params"] = a["in_features"] * a["out_features"] + (
-                a["out_features"] if a["bias"] else 0)
+                a["out_features"] if a["bias"] else 0
+            )
             c["macs"] = a["in_features"] * a["out_features"]
         elif n.op is Op.BATCHNORM:
             c["params"] = c["buffers"] = 2 * a["channels"]

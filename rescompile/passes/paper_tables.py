@@ -55,19 +55,30 @@ TABLES: dict[str, dict[str, Row]] = {
     },
     "resnet2016.table6": {
         f"ResNet-{depth}": Row(
-            "He et al. 2016, Sec. 4.2 and Table 6", _SIZES_32, _WIDTHS_32,
-            params=Printed(p, d, 1e6))
-        for depth, p, d in [(20, 0.27, 2), (32, 0.46, 2), (44, 0.66, 2), (56, 0.85, 2),
-                            (110, 1.7, 1), (1202, 19.4, 1)]
+            "He et al. 2016, Sec. 4.2 and Table 6", _SIZES_32, _WIDTHS_32, params=Printed(p, d, 1e6)
+        )
+        for depth, p, d in [
+            (20, 0.27, 2),
+            (32, 0.46, 2),
+            (44, 0.66, 2),
+            (56, 0.85, 2),
+            (110, 1.7, 1),
+            (1202, 19.4, 1),
+        ]
     },
     "preact2016.cifar": {
-        f"ResNet-{depth}": Row("He et al. 2016b (Identity Mappings), Table 3", _SIZES_32,
-                               params=Printed(1.7, 1, 1e6))
+        f"ResNet-{depth}": Row(
+            "He et al. 2016b (Identity Mappings), Table 3", _SIZES_32, params=Printed(1.7, 1, 1e6)
+        )
         for depth in (110, 164)
     },
     "torchvision": {
-        name: Row("torchvision weight metadata", _SIZES_224, macs=Printed(gflops, 3, 1e9),
-                  params=Printed(params, 0, 1))
+        name: Row(
+            "torchvision weight metadata",
+            _SIZES_224,
+            macs=Printed(gflops, 3, 1e9),
+            params=Printed(params, 0, 1),
+        )
         for name, params, gflops in [
             ("resnet18", 11_689_512, 1.814),
             ("resnet34", 21_797_672, 3.664),

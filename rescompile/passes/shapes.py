@@ -42,7 +42,8 @@ def _shape(g: Graph, n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
         case Op.ADD:
             if any(i != x for i in ins):
                 raise ValueError(
-                    "adds tensors of different shapes: " + " + ".join(_fmt(i) for i in ins))
+                    "adds tensors of different shapes: " + " + ".join(_fmt(i) for i in ins)
+                )
             return x
         case Op.GLOBAL_AVGPOOL:
             return (x[0], 1, 1)
@@ -69,17 +70,21 @@ def infer_shapes(g: Graph) -> Graph:
             raise SpecError(Diagnostic(n.src, f"IR node {n.name!r} ({n.op}) {e}")) from None
         stride = n.attrs.get("stride", 1)
         if stride > 1 and min(ins[0][1:]) < stride:
-            raise SpecError(Diagnostic(
-                n.src,
-                f"IR node {n.name!r} ({n.op}) applies stride {stride} to a {_fmt(ins[0][1:])} "
-                "feature map, which cannot shrink further: the input is too small for this many "
-                "downsampling stages",
-            ))
+            raise SpecError(
+                Diagnostic(
+                    n.src,
+                    f"IR node {n.name!r} ({n.op}) applies stride {stride} to a {_fmt(ins[0][1:])} "
+                    "feature map, which cannot shrink further: the input is too small for this many "
+                    "downsampling stages",
+                )
+            )
         if len(shape) == 3 and (shape[1] < 1 or shape[2] < 1):
-            raise SpecError(Diagnostic(
-                n.src,
-                f"IR node {n.name!r} ({n.op}) turns the {_fmt(ins[0][1:])} feature map into "
-                f"{_fmt(shape[1:])}: the input is too small for this many stride-2 stages",
-            ))
+            raise SpecError(
+                Diagnostic(
+                    n.src,
+                    f"IR node {n.name!r} ({n.op}) turns the {_fmt(ins[0][1:])} feature map into "
+                    f"{_fmt(shape[1:])}: the input is too small for this many stride-2 stages",
+                )
+            )
         n.meta["shape"] = shape
     return g

@@ -194,7 +194,7 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
 
 
 def _unwrap(tp: Any) -> Any:
-    for arg in (typing.get_args(tp) or (tp,)):
+    for arg in typing.get_args(tp) or (tp,):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
         inner = _unwrap(arg) if typing.get_args(arg) else None
@@ -204,8 +204,12 @@ def _unwrap(tp: Any) -> Any:
 
 
 def _is_field(part: Any) -> bool:
-    return isinstance(part, int) or (isinstance(part, str) and "[" not in part and "-" not in part
-                                     and part not in ("function-after", "function-before"))
+    return isinstance(part, int) or (
+        isinstance(part, str)
+        and "[" not in part
+        and "-" not in part
+        and part not in ("function-after", "function-before")
+    )
 
 
 _YAML11 = {"yes", "no", "on", "off", "y", "n", "Yes", "No", "On", "Off", "YES", "NO"}
@@ -233,7 +237,7 @@ def diagnostics_from(err: ValidationError, loc: yamlsafe.Located | Resolved) -> 
             pos = _pos(loc, path[:-1])
         else:
             if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
+                msg = msg[len("Value error, ") :]
             if isinstance(value, str) and value in _YAML11:
                 msg += f", got the string {value!r} (YAML 1.1 booleans are not coerced"
                 msg += "; write true or false)" if typ == "bool_type" else ")"
@@ -278,8 +282,9 @@ def load_spec(
     if roots is None:
         roots = [real.parent.parent, Path.cwd().resolve(), LIBRARY]
     loc = _load_chain(real, display, [Path(r).resolve() for r in roots], [real])
-    loc = yamlsafe.Located(copy.deepcopy(loc.data), loc.file, loc.positions, loc.key_positions,
-                           loc.problems)
+    loc = yamlsafe.Located(
+        copy.deepcopy(loc.data), loc.file, loc.positions, loc.key_positions, loc.problems
+    )
     return _validate(loc, overrides)
 
 
@@ -301,11 +306,15 @@ def _sorted(diags: list[Diagnostic]) -> list[Diagnostic]:
     return sorted(diags, key=lambda d: (d.pos.file, d.pos.line, d.pos.col) if d.pos else ("", 0, 0))
 
 
-def load_spec_text(text: str, file: str = "<string>", overrides: typing.Sequence[str] = ()) -> Resolved:
+def load_spec_text(
+    text: str, file: str = "<string>", overrides: typing.Sequence[str] = ()
+) -> Resolved:
     """Validate a spec given as text (no ``extends``); used by tests and tools."""
     loc = yamlsafe.load_text(text, file)
     if not isinstance(loc.data, dict):
         raise SpecError(Diagnostic(SourcePos(file, 1, 1), "a spec must be a YAML mapping"))
     if "extends" in loc.data:
-        raise SpecError(Diagnostic(loc.positions.get(("extends",)), "extends needs a file", "extends"))
+        raise SpecError(
+            Diagnostic(loc.positions.get(("extends",)), "extends needs a file", "extends")
+        )
     return _validate(loc, overrides)

@@ -57,7 +57,9 @@ class StemSpec(_Model):
         description="imagenet: 7x7/2 conv + BN + ReLU + 3x3/2 max pool; cifar: 3x3 conv + BN + "
         "ReLU; deep: three 3x3 convs (the first stride 2) + max pool (ResNet-C)"
     )
-    width: PosInt | None = Field(None, description="output channels; default: the first stage's width")
+    width: PosInt | None = Field(
+        None, description="output channels; default: the first stage's width"
+    )
 
 
 class InputSpec(_Model):
@@ -127,7 +129,9 @@ class Spec(_Model):
     input: InputSpec = Field(description="input channels and size")
     num_classes: PosInt = Field(description="classifier outputs")
     stem: StemSpec = Field(description="imagenet | cifar | deep, or {kind, width}")
-    block: BlockSpec = Field(description="basic | bottleneck, or {kind, expansion, groups, width_per_group}")
+    block: BlockSpec = Field(
+        description="basic | bottleneck, or {kind, expansion, groups, width_per_group}"
+    )
     preact: bool = Field(False, description="pre-activation units (He et al., Identity Mappings)")
     shortcut: Shortcut = Field(
         "B",

@@ -25,6 +25,7 @@ from rescompile.errors import Diagnostic, SourcePos, SpecError
 MAX_BYTES = 1 << 20  # 1 MiB: real specs are a few hundred bytes
 MAX_DEPTH = 32
 MAX_NODES = 100_000  # after alias expansion
+MAX_DIGITS = 100  # an integer literal longer than this is an error, not a bignum
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -99,15 +100,24 @@ def _scalar(node: yaml.ScalarNode, file: str, problems: list[Diagnostic], path: 
         return True
     if v in _FALSE:
         return False
+    if _INT.fullmatch(v) or _LEADING_ZERO.fullmatch(v):
+        digits = len(v.lstrip("+-"))
+        if digits > MAX_DIGITS:  # int() would refuse (or take quadratic time)
+            problems.append(Diagnostic(_pos(file, node.start_mark),
+                                       f"number with {digits} digits is too large",
+                                       ".".join(map(str, path))))
+            return v
     if _INT.fullmatch(v):
         return int(v)
     if _LEADING_ZERO.fullmatch(v):
-        problems.append(Diagnostic(
-            _pos(file, node.start_mark),
-            f"ambiguous number {v!r}: a leading zero is octal in YAML 1.1; write {int(v)} or "
-            "quote it",
-            ".".join(map(str, path)),
-        ))
+        problems.append(
+            Diagnostic(
+                _pos(file, node.start_mark),
+                f"ambiguous number {v!r}: a leading zero is octal in YAML 1.1; write {int(v)} or "
+                "quote it",
+                ".".join(map(str, path)),
+            )
+        )
     if _FLOAT.fullmatch(v):
         return float(v)
     return v
@@ -128,6 +138,9 @@ class _Builder:
                 f"the document expands to more than {MAX_NODES} values "
                 "(alias expansion limit; is this a 'billion laughs' file?)",
             )
+        if len(path) > MAX_DEPTH:  # reachable only through aliases (or a recursive alias)
+            raise _fail(self.file, node.start_mark,
+                        f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded")
         self.loc.positions.setdefault(path, _pos(self.file, node.start_mark))
         if isinstance(node, yaml.ScalarNode):
             return _scalar(node, self.file, self.loc.problems, path)
@@ -179,13 +192,18 @@ def load_file(path: str | Path, display: str | None = None) -> Located:
         size = p.stat().st_size
         if size > MAX_BYTES:
             raise _fail(name, None, f"file is larger than {MAX_BYTES} bytes; refusing to parse it")
-        raw = p.read_bytes()
+        with p.open("rb") as f:  # bounded: a device or a FIFO has no meaningful size
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise _fail(name, None, f"file is larger than {MAX_BYTES} bytes; refusing to parse it")
     except FileNotFoundError:
         raise SpecError(Diagnostic(None, f"{name}: no such file")) from None
     except IsADirectoryError:
         raise SpecError(Diagnostic(None, f"{name}: is a directory, expected a YAML file")) from None
     except OSError as e:
         raise SpecError(Diagnostic(None, f"{name}: cannot read: {e.strerror}")) from None
+    except ValueError:  # an embedded NUL byte
+        raise SpecError(Diagnostic(None, f"{name!r}: not a valid file name")) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
