@@ -42,8 +42,9 @@ def framework_counter(path: Path, repeat: int) -> dict[str, float]:
         from torch.utils.flop_counter import FlopCounterMode
     except ImportError:
         return {}
-    from rescompile import compile_spec
     from rescompile.backends import torch as tb
+
+    from rescompile import compile_spec
 
     _, g = compile_spec(path)
     model = tb.load_module(tb.emit(g), g.class_name)().eval()

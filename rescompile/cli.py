@@ -44,6 +44,7 @@ class ReportFormat(StrEnum):
     json = "json"
     csv = "csv"
     markdown = "markdown"
+    html = "html"
 
 
 class IRFormat(StrEnum):
@@ -115,7 +116,8 @@ def report(
 
         rep.render_table(g, d, _console(Console))
     else:
-        render = {"json": rep.to_json, "csv": rep.to_csv, "markdown": rep.to_markdown}
+        render = {"json": rep.to_json, "csv": rep.to_csv, "markdown": rep.to_markdown,
+                  "html": rep.to_html}
         sys.stdout.write(render[format.value](g, d) + ("\n" if format is ReportFormat.json else ""))
 
 
@@ -236,6 +238,127 @@ def build(
             raise typer.Exit(1)
 
 
+class GraphFormat(StrEnum):
+    dot = "dot"
+    svg = "svg"
+    png = "png"
+
+
+@app.command()
+def graph(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    format: Annotated[GraphFormat, typer.Option("--format", "-f")] = GraphFormat.svg,
+    depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.block,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+) -> None:
+    """Draw the architecture: shapes on the edges, params and MACs per stage, block or layer.
+
+    SVG and PNG need Graphviz's `dot`; without it the DOT text is written instead (to FILE with
+    its suffix changed to .dot when -o FILE is given).
+    """
+    from rescompile.passes import graphviz
+
+    _, g = _compile(spec, set_)
+    dot = graphviz.to_dot(g, depth.value)
+    if format is GraphFormat.png and output is None:
+        raise UserError("PNG is binary: give -o FILE (or use --format svg or dot)")
+    try:
+        data = graphviz.render(dot, format.value)
+    except graphviz.GraphvizMissing as e:
+        typer.echo(f"warning: {e}; writing the DOT text instead", err=True)
+        _write(dot, output.with_suffix(".dot") if output is not None else None)
+        return
+    if format is GraphFormat.png:
+        _write_bytes(data, output)
+    else:
+        _write(data.decode(), output)
+
+
+def _write_bytes(data: bytes, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+    docs: Annotated[
+        bool, typer.Option("--docs", help="the Markdown reference instead of the JSON Schema")
+    ] = False,
+) -> None:
+    """Print the JSON Schema of the spec language (or, with --docs, its reference).
+
+    The committed copies are specs/schema.json and docs/spec-language.md.
+    """
+    from rescompile.spec.schema import reference_markdown, schema_text
+
+    _write(reference_markdown() if docs else schema_text(), output)
+
+
+def _opt(help_: str, *names: str, **kw):
+    return typer.Option(*names, help=help_, **kw)
+
+
+@app.command()
+def train(
+    spec: Annotated[str | None, typer.Argument(metavar="[SPEC]",
+                                               help="spec to train (omit with --resume)")] = None,
+    set_: SetOpt = None,
+    backend: Annotated[str | None, _opt("torch | flax (default torch)", "--backend", "-b")] = None,
+    data: Annotated[str | None, _opt("digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | "
+                                     "cifar100:PATH", "--data")] = None,
+    recipe: Annotated[str | None, _opt("paper-cifar | paper-imagenet | fast", "--recipe")] = None,
+    epochs: Annotated[float | None, _opt("run length in epochs", "--epochs")] = None,
+    steps: Annotated[int | None, _opt("run length in steps", "--steps")] = None,
+    batch_size: Annotated[int | None, _opt("global batch size", "--batch-size")] = None,
+    lr: Annotated[float | None, _opt("base learning rate", "--lr")] = None,
+    seed: Annotated[int | None, _opt("seed of init, order, augmentation", "--seed")] = None,
+    out: Annotated[str | None, _opt("run directory (default runs/NAME-BACKEND)", "--out")] = None,
+    resume: Annotated[str | None, _opt("continue the run in this directory", "--resume")] = None,
+    eval_every: Annotated[int | None, _opt("steps between evaluations", "--eval-every")] = None,
+    ckpt_every: Annotated[int | None, _opt("steps between checkpoints", "--ckpt-every")] = None,
+    log_every: Annotated[int | None, _opt("steps between log records", "--log-every")] = None,
+    keep: Annotated[int | None, _opt("checkpoints kept (default 3)", "--keep")] = None,
+    precision: Annotated[str | None, _opt("fp32 | bf16 (default bf16 on GPU)",
+                                          "--precision")] = None,
+    compile_: Annotated[bool | None, _opt("torch.compile (default on GPU)",
+                                          "--compile/--no-compile")] = None,
+    channels_last: Annotated[bool | None, _opt("channels_last (default on GPU)",
+                                               "--channels-last/--no-channels-last")] = None,
+    device: Annotated[str | None, _opt("cpu | cuda | gpu (default: best available)",
+                                       "--device")] = None,
+    augment: Annotated[bool | None, _opt("pad-crop-flip (default: as the dataset)",
+                                         "--augment/--no-augment")] = None,
+    warmup: Annotated[bool | None, _opt("paper warm-up (default: 110+ layers)",
+                                        "--warmup/--no-warmup")] = None,
+    quiet: Annotated[bool, _opt("no progress output", "--quiet", "-q")] = False,
+) -> None:
+    """Train a spec with a backend; writes a run directory (metrics, checkpoints, curves)."""
+    from rescompile.harness.loop import run_from_cli
+
+    run_from_cli(locals())
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="run directories")],
+    output: Annotated[str, typer.Option("--output", "-o", help="image to write")] = "curves.png",
+    label: Annotated[list[str] | None, _opt("legend label per run (repeatable)", "--label")] = None,
+    title: Annotated[str | None, _opt("figure title", "--title")] = None,
+) -> None:
+    """Overlay training (dashed) and test (solid) error of runs, as in the paper's Figure 6."""
+    from rescompile.harness.loop import plot_runs
+
+    typer.echo(f"wrote {plot_runs(runs, output, label, title)}", err=True)
+
+
 def main() -> None:
     """Entry point: user errors become one line per problem and exit status 1."""
     try:
@@ -243,7 +366,7 @@ def main() -> None:
     except SpecError as e:
         for d in e.diagnostics:
             typer.echo(f"{d}", err=True)
-        n = len(e.diagnostics)
+        n = e.count
         typer.echo(f"{n} error{'s' if n > 1 else ''}", err=True)
         sys.exit(1)
     except UserError as e:

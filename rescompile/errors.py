@@ -19,7 +19,7 @@ class SourcePos:
     col: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{one_line(self.file)}:{self.line}:{self.col}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +32,16 @@ class Diagnostic:
 
     def __str__(self) -> str:
         where = f"{self.pos}: " if self.pos else ""
-        field = f"{self.path}: " if self.path else ""
-        return f"{where}{field}{self.message}"
+        field = f"{one_line(self.path)}: " if self.path else ""
+        return f"{where}{field}{one_line(self.message)}"
+
+
+def one_line(text: str) -> str:
+    """``text`` with non-printable characters (newlines, controls, bidi overrides) escaped, so a
+    diagnostic is always exactly one line and shows what the input really contains."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class UserError(Exception):
@@ -43,8 +51,10 @@ class UserError(Exception):
 class SpecError(UserError):
     """One or more diagnostics about a spec, all reported at once."""
 
-    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic):
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic, count: int | None = None):
         if isinstance(diagnostics, Diagnostic):
             diagnostics = [diagnostics]
         self.diagnostics = list(diagnostics)
+        # How many problems there are: more than the diagnostics when some were only counted.
+        self.count = len(self.diagnostics) if count is None else count
         super().__init__("\n".join(str(d) for d in self.diagnostics))

@@ -142,8 +142,9 @@ def render_table(g: Graph, depth: Depth, console) -> None:
         t.add_row(*cells, *(f"{r.counts[c]:,}" for c in _COLS))
     console.print(t)
     console.print(
-        f"MACs {_human(tot['macs'])} · FLOPs {_human(tot['flops'])} · params {_human(tot['params'])}"
-        f" (+{tot['buffers']:,} BN buffers) · BN elems {tot['bn']:,} · ReLU {tot['relu']:,} · "
+        f"MACs {_human(tot['macs'])} · FLOPs {_human(tot['flops'])} · "
+        f"params {_human(tot['params'])} (+{tot['buffers']:,} BN buffers) · "
+        f"BN elems {tot['bn']:,} · ReLU {tot['relu']:,} · "
         f"add {tot['add']:,} · pool {tot['pool']:,} · activations "
         f"{tot['act_bytes'] / 2**20:.1f} MiB/image (float32)")
 
@@ -155,3 +156,120 @@ def diff_rows(a: Graph, b: Graph, depth: Depth) -> list[tuple[str, dict[str, int
     names = list(dict.fromkeys([*ra, *rb]))
     zero = dict.fromkeys(COUNTERS, 0)
     return [(n, ra.get(n, zero), rb.get(n, zero)) for n in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML: one self-contained page (inline CSS and SVG, no scripts, nothing fetched)
+
+_CSS = """
+body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;
+       color: #222; max-width: 72em; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+h2 { font-size: 1.15em; margin-top: 1.6em; }
+.convention { color: #555; font-size: 0.9em; max-width: 60em; }
+.charts { display: flex; flex-wrap: wrap; gap: 2em; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
+th:first-child, td:first-child, th.text, td.text { text-align: left; }
+tfoot td { font-weight: bold; border-top: 2px solid #999; }
+svg text { font: 12px Helvetica, Arial, sans-serif; }
+"""
+
+
+def _bar_chart(title: str, items: list[tuple[str, int]], color: str) -> str:
+    """A horizontal bar chart as inline SVG: one bar per (label, value), with value and share."""
+    esc = _html_escape
+    total = sum(v for _, v in items) or 1
+    top = max((v for _, v in items), default=0) or 1
+    label_w, bar_w, value_w, row_h = 150, 300, 150, 24
+    height = 30 + row_h * len(items)
+    width = label_w + bar_w + value_w
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
+        f'<text x="0" y="16" font-weight="bold">{esc(title)}</text>',
+    ]
+    for i, (label, v) in enumerate(items):
+        y = 28 + i * row_h
+        w = round(bar_w * v / top, 1)
+        share = 100 * v / total
+        out += [
+            f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{esc(label)}</text>',
+            f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row_h - 8}" fill="{color}">'
+            f"<title>{esc(label)}: {v:,}</title></rect>",
+            f'<text x="{label_w + w + 6}" y="{y + 15}">{_human(v)} ({share:.1f}%)</text>',
+        ]
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _html_escape(text: str) -> str:
+    from html import escape
+
+    return escape(str(text), quote=True)
+
+
+def to_html(g: Graph, depth: Depth) -> str:
+    """A self-contained HTML page: per-stage bars of params and MACs, then the ``depth`` table."""
+    esc = _html_escape
+    t = g.totals
+    c, h, w = g.input_shape
+    title = f"{g.name}: {c}x{h}x{w} input"
+    stages = rows(g, "stage")
+    labels = [f"{r.name} ({r.paper})" for r in stages]
+    params = [(lb, r.counts["params"]) for lb, r in zip(labels, stages, strict=True)]
+    macs = [(lb, r.counts["macs"]) for lb, r in zip(labels, stages, strict=True)]
+    mib = t["act_bytes"] / 2**20
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{t['params']:,} parameters ({_human(t['params'])}) · {t['macs']:,} MACs "
+        f"({_human(t['macs'])}) · {t['flops']:,} FLOPs · activations {mib:.1f} MiB/image "
+        f"(float32) · spec hash {esc(g.spec_hash)}</p>",
+        f'<p class="convention">{esc(CONVENTION)}</p>',
+        "<h2>Where the cost sits</h2>",
+        '<div class="charts">',
+        _bar_chart("parameters per stage", params, "#4c78a8"),
+        _bar_chart("MACs per stage", macs, "#f58518"),
+        "</div>",
+        f"<h2>Per {esc(depth)}</h2>",
+        "<table>",
+    ]
+    head = ["name", "kind" if depth != "stage" else "paper", "output"]
+    out.append(
+        "<thead><tr>"
+        + "".join(f'<th class="text">{esc(x)}</th>' for x in head)
+        + "".join(f"<th>{x}</th>" for x in ("params", "MACs", "FLOPs", "act"))
+        + "</tr></thead>"
+    )
+    out.append("<tbody>")
+    for r in rows(g, depth):
+        cells = [r.name, r.kind if depth != "stage" else r.paper, r.shape_str]
+        out.append(
+            "<tr>"
+            + "".join(f'<td class="text">{esc(x)}</td>' for x in cells)
+            + "".join(f"<td>{r.counts[k]:,}</td>" for k in _COLS)
+            + "</tr>"
+        )
+    out.append("</tbody>")
+    out_shape = "x".join(map(str, g[g.output].meta["shape"]))
+    out.append(
+        f'<tfoot><tr><td class="text">total</td><td></td><td class="text">{out_shape}</td>'
+        + "".join(f"<td>{t[k]:,}</td>" for k in _COLS)
+        + "</tr></tfoot>"
+    )
+    out += [
+        "</table>",
+        f"<p>BN elements {t['bn']:,} · ReLU {t['relu']:,} · add {t['add']:,} · "
+        f"pool {t['pool']:,} · buffers {t['buffers']:,}</p>",
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(out) + "\n"

@@ -35,10 +35,10 @@ def _shape(g: Graph, n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
             return (x[0], _conv_out(x[1], k, s, p), _conv_out(x[2], k, s, p))
         case Op.AVGPOOL:  # ceil_mode=True, no padding
             k, s = a["kernel"], a["stride"]
-            return (x[0], math.ceil((x[1] - k) / s) + 1, math.ceil((x[2] - k) / s) + 1)
+            return (x[0], _ceil_div(x[1] - k, s) + 1, _ceil_div(x[2] - k, s) + 1)
         case Op.PAD_CHANNELS:  # x[:, :, ::s, ::s] then zero channels up to out_channels
             s = a["stride"]
-            return (a["out_channels"], math.ceil(x[1] / s), math.ceil(x[2] / s))
+            return (a["out_channels"], _ceil_div(x[1], s), _ceil_div(x[2], s))
         case Op.ADD:
             if any(i != x for i in ins):
                 raise ValueError(
@@ -54,6 +54,10 @@ def _shape(g: Graph, n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
                 raise ValueError(f"expects {a['in_features']} features, got {_fmt(x)}")
             return (a["out_features"],)
     raise AssertionError(f"no shape rule for {n.op}")  # pragma: no cover
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)  # exact for any int, unlike math.ceil(a / b)
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
@@ -74,8 +78,8 @@ def infer_shapes(g: Graph) -> Graph:
                 Diagnostic(
                     n.src,
                     f"IR node {n.name!r} ({n.op}) applies stride {stride} to a {_fmt(ins[0][1:])} "
-                    "feature map, which cannot shrink further: the input is too small for this many "
-                    "downsampling stages",
+                    "feature map, which cannot shrink further: the input is too small for this "
+                    "many downsampling stages",
                 )
             )
         if len(shape) == 3 and (shape[1] < 1 or shape[2] < 1):

@@ -22,6 +22,7 @@ from rescompile.spec import yamlsafe
 from rescompile.spec.models import Spec
 
 MAX_EXTENDS = 16
+MAX_DIAGNOSTICS = 100  # beyond this many problems, the rest are counted rather than listed
 LIBRARY = Path(__file__).resolve().parents[2] / "specs"  # the built-in spec library (checkout)
 _SHORTHAND = {"block", "stem"}  # fields that accept a bare string for {kind: ...}
 
@@ -90,14 +91,14 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
     where = loc.positions.get(("extends",))
     if not isinstance(ext, str):
         raise SpecError(Diagnostic(where, "must be a path to another spec", "extends"))
-    target = (path.parent / ext).resolve()
+    target = _resolve_path(path.parent, ext, where)
     if target.suffix not in (".yaml", ".yml"):
-        raise SpecError(Diagnostic(where, f"must name a .yaml file, got {ext!r}", "extends"))
+        raise SpecError(Diagnostic(where, f"must name a .yaml file, got {_short(ext)}", "extends"))
     if not _allowed(target, roots):
         raise SpecError(
             Diagnostic(
                 where,
-                f"{ext!r} resolves outside the allowed spec directories "
+                f"{_short(ext)} resolves outside the allowed spec directories "
                 f"({', '.join(str(r) for r in roots)})",
                 "extends",
             )
@@ -107,8 +108,10 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
         raise SpecError(Diagnostic(where, f"cyclic extends: {chain}", "extends"))
     if len(seen) >= MAX_EXTENDS:
         raise SpecError(Diagnostic(where, f"extends chain longer than {MAX_EXTENDS}", "extends"))
-    if not target.is_file():
-        raise SpecError(Diagnostic(where, f"base spec {ext!r} not found ({target})", "extends"))
+    if not _is_file(target, ext, where):
+        raise SpecError(
+            Diagnostic(where, f"base spec {_short(ext)} not found ({target})", "extends")
+        )
     base = _load_chain(target, _display(target), roots, [*seen, target])
     merged = _merge(base.data, {k: v for k, v in loc.data.items() if k != "extends"})
     out = yamlsafe.Located(merged, display)
@@ -117,6 +120,31 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
     out.key_positions = {**base.key_positions, **loc.key_positions}
     out.problems = [*base.problems, *loc.problems]
     return out
+
+
+def _path_error(what: str, e: Exception, where: SourcePos | None) -> SpecError:
+    why = getattr(e, "strerror", None) or str(e)
+    return SpecError(Diagnostic(where, f"cannot use {_short(what)} as a path: {why}", "extends"))
+
+
+def _resolve_path(parent: Path, ext: str, where: SourcePos | None) -> Path:
+    try:
+        return (parent / ext).resolve()
+    except (OSError, ValueError) as e:  # an embedded NUL, a symlink loop, ...
+        raise _path_error(ext, e, where) from None
+
+
+def _is_file(target: Path, ext: str, where: SourcePos | None) -> bool:
+    try:
+        return target.is_file()
+    except (OSError, ValueError) as e:  # a name too long, ...
+        raise _path_error(ext, e, where) from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters for messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
 
 
 def _display(p: Path) -> str:
@@ -136,7 +164,9 @@ def apply_override(loc: yamlsafe.Located, assignment: str, index: int = 0) -> No
     where = SourcePos(f"--set {assignment}", 1, len(key) + 2 if sep else 1)
     if not sep or not key.strip():
         raise SpecError(Diagnostic(where, f"expected KEY=VALUE, got {assignment!r}"))
-    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    parts: list[str | int] = [
+        int(p) if p.isascii() and p.isdigit() and len(p) < 10 else p for p in key.strip().split(".")
+    ]
     parsed = yamlsafe.load_text(text, f"--set {key}")
     if parsed.problems:
         raise SpecError(parsed.problems)
@@ -145,6 +175,9 @@ def apply_override(loc: yamlsafe.Located, assignment: str, index: int = 0) -> No
     for i, part in enumerate(parts[:-1]):
         child = _child(node, part, parts[: i + 1], where)
         if child is None or (isinstance(child, str) and parts[i] in _SHORTHAND):
+            if child is None:  # a mapping the override creates: it is positioned at the override
+                loc.positions[tuple(parts[: i + 1])] = where
+                loc.key_positions[tuple(parts[: i + 1])] = where
             child = _normalise_shorthand(child) if child is not None else {}
             node[part] = child
         node = child
@@ -203,23 +236,50 @@ def _unwrap(tp: Any) -> Any:
     return None
 
 
-def _is_field(part: Any) -> bool:
-    return isinstance(part, int) or (
-        isinstance(part, str)
-        and "[" not in part
-        and "-" not in part
-        and part not in ("function-after", "function-before")
-    )
+def _field_path(raw: tuple, data: Any, typ: str) -> tuple:
+    """The field path in a pydantic error location, without union-member tags.
+
+    A part is a field when it indexes the data, names a field of the model at that point, or is
+    the missing or unknown key the error is about; anything else (``constrained-int``,
+    ``tuple[...]``, ``function-after[...]``) is a tag pydantic added.
+    """
+    path: list[Any] = []
+    cur = data
+    for i, part in enumerate(raw):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            cur = cur[part]
+        elif (i == len(raw) - 1 and typ in ("missing", "extra_forbidden")) or (
+            isinstance(part, str) and part in _fields_at(tuple(path))
+        ):
+            cur = None
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _fields_at(path: tuple) -> dict:
+    model = _model_at(path)
+    return model.model_fields if model is not None else {}
 
 
 _YAML11 = {"yes", "no", "on", "off", "y", "n", "Yes", "No", "On", "Off", "YES", "NO"}
 
 
 def diagnostics_from(err: ValidationError, loc: yamlsafe.Located | Resolved) -> list[Diagnostic]:
+    """pydantic's errors as positioned diagnostics (at most ``MAX_DIAGNOSTICS``, then a count)."""
+    diags, hidden = _convert(err, loc)
+    return [*diags, _more(loc.file, hidden)] if hidden else diags
+
+
+def _convert(err: ValidationError, loc: yamlsafe.Located | Resolved) -> tuple[list, int]:
     out: dict[tuple, Diagnostic] = {}
-    for e in err.errors(include_url=False):
+    errors = err.errors(include_url=False)
+    for e in errors[:MAX_DIAGNOSTICS]:
         raw = e["loc"]
-        path = tuple(p for p in raw if _is_field(p))
+        path = _field_path(raw, loc.data, e["type"])
         typ, msg, value = e["type"], e["msg"], e.get("input")
         if typ == "extra_forbidden":
             model = _model_at(path[:-1])
@@ -242,7 +302,7 @@ def diagnostics_from(err: ValidationError, loc: yamlsafe.Located | Resolved) -> 
                 msg += f", got the string {value!r} (YAML 1.1 booleans are not coerced"
                 msg += "; write true or false)" if typ == "bool_type" else ")"
             elif isinstance(value, str | int | float | bool) and typ not in ("value_error",):
-                msg += f", got {value!r}"
+                msg += f", got {_short(value)}"
             pos = _pos(loc, path)
         dotted = ".".join(map(str, path))
         if path in out and len(raw) != len(path):  # several members of a union failed
@@ -251,7 +311,19 @@ def diagnostics_from(err: ValidationError, loc: yamlsafe.Located | Resolved) -> 
                 out[path] = Diagnostic(prev.pos, f"{prev.message}; or {msg}", dotted)
             continue
         out.setdefault(path if len(raw) != len(path) else raw, Diagnostic(pos, msg, dotted))
-    return _sorted(list(out.values()))
+    return _sorted(list(out.values())), max(0, len(errors) - MAX_DIAGNOSTICS)
+
+
+def _more(file: str, n: int) -> Diagnostic:
+    return Diagnostic(SourcePos(file, 1, 1), f"{n} more problem{'s' if n > 1 else ''} not shown")
+
+
+def _capped(diags: list[Diagnostic], file: str, hidden: int = 0) -> SpecError:
+    """A SpecError listing at most ``MAX_DIAGNOSTICS`` diagnostics, then a count of the rest."""
+    hidden += max(0, len(diags) - MAX_DIAGNOSTICS)
+    if not hidden:
+        return SpecError(diags)
+    return SpecError([*diags[:MAX_DIAGNOSTICS], _more(file, hidden)], len(diags) + hidden)
 
 
 def _pos(loc: Any, path: tuple) -> SourcePos | None:
@@ -278,7 +350,11 @@ def load_spec(
     """
     p = Path(path)
     display = str(path)
-    real = p.resolve()
+    try:
+        real = p.resolve()
+    except (OSError, ValueError) as e:  # an embedded NUL, a symlink loop, ...
+        why = getattr(e, "strerror", None) or str(e)
+        raise SpecError(Diagnostic(None, f"{_short(display)}: not a usable path: {why}")) from None
     if roots is None:
         roots = [real.parent.parent, Path.cwd().resolve(), LIBRARY]
     loc = _load_chain(real, display, [Path(r).resolve() for r in roots], [real])
@@ -295,10 +371,11 @@ def _validate(loc: yamlsafe.Located, overrides: typing.Sequence[str]) -> Resolve
         spec = Spec.model_validate(loc.data)
     except ValidationError as e:
         flagged = {d.path for d in loc.problems}
-        rest = [d for d in diagnostics_from(e, loc) if d.path not in flagged]
-        raise SpecError(_sorted([*loc.problems, *rest])) from None
+        diags, hidden = _convert(e, loc)
+        rest = [d for d in diags if d.path not in flagged]
+        raise _capped(_sorted([*loc.problems, *rest]), loc.file, hidden) from None
     if loc.problems:
-        raise SpecError(loc.problems)
+        raise _capped(loc.problems, loc.file)
     return Resolved(spec, loc.file, loc.data, loc.positions, loc.key_positions)
 
 

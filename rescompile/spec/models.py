@@ -18,8 +18,13 @@ Downsample = Literal["conv", "avgpool"]
 StrideOn = Literal["1x1", "3x3"]
 StemKind = Literal["imagenet", "cifar", "deep"]
 
-PosInt = Annotated[int, Field(ge=1)]
+# Upper bounds keep every figure an exact, float-convertible number and every model buildable in
+# principle; they are far beyond any real network.
+MAX_WIDTH = 1 << 16  # channels, widths, groups, input size
+MAX_BLOCKS = 2000  # blocks in the whole network
+PosInt = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")  # paper table and row labels
 
 
 class _Model(BaseModel):
@@ -35,7 +40,7 @@ class BlockSpec(_Model):
     """A residual block kind and its width parameters (torchvision's conventions)."""
 
     kind: BlockKind = Field(description="basic: two 3x3 convs; bottleneck: 1x1, 3x3, 1x1")
-    expansion: PosInt | None = Field(
+    expansion: Annotated[int, Field(ge=1, le=64)] | None = Field(
         None, description="output width / stage width; default 1 (basic) or 4 (bottleneck)"
     )
     groups: PosInt = Field(1, description="groups of the 3x3 conv (ResNeXt cardinality)")
@@ -81,9 +86,11 @@ class InputSpec(_Model):
 class StageSpec(_Model):
     """One stage: ``depth`` blocks of the same width; the first one may downsample."""
 
-    depth: PosInt = Field(description="number of blocks")
+    depth: Annotated[int, Field(ge=1, le=MAX_BLOCKS)] = Field(description="number of blocks")
     width: PosInt = Field(description="stage width (planes); a block outputs width * expansion")
-    stride: PosInt = Field(1, description="stride of the stage's first block")
+    stride: Annotated[int, Field(ge=1, le=64)] = Field(
+        1, description="stride of the stage's first block"
+    )
     block: BlockSpec | None = Field(None, description="override of the model's block")
     shortcut: Shortcut | None = Field(None, description="override of the model's shortcut")
     downsample: Downsample | None = Field(None, description="override of the model's downsample")
@@ -118,8 +125,24 @@ class InitSpec(_Model):
 class PaperRef(_Model):
     """The published row a spec is audited against by ``rescompile check``."""
 
-    table: str = Field(description="e.g. resnet2016.table1, resnet2016.table6, torchvision")
-    row: str = Field(description="e.g. 50-layer, ResNet-110, resnet50")
+    table: str = Field(
+        description="e.g. resnet2016.table1, resnet2016.table6, torchvision",
+        json_schema_extra={"pattern": f"^{LABEL_RE.pattern}$"},
+    )
+    row: str = Field(
+        description="e.g. 50-layer, ResNet-110, resnet50",
+        json_schema_extra={"pattern": f"^{LABEL_RE.pattern}$"},
+    )
+
+    @field_validator("table", "row")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not LABEL_RE.fullmatch(v):
+            raise ValueError(
+                "must start with a letter or digit and use only letters, digits, '_', '-', '.' "
+                "or '+' (at most 64 characters)"
+            )
+        return v
 
 
 class Spec(_Model):
@@ -127,7 +150,9 @@ class Spec(_Model):
 
     name: str = Field(description="identifier; the emitted class name derives from it")
     input: InputSpec = Field(description="input channels and size")
-    num_classes: PosInt = Field(description="classifier outputs")
+    num_classes: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        description="classifier outputs"
+    )
     stem: StemSpec = Field(description="imagenet | cifar | deep, or {kind, width}")
     block: BlockSpec = Field(
         description="basic | bottleneck, or {kind, expansion, groups, width_per_group}"
@@ -160,20 +185,27 @@ class Spec(_Model):
                 "name must start with a letter and use only letters, digits, '_', '-' or '.' "
                 "(at most 64 characters)"
             )
+        if keyword.iskeyword(_camel(v)):
+            raise ValueError(
+                f"name {v!r} would make the class name {_camel(v)!r}, a Python keyword"
+            )
         return v
 
     @model_validator(mode="after")
     def _total_depth(self) -> Spec:
         blocks = sum(s.depth for s in self.stages)
-        if blocks > 2000:
-            raise ValueError(f"{blocks} blocks in total; rescompile accepts at most 2000")
+        if blocks > MAX_BLOCKS:
+            raise ValueError(f"{blocks} blocks in total; rescompile accepts at most {MAX_BLOCKS}")
         return self
 
     @property
     def class_name(self) -> str:
         """CamelCase class name: ``cifar-resnet20`` -> ``CifarResnet20``."""
-        parts = [p for p in re.split(r"[-_.]", self.name) if p]
-        out = "".join(p[0].upper() + p[1:] for p in parts)
+        out = _camel(self.name)
         if not out.isidentifier() or keyword.iskeyword(out):  # pragma: no cover - NAME_RE forbids
             raise ValueError(f"cannot derive a class name from {self.name!r}")
         return out
+
+
+def _camel(name: str) -> str:
+    return "".join(p[0].upper() + p[1:] for p in re.split(r"[-_.]", name) if p)

@@ -86,8 +86,18 @@ def _prescan(text: str, file: str) -> None:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise _fail(file, mark, f"invalid YAML: {e.problem or e.context}") from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (control, NUL, ...)
+        at = e.position
+        if _Loader is not yaml.SafeLoader:  # libyaml counts UTF-8 bytes, not characters
+            at = len(text.encode()[:at].decode(errors="ignore"))
+        line = text.count("\n", 0, at) + 1
+        col = at - (text.rfind("\n", 0, at) + 1) + 1
+        char = chr(e.character) if isinstance(e.character, int) else e.character
+        raise SpecError(
+            Diagnostic(SourcePos(file, line, col), f"invalid YAML: character {char!r}: {e.reason}")
+        ) from None
     except yaml.YAMLError as e:  # pragma: no cover - unmarked errors are rare
-        raise _fail(file, None, f"invalid YAML: {e}") from None
+        raise _fail(file, None, f"invalid YAML: {' '.join(str(e).split())}") from None
 
 
 def _scalar(node: yaml.ScalarNode, file: str, problems: list[Diagnostic], path: Path_) -> Any:
@@ -103,9 +113,13 @@ def _scalar(node: yaml.ScalarNode, file: str, problems: list[Diagnostic], path: 
     if _INT.fullmatch(v) or _LEADING_ZERO.fullmatch(v):
         digits = len(v.lstrip("+-"))
         if digits > MAX_DIGITS:  # int() would refuse (or take quadratic time)
-            problems.append(Diagnostic(_pos(file, node.start_mark),
-                                       f"number with {digits} digits is too large",
-                                       ".".join(map(str, path))))
+            problems.append(
+                Diagnostic(
+                    _pos(file, node.start_mark),
+                    f"number with {digits} digits is too large",
+                    ".".join(map(str, path)),
+                )
+            )
             return v
     if _INT.fullmatch(v):
         return int(v)
@@ -128,6 +142,7 @@ class _Builder:
         self.file = file
         self.loc = located
         self.count = 0
+        self.open: set[int] = set()  # collection nodes being built (to spot a recursive alias)
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
         self.count += 1
@@ -138,12 +153,24 @@ class _Builder:
                 f"the document expands to more than {MAX_NODES} values "
                 "(alias expansion limit; is this a 'billion laughs' file?)",
             )
-        if len(path) > MAX_DEPTH:  # reachable only through aliases (or a recursive alias)
-            raise _fail(self.file, node.start_mark,
-                        f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded")
+        if id(node) in self.open:
+            raise _fail(self.file, node.start_mark, "recursive alias: a node contains itself")
+        if len(path) > MAX_DEPTH:  # reachable only through aliases
+            raise _fail(
+                self.file,
+                node.start_mark,
+                f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded",
+            )
         self.loc.positions.setdefault(path, _pos(self.file, node.start_mark))
         if isinstance(node, yaml.ScalarNode):
             return _scalar(node, self.file, self.loc.problems, path)
+        self.open.add(id(node))
+        try:
+            return self._collection(node, path)
+        finally:
+            self.open.discard(id(node))
+
+    def _collection(self, node: yaml.Node, path: Path_) -> Any:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):

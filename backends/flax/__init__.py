@@ -1,0 +1,49 @@
+"""The flax.nnx backend: IR -> flax.nnx source, weight conversion, portable checkpoints.
+
+    from rescompile import compile_spec
+    from rescompile.backends import flax as fb
+
+    resolved, graph = compile_spec("specs/torchvision/resnet50.yaml")
+    source = fb.emit(graph)                        # a self-contained flax.nnx file
+    Model = fb.load_module(source, graph.class_name)
+    model = Model(rngs=nnx.Rngs(0))
+    fb.torch_state_dict_to_nnx(model, state_dict)  # numpy arrays keyed like torch's state_dict
+    fb.save_portable(model, "ckpt.safetensors", resolved.spec.model_dump(mode="json"), graph.spec_hash)
+
+Importing this package imports neither jax nor flax: ``emit`` is pure Python, and the runtime
+pieces import them when first called.
+"""
+
+from __future__ import annotations
+
+from rescompile.backends.flax.emit import EmitError, emit
+
+__all__ = [
+    "EmitError",
+    "check",
+    "emit",
+    "load_module",
+    "load_portable",
+    "nnx_to_torch_state_dict",
+    "save_portable",
+    "torch_state_dict_to_nnx",
+]
+
+_RUNTIME = {
+    "check": "rescompile.backends.flax.runtime",
+    "load_module": "rescompile.backends.flax.runtime",
+    "nnx_to_torch_state_dict": "rescompile.backends.flax.convert",
+    "torch_state_dict_to_nnx": "rescompile.backends.flax.convert",
+    "torch_shapes": "rescompile.backends.flax.convert",
+    "save_portable": "rescompile.backends.flax.convert",
+    "load_portable": "rescompile.backends.flax.convert",
+}
+
+
+def __getattr__(name: str):
+    """Import the jax-dependent pieces on first use."""
+    if name in _RUNTIME:
+        import importlib
+
+        return getattr(importlib.import_module(_RUNTIME[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

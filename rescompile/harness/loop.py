@@ -1,0 +1,863 @@
+"""The training driver: one loop for every backend.
+
+:func:`train` turns a :class:`TrainConfig` into a run directory::
+
+    runs/NAME/
+      config.json        the full configuration, the resolved plan, the device and versions
+      spec.json          the resolved spec (a resumed run is rebuilt from it, not from the YAML)
+      model.py           the emitted source the run trained
+      metrics.jsonl      one record per logged step and per evaluation (rescompile.harness.metrics)
+      ckpt-NNNNNN.*      portable checkpoints (rescompile.harness.checkpoint), the last `keep`
+      latest             the name of the newest committed checkpoint
+      summary.json       final and best errors, images/s, times, steps, device
+      curves.png         training (dashed) and test (solid) error, in the style of Figure 6
+
+The driver owns the data, the batch order and augmentation draws (pure functions of
+``(seed, epoch, batch index)``), the learning-rate schedule (a pure function of the step), the
+cadence of logging, evaluation and checkpoints, progress display and the summary. The backend
+only supplies a :class:`~rescompile.harness.runtime.Runtime`. Because nothing the loop does depends
+on anything but the step and the checkpointed tensors, a run killed at any moment and resumed from
+its last checkpoint (``resume=RUN_DIR``) continues exactly where that checkpoint left it; on a CPU
+it ends with bitwise the same weights as a run that was never interrupted.
+
+Per-step losses stay on the device until the next logging point, where they are fetched together
+and checked: a non-finite loss stops the run (:class:`TrainingDiverged`) before anything computed
+from it is checkpointed, so the last checkpoint on disk is always a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rescompile.errors import UserError
+from rescompile.harness.runtime import Batch, Runtime, RuntimeOptions, TrainData
+
+__all__ = [
+    "CONFIG_FILE",
+    "SPEC_FILE",
+    "SUMMARY_FILE",
+    "TrainConfig",
+    "TrainingDiverged",
+    "evaluate_checkpoint",
+    "plot_runs",
+    "run_from_cli",
+    "train",
+    "weighted_layers",
+]
+
+CONFIG_FILE = "config.json"
+SPEC_FILE = "spec.json"
+SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.py"
+CURVES_FILE = "curves.png"
+PROGRESS_POINTS = 200  # training-curve points logged per run, by default
+EVAL_POINTS = 50  # evaluations per run, by default
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. ``None`` fields take defaults from the recipe, the data or
+    the device (and the resolved values are recorded in ``config.json``)."""
+
+    spec: str
+    backend: str = "torch"
+    data: str = "digits"
+    overrides: list[str] = field(default_factory=list)
+    recipe: str | None = None  # None: paper-cifar for inputs up to 64 px, else paper-imagenet
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    out: str | None = None
+    eval_every: int | None = None
+    ckpt_every: int | None = None
+    log_every: int | None = None
+    keep: int = 3
+    precision: str | None = None
+    compile: bool | None = None
+    channels_last: bool | None = None
+    device: str | None = None
+    augment: bool | None = None  # None: the dataset's convention (CIFAR: pad-crop-flip)
+    warmup: bool | None = None  # None: paper-cifar warms up nets of 110 layers or more
+    quiet: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def weighted_layers(graph: Any) -> int:
+    """The paper's layer count: convolutions and fc layers, projection shortcuts not counted."""
+    from rescompile.ir.graph import Op
+
+    convs = [n for n in graph.nodes_of(Op.CONV2D) if ".downsample." not in n.name]
+    return len(convs) + len(graph.nodes_of(Op.LINEAR))
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up
+# --------------------------------------------------------------------------------------------
+
+
+def _check_fit(graph: Any, dataset: Any, data_name: str) -> None:
+    c, h, w = graph.input_shape
+    dh, dw, dc = dataset.input_shape
+    if (h, w, c) != (dh, dw, dc):
+        size = f"{dh}" if dh == dw else f"[{dh}, {dw}]"
+        hint = f"--set input.channels={dc} --set input.size={size}"
+        if dataset.name == "digits":
+            hint += " (or start from specs/variants/digits-resnet20.yaml)"
+        raise UserError(
+            f"{data_name} images are {dh}x{dw}x{dc} (HxWxC) but the spec {graph.name} takes "
+            f"{h}x{w}x{c} inputs; adapt the spec with {hint}"
+        )
+    if graph.num_classes != dataset.num_classes:
+        raise UserError(
+            f"{data_name} has {dataset.num_classes} classes but the spec {graph.name} has "
+            f"{graph.num_classes} outputs; use --set num_classes={dataset.num_classes}"
+        )
+
+
+def _auto_run_dir(name: str, backend: str) -> Path:
+    base = Path("runs") / f"{name}-{backend}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+@dataclass
+class _Plan:
+    recipe: Any
+    plan: Any
+    batch_size: int
+    eval_every: int
+    ckpt_every: int
+    log_every: int
+    eval_batch: int
+    depth: int
+    augment: bool
+
+
+def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -> _Plan:
+    from rescompile.harness.data import steps_per_epoch
+    from rescompile.harness.schedules import PAPER_WARMUP_DEPTH, get_recipe, plan_training
+
+    name = config.recipe or ("paper-cifar" if max(graph.input_shape[1:]) <= 64 else
+                             "paper-imagenet")
+    recipe = get_recipe(name)
+    if config.batch_size is not None:
+        if config.batch_size <= 0:
+            raise UserError(f"--batch-size must be positive, got {config.batch_size}")
+        recipe = replace(recipe, batch_size=config.batch_size)
+    if config.lr is not None:
+        if not (config.lr > 0 and math.isfinite(config.lr)):
+            raise UserError(f"--lr must be a positive number, got {config.lr}")
+        recipe = replace(recipe, lr=config.lr)
+    bs = recipe.batch_size
+    if bs % world_size:
+        raise UserError(f"the batch size {bs} does not split evenly over {world_size} processes")
+    n = len(dataset.x_train)
+    if bs > n:
+        raise UserError(f"the batch size {bs} is larger than the training set ({n} images)")
+    depth = weighted_layers(graph)
+    warmup = config.warmup
+    if warmup is None and recipe.name == "paper-cifar":
+        warmup = depth >= PAPER_WARMUP_DEPTH
+    if config.steps is not None and config.steps <= 0:
+        raise UserError(f"--steps must be positive, got {config.steps}")
+    if config.epochs is not None and config.epochs <= 0:
+        raise UserError(f"--epochs must be positive, got {config.epochs}")
+    plan = plan_training(recipe, steps_per_epoch(n, bs), steps=config.steps,
+                         epochs=config.epochs, warmup=warmup)
+    total = plan.total_steps
+    for what in ("eval_every", "ckpt_every", "log_every"):
+        value = getattr(config, what)
+        if value is not None and value <= 0:
+            raise UserError(f"--{what.replace('_', '-')} must be positive, got {value}")
+    eval_every = config.eval_every or max(1, total // EVAL_POINTS)
+    ckpt_every = config.ckpt_every or eval_every
+    log_every = config.log_every or max(1, min(eval_every, total // PROGRESS_POINTS))
+    augment = dataset.augment == "pad_crop_flip" if config.augment is None else config.augment
+    return _Plan(recipe, plan, bs, eval_every, ckpt_every, log_every,
+                 eval_batch=max(bs, 256), depth=depth, augment=augment)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------
+
+
+class _Reporter:
+    """A rich progress bar on a terminal; a line per evaluation otherwise; silence with quiet."""
+
+    def __init__(self, total: int, start: int, quiet: bool, enabled: bool) -> None:
+        self.quiet = quiet or not enabled
+        self.bar = None
+        if self.quiet:
+            return
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+            self.bar.start()
+
+    def say(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def advance(self, step: int, info: str | None = None) -> None:
+        if self.bar is not None:
+            fields = {} if info is None else {"info": info}
+            self.bar.update(self.task, completed=step, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Clock:
+    """Training time (excluding evaluation and checkpoints) and the first step of a session
+    (which includes compilation) kept apart, accumulated over resumed sessions."""
+
+    train_s: float = 0.0  # steady-state training time
+    timed_images: int = 0  # images trained in train_s
+    first_step_s: float | None = None  # the first session's first step (compilation)
+    wall_s: float = 0.0
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Clock:
+        return cls(state.get("train_s", 0.0), state.get("timed_images", 0),
+                   state.get("first_step_s"), state.get("wall_s", 0.0))
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    quiet: bool | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a training run and return its summary (empty on ranks other than 0).
+
+    Args:
+        config: a new run's configuration; ``None`` with ``resume``.
+        resume: a run directory: continue from its latest checkpoint with its saved
+            configuration and its saved resolved spec.
+        quiet: overrides ``config.quiet`` (for a resumed run).
+        on_step: called with the step count after every step (tests, notebooks).
+
+    Raises:
+        UserError: bad data, a spec that does not fit the data, a bad run directory, ...
+        TrainingDiverged: the loss became non-finite (a :class:`UserError`).
+    """
+    from rescompile.compiler import compile_spec
+    from rescompile.harness.data import load_dataset
+    from rescompile.harness.runtime import load_training_module
+
+    session_start = time.perf_counter()
+    saved: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        config_file = run_dir / CONFIG_FILE
+        if not config_file.is_file():
+            raise UserError(f"{run_dir} is not a run directory (it has no {CONFIG_FILE})")
+        try:
+            saved = json.loads(config_file.read_text())
+            config = TrainConfig.from_dict(saved["config"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{config_file} is unreadable: {exc}") from None
+        resolved, graph = compile_spec(run_dir / SPEC_FILE)
+        if resolved.hash != saved.get("spec_hash"):
+            raise UserError(
+                f"{run_dir / SPEC_FILE} hashes to {resolved.hash}, but the run was started "
+                f"with spec hash {saved.get('spec_hash')}"
+            )
+    else:
+        if config is None:
+            raise ValueError("give a config or a run directory to resume")
+        resolved, graph = compile_spec(config.spec, config.overrides)
+        run_dir = Path(config.out) if config.out else _auto_run_dir(graph.name, config.backend)
+        if (run_dir / CONFIG_FILE).exists():
+            raise UserError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                "or choose another --out"
+            )
+    if quiet is not None:
+        config.quiet = quiet
+
+    dataset = load_dataset(config.data)
+    _check_fit(graph, dataset, config.data)
+    training = load_training_module(config.backend)  # before anything slow: clear import errors
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and config.backend != "torch":
+        raise UserError(
+            f"torchrun starts one process per device for the torch backend; the {config.backend} "
+            "backend uses every local device from a single process: run it without torchrun"
+        )
+    p = _make_plan(config, graph, dataset, world)
+    source = sys.modules[training.__name__.rpartition(".")[0]].emit(graph)
+    options = RuntimeOptions(
+        seed=config.seed,
+        momentum=p.recipe.momentum,
+        weight_decay=p.recipe.weight_decay,
+        nesterov=p.recipe.nesterov,
+        label_smoothing=p.recipe.label_smoothing,
+        precision=config.precision,  # type: ignore[arg-type]
+        compile=config.compile,
+        channels_last=config.channels_last,
+        device=config.device,
+    )
+    rt: Runtime = training.make_runtime(graph, source, options)
+    try:
+        session = _Session(config, resolved, graph, dataset, p, rt, run_dir, source, on_step)
+        return session.run(saved, session_start)
+    finally:
+        rt.close()
+
+
+class _Session:
+    """One process's part of a run, from its start (or resumption) to its end."""
+
+    def __init__(self, config, resolved, graph, dataset, p: _Plan, rt: Runtime, run_dir: Path,
+                 source: str, on_step) -> None:
+        self.config, self.resolved, self.graph, self.dataset = config, resolved, graph, dataset
+        self.p, self.rt, self.run_dir, self.source, self.on_step = p, rt, run_dir, source, on_step
+        self.plan = p.plan
+        self.total = p.plan.total_steps
+        self.spe = p.plan.steps_per_epoch
+        self.bs = p.batch_size
+        self.rank0 = rt.rank == 0
+        self.spec_json = resolved.spec.model_dump(mode="json")
+        self.clock = _Clock()
+        self.logger: Any = None
+        self.reporter: _Reporter | None = None
+        # step results not yet fetched from the device, and fetched ones not yet logged
+        self.pending: list[Any] = []
+        self.pending_from = 0
+        self.window_loss: list[float] = []
+        self.window_correct: list[int] = []
+        self.window_timed = 0  # steps of the window that count towards images/s
+        self.last_train_error = float("nan")
+        self.timer = 0.0
+        self.step = 0
+        self.last_ckpt = -1
+
+    # -- the phases ----------------------------------------------------------------------------
+
+    def run(self, saved: dict[str, Any] | None, session_start: float) -> dict[str, Any]:
+        self.session_start = session_start
+        d = self.dataset
+        self.rt.set_data(TrainData(d.x_train, d.y_train, d.x_test, d.y_test, d.mean, d.std,
+                                   augment=self.p.augment))
+        resumed_from = self._restore() if saved is not None else None
+        self.reporter = _Reporter(self.total, self.step, self.config.quiet, enabled=self.rank0)
+        if self.rank0:
+            self._open_run_dir(new=saved is None)
+            self.reporter.say(self._header(saved is not None, resumed_from))
+        try:
+            self._loop()
+            train_loss, train_correct, train_count = self.rt.evaluate("train", self.p.eval_batch)
+        except KeyboardInterrupt:
+            self._save_on_interrupt()
+            self._close_log()
+            raise
+        except BaseException:
+            self._close_log()
+            raise
+        finally:
+            self.reporter.close()
+        if not self.rank0:
+            return {}
+        return self._finish(train_loss / train_count, 1.0 - train_correct / train_count)
+
+    def _close_log(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def _restore(self) -> Path | None:
+        from rescompile.harness.checkpoint import latest_checkpoint, load_checkpoint
+
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return None
+        tensors, meta = load_checkpoint(ckpt, spec_hash=self.resolved.hash)
+        self.rt.load_state_dict(tensors)
+        self.step = self.last_ckpt = int(meta["state"]["step"])
+        self.clock = _Clock.from_state(meta["state"])
+        return ckpt
+
+    def _open_run_dir(self, new: bool) -> None:
+        from rescompile.harness.metrics import MetricsLogger
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if new:
+            _write_json(self.run_dir / SPEC_FILE, self.spec_json)
+            (self.run_dir / MODEL_FILE).write_text(self.source)
+            _write_json(self.run_dir / CONFIG_FILE, _config_record(
+                self.config, self.resolved, self.graph, self.dataset, self.p, self.rt))
+        # a resumed run drops the records written after its checkpoint by the killed process
+        self.logger = MetricsLogger(self.run_dir, resume_step=None if new else self.step)
+
+    def _header(self, resuming: bool, resumed_from: Path | None) -> str:
+        g, p, plan, rt = self.graph, self.p, self.plan, self.rt
+        warm = f", warm-up {plan.warmup_steps} steps" if plan.warmup_steps else ""
+        if resumed_from is not None:
+            where = f"; resumed from {resumed_from.name} (step {self.step})"
+        else:
+            where = "; no checkpoint yet, starting from step 0" if resuming else ""
+        return (
+            f"{g.name} ({g.totals.get('params', 0):,} parameters, {p.depth} layers) on "
+            f"{self.dataset.summary()}\n"
+            f"{self.config.backend} on {rt.device}, {rt.settings.get('precision')}, "
+            f"world size {rt.world_size}; recipe {p.recipe.name}: {self.total} steps of "
+            f"{self.bs} ({plan.epochs:.1f} epochs), lr {p.recipe.lr}, milestones "
+            f"{list(plan.milestones)}{warm}\nrun directory {self.run_dir}{where}"
+        )
+
+    def _loop(self) -> None:
+        from rescompile.harness.data import batch_rng, epoch_permutation
+        from rescompile.harness.runtime import augment_params
+
+        p, rt, seed = self.p, self.rt, self.config.seed
+        n_train = len(self.dataset.x_train)
+        order, order_epoch = np.arange(0), -1
+        self.pending_from = self.step
+        first = True
+        self.timer = time.perf_counter()
+        while self.step < self.total:
+            epoch, index = divmod(self.step, self.spe)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_permutation(n_train, seed, epoch), epoch
+            idx = order[index * self.bs : (index + 1) * self.bs]
+            crop = augment_params(batch_rng(seed, epoch, index), self.bs) if p.augment else ()
+            batch = Batch(self.step, idx, *crop).shard(rt.rank, rt.world_size)
+            self.lr = self.plan.lr(self.step)
+            self.pending.append(rt.train_step(batch, self.lr))
+            self.step += 1
+            step = self.step
+            if first:  # the session's first step includes compilation: time it on its own
+                first = False
+                self._flush()
+                now = time.perf_counter()
+                if self.clock.first_step_s is None:
+                    self.clock.first_step_s = now - self.timer
+                self.timer = now
+            else:
+                self.window_timed += 1
+            if step % p.log_every == 0 or step == self.total:
+                self._flush()
+                self._log_window()
+            if step % p.eval_every == 0 or step == self.total:
+                self._flush()
+                with self._untimed():
+                    self._evaluate()
+            if step % p.ckpt_every == 0 or step == self.total:
+                self._flush()
+                with self._untimed():
+                    self._save()
+            if self.on_step is not None:
+                self.on_step(step)
+            self.reporter.advance(step)
+
+    def _finish(self, train_loss: float, train_err: float) -> dict[str, Any]:
+        from rescompile.harness.metrics import read_metrics
+
+        self.logger.close()
+        records = read_metrics(self.run_dir)
+        summary = _summary(self, records, train_loss, train_err)
+        _write_json(self.run_dir / SUMMARY_FILE, summary)
+        try:
+            from rescompile.harness.plots import plot_curves
+
+            plot_curves(records, self.run_dir / CURVES_FILE, labels=[self.graph.name],
+                        title=f"{self.graph.name} ({self.config.backend}, {self.dataset.name})")
+        except ImportError:  # pragma: no cover - matplotlib is an optional dependency
+            pass
+        self.reporter.say(_summary_text(summary, self.run_dir))
+        return summary
+
+    # -- the pieces ----------------------------------------------------------------------------
+
+    class _Pause:
+        def __init__(self, session: _Session) -> None:
+            self.session = session
+
+        def __enter__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            self.session.timer += time.perf_counter() - self.t0
+
+    def _untimed(self) -> _Session._Pause:
+        """Exclude a block (evaluation, checkpoint) from the training time."""
+        return _Session._Pause(self)
+
+    def _flush(self) -> None:
+        """Fetch the pending step results; stop the run at the first non-finite loss."""
+        if not self.pending:
+            return
+        losses, correct = self.rt.collect(self.pending)
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            k = int(bad[0])
+            self._diverged(self.pending_from + k + 1, float(losses[k]))
+        self.window_loss.extend(losses.tolist())
+        self.window_correct.extend(correct.tolist())
+        self.pending, self.pending_from = [], self.step
+
+    def _diverged(self, at: int, loss: float, what: str = "training loss") -> None:
+        from rescompile.harness.checkpoint import latest_checkpoint
+
+        lr = self.plan.lr(at - 1)
+        self.pending = []
+        good = latest_checkpoint(self.run_dir) if self.rank0 else None
+        if self.rank0:
+            self.logger.log_train(at, epoch=round(at / self.spe, 4), loss=loss,
+                                  train_error=float("nan"), lr=lr, images_per_s=0.0)
+            _write_json(self.run_dir / SUMMARY_FILE, {
+                "status": "diverged", "step": at, "what": what, "value": loss, "lr": lr,
+                "last_checkpoint": str(good) if good is not None else None,
+            })
+        where = (f"the last good checkpoint is {good}" if good is not None
+                 else "no checkpoint had been written yet")
+        raise TrainingDiverged(
+            f"the {what} became {loss} at step {at} (lr {lr:g}); the run stopped and "
+            f"{where}. Lower the learning rate (--lr) or warm up (--warmup), and start again"
+        )
+
+    def _log_window(self) -> None:
+        if not self.window_loss:
+            return
+        now = time.perf_counter()
+        elapsed, self.timer = now - self.timer, now
+        images = len(self.window_loss) * self.bs
+        timed = self.window_timed * self.bs
+        ips = timed / elapsed if elapsed > 0 and timed else 0.0
+        self.clock.train_s += elapsed if timed else 0.0
+        self.clock.timed_images += timed
+        loss = float(np.mean(self.window_loss))
+        err = 1.0 - float(np.sum(self.window_correct)) / images
+        self.last_train_error = err
+        if self.rank0:
+            self.logger.log_train(self.step, epoch=round(self.step / self.spe, 4), loss=loss,
+                                  train_error=err, lr=self.lr, images_per_s=round(ips, 1))
+        self.reporter.advance(self.step, f"loss {loss:.3f}  err {100 * err:5.1f}%  "
+                                         f"lr {self.lr:.3g}  {ips:,.0f} img/s")
+        self.window_loss, self.window_correct, self.window_timed = [], [], 0
+
+    def _evaluate(self) -> None:
+        loss_sum, correct, count = self.rt.evaluate("test", self.p.eval_batch)
+        loss, err = loss_sum / count, 1.0 - correct / count
+        if not math.isfinite(loss):  # the weights or BatchNorm statistics are no longer finite
+            self._diverged(self.step, loss, "test loss")
+        if self.rank0:
+            self.logger.log_eval(self.step, test_loss=loss, test_error=err)
+        if self.reporter is not None:  # above the progress bar on a terminal
+            width = len(str(self.total))
+            train_err = self.last_train_error
+            shown = "  n/a " if math.isnan(train_err) else f"{100 * train_err:5.1f}%"
+            self.reporter.say(
+                f"step {self.step:>{width}}/{self.total}  train err {shown}  "
+                f"test err {100 * err:5.1f}%  test loss {loss:.3f}  lr {self.lr:.3g}"
+            )
+
+    def _save(self) -> None:
+        from rescompile.harness.checkpoint import save_checkpoint
+
+        step = self.step
+        if self.rank0:
+            state = {
+                "step": step,
+                "epoch": step / self.spe,
+                "seed": self.config.seed,
+                "backend": self.config.backend,
+                "total_steps": self.total,
+                "batch_size": self.bs,
+                "world_size": self.rt.world_size,
+                "lr": self.plan.lr(min(step, self.total - 1)),
+                "train_s": self.clock.train_s,
+                "timed_images": self.clock.timed_images,
+                "first_step_s": self.clock.first_step_s,
+                "wall_s": self.clock.wall_s + time.perf_counter() - self.session_start,
+            }
+            tensors = self.rt.state_dict()
+            bad = next((k for k, v in tensors.items()
+                        if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+            if bad is not None:  # a finite loss can still be followed by an overflowing update
+                self._diverged(step, float("nan"), f"tensor {bad}")
+            save_checkpoint(self.run_dir, tensors, self.spec_json, self.resolved.hash, state,
+                            keep=self.config.keep)
+        self.last_ckpt = step
+
+    def _save_on_interrupt(self) -> None:
+        """On Ctrl-C, keep the work done: checkpoint the current step if its losses are finite
+        (single process only: other ranks may not be at the same point)."""
+        if self.rt.world_size > 1 or self.step <= self.last_ckpt or self.logger is None:
+            return
+        try:
+            self._flush()
+            self._log_window()
+            self._save()
+        except (TrainingDiverged, KeyboardInterrupt):
+            return
+        if self.reporter is not None:
+            self.reporter.close()
+            self.reporter.say(f"interrupted: saved a checkpoint at step {self.step}; "
+                              f"continue with --resume {self.run_dir}")
+
+
+def _config_record(config, resolved, graph, dataset, p: _Plan, rt: Runtime) -> dict[str, Any]:
+    import rescompile
+
+    return {
+        "config": config.to_dict(),
+        "spec_name": graph.name,
+        "spec_hash": resolved.hash,
+        "class_name": graph.class_name,
+        "params": graph.totals.get("params"),
+        "layers": p.depth,
+        "dataset": dataset.summary(),
+        "plan": p.plan.to_dict(),
+        "batch_size": p.batch_size,
+        "eval_every": p.eval_every,
+        "ckpt_every": p.ckpt_every,
+        "log_every": p.log_every,
+        "augment": p.augment,
+        "weight_decay_note": "L2 weight decay on every parameter (weights, biases, BatchNorm "
+                             "scale and shift), added to the gradient, as in He et al. (2016)",
+        "backend": config.backend,
+        "device": rt.device,
+        "world_size": rt.world_size,
+        "settings": rt.settings,
+        "versions": {
+            "rescompile": getattr(rescompile, "__version__", None),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "host": platform.node(),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _summary(session: _Session, records: list[dict[str, Any]], train_eval_loss: float,
+             train_eval_err: float) -> dict[str, Any]:
+    total, clock, rt = session.total, session.clock, session.rt
+    trains = [r for r in records if r.get("kind") == "train" and math.isfinite(r["loss"])]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    tail = [r for r in trains if r["step"] > total - max(1, total // 20)] or trains[-1:]
+    best = min(evals, key=lambda r: r["test_error"]) if evals else None
+    ips = clock.timed_images / clock.train_s if clock.train_s > 0 else None
+    wall = clock.wall_s + time.perf_counter() - session.session_start
+    return {
+        "status": "completed",
+        "spec": session.graph.name,
+        "backend": session.config.backend,
+        "data": session.config.data,
+        "steps": total,
+        "epochs": round(total / session.spe, 3),
+        "batch_size": session.bs,
+        "final_train_error": train_eval_err,
+        "final_train_loss": train_eval_loss,
+        "final_train_error_running": (
+            float(np.mean([r["train_error"] for r in tail])) if tail else None
+        ),
+        "final_test_error": evals[-1]["test_error"] if evals else None,
+        "final_test_loss": evals[-1]["test_loss"] if evals else None,
+        "best_test_error": best["test_error"] if best else None,
+        "best_test_step": best["step"] if best else None,
+        "images_per_s": round(ips, 1) if ips else None,
+        "first_step_s": round(clock.first_step_s, 3) if clock.first_step_s else None,
+        "train_time_s": round(clock.train_s, 3),
+        "wall_time_s": round(wall, 3),
+        "device": rt.device,
+        "world_size": rt.world_size,
+        "settings": rt.settings,
+        "notes": {
+            "final_train_error": "eval mode, the whole training set, no augmentation",
+            "final_train_error_running": "mean mini-batch error (train mode) over the last 5% "
+                                         "of steps: the dashed curve of curves.png",
+            "images_per_s": "training images per second, excluding the first step of each "
+                            "session (compilation: first_step_s), evaluation and checkpoints",
+        },
+    }
+
+
+def _summary_text(s: dict[str, Any], run_dir: Path) -> str:
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    ips = f"{s['images_per_s']:,.0f} images/s" if s["images_per_s"] else "n/a"
+    return (
+        f"done: {s['steps']} steps ({s['epochs']} epochs) in {s['wall_time_s']:.1f} s, {ips} "
+        f"(first step {s['first_step_s']} s)\n"
+        f"  train error {pct(s['final_train_error'])} (eval mode; running "
+        f"{pct(s['final_train_error_running'])})  test error {pct(s['final_test_error'])}  "
+        f"best {pct(s['best_test_error'])} at step {s['best_test_step']}\n"
+        f"  {run_dir / SUMMARY_FILE}, {run_dir / CURVES_FILE}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluating a checkpoint with any backend
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    backend: str,
+    data: str,
+    *,
+    split: str = "test",
+    batch_size: int = 256,
+    device: str | None = None,
+) -> tuple[float, float]:
+    """``(mean loss, error)`` of a portable checkpoint (written by either backend) on a split.
+
+    The model is rebuilt from the resolved spec stored in the checkpoint's sidecar.
+    """
+    import tempfile
+
+    from rescompile.compiler import compile_spec
+    from rescompile.harness.checkpoint import load_checkpoint
+    from rescompile.harness.data import load_dataset
+    from rescompile.harness.runtime import load_training_module
+
+    tensors, meta = load_checkpoint(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = Path(tmp) / SPEC_FILE
+        spec_file.write_text(json.dumps(meta["spec"]))
+        resolved, graph = compile_spec(spec_file)
+    dataset = load_dataset(data)
+    _check_fit(graph, dataset, data)
+    training = load_training_module(backend)
+    source = sys.modules[training.__name__.rsplit(".", 1)[0]].emit(graph)
+    options = RuntimeOptions(precision="fp32", compile=False, device=device)
+    rt = training.make_runtime(graph, source, options)
+    try:
+        rt.set_data(TrainData(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
+                              dataset.mean, dataset.std))
+        rt.load_state_dict(tensors)
+        loss_sum, correct, count = rt.evaluate(split, batch_size)
+    finally:
+        rt.close()
+    return loss_sum / count, 1.0 - correct / count
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line glue (rescompile train / rescompile plot)
+# --------------------------------------------------------------------------------------------
+
+_RUN_OPTIONS = {  # CLI name -> TrainConfig field
+    "backend": "backend", "data": "data", "recipe": "recipe", "epochs": "epochs",
+    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "out": "out",
+    "eval_every": "eval_every", "ckpt_every": "ckpt_every", "log_every": "log_every",
+    "keep": "keep", "precision": "precision", "compile_": "compile",
+    "channels_last": "channels_last", "device": "device", "augment": "augment",
+    "warmup": "warmup",
+}
+
+
+def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
+    """``rescompile train``: build the config from the command's arguments and train."""
+    quiet = bool(args.get("quiet"))
+    if args.get("resume"):
+        given = [name for name in ("spec", "set_", *_RUN_OPTIONS) if args.get(name) is not None]
+        if given:
+            flags = ", ".join("SPEC" if g == "spec" else "--" + g.rstrip("_").replace("_", "-")
+                              for g in given)
+            raise UserError(
+                f"--resume continues a run with its saved configuration; drop {flags} "
+                f"(see {Path(args['resume']) / CONFIG_FILE})"
+            )
+        return train(resume=args["resume"], quiet=quiet)
+    if not args.get("spec"):
+        raise UserError("give a SPEC to train, or --resume RUN_DIR")
+    if not args.get("data"):
+        raise UserError("give the data to train on: --data digits | synthetic[:HxWxC[:CLASSES]] "
+                        "| cifar10:PATH | cifar100:PATH")
+    if args.get("precision") not in (None, "fp32", "bf16"):
+        raise UserError(f"--precision is fp32 or bf16, not {args['precision']!r}")
+    if args.get("steps") is not None and args.get("epochs") is not None:
+        raise UserError("give the run length as --steps or --epochs, not both")
+    if args.get("recipe") is not None:
+        from rescompile.harness.schedules import get_recipe
+
+        get_recipe(args["recipe"])  # an unknown name lists the choices
+    values = {field_: args[name] for name, field_ in _RUN_OPTIONS.items()
+              if args.get(name) is not None}
+    config = TrainConfig(spec=args["spec"], overrides=list(args.get("set_") or []),
+                         quiet=quiet, **values)
+    return train(config)
+
+
+def plot_runs(runs: list[str], output: str, labels: list[str] | None = None,
+              title: str | None = None) -> Path:
+    """``rescompile plot``: overlay the runs' training and test error in one figure."""
+    from rescompile.harness.metrics import metrics_path
+    from rescompile.harness.plots import plot_curves
+
+    for run in runs:
+        if not metrics_path(run).is_file():
+            raise UserError(f"{run} is not a run directory (no {metrics_path(run).name})")
+    if labels and len(labels) != len(runs):
+        raise UserError(f"{len(labels)} --label for {len(runs)} runs; give one per run")
+    try:
+        return plot_curves(list(runs), output, labels=labels or None, title=title)
+    except ValueError as exc:
+        raise UserError(f"cannot plot: {exc}") from None

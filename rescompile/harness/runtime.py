@@ -1,0 +1,263 @@
+"""What a backend implements so the training driver (:mod:`rescompile.harness.loop`) can run it.
+
+The driver owns everything that does not depend on a framework: the data, the batch order and
+augmentation draws, the learning-rate schedule, logging, evaluation cadence, checkpoints and the
+summary. A backend contributes one object, a :class:`Runtime`, built by the function
+``make_runtime(graph, source, options)`` in its ``training`` module
+(``rescompile.backends.torch.training``, ``rescompile.backends.flax.training``).
+
+Contract:
+
+- **Data** is handed over once (:meth:`Runtime.set_data`), as NHWC numpy arrays with the
+  per-channel statistics. A runtime may keep it on the host and assemble each batch with
+  :func:`host_batch`, or copy it to the accelerator once and gather, crop, flip and normalise
+  there; either way the batch it trains on is the one described by :class:`Batch`.
+- **A step** (:meth:`Runtime.train_step`) trains on the examples ``batch.index`` of the training
+  split with the augmentation draws in ``batch`` and learning rate ``lr``, and returns an opaque
+  handle to that step's (mean loss, number correct). Nothing is synchronised per step:
+  :meth:`Runtime.collect` turns a list of handles into numbers (over all data-parallel ranks),
+  and that is where the driver checks for a non-finite loss.
+- **State** leaves and enters as numpy arrays in the portable checkpoint layout of
+  :mod:`rescompile.harness.checkpoint`: model tensors keyed like the emitted PyTorch model's
+  ``state_dict()`` (IR node names, OIHW convolution kernels), and the SGD momentum buffer of
+  each parameter as ``optim/<parameter>.momentum``. So a checkpoint written by one backend
+  resumes or evaluates in the other.
+- **Optimiser**: SGD with momentum (optionally Nesterov) and L2 weight decay added to the
+  gradient of *every* parameter (convolution and fc weights, fc bias, BatchNorm scale and shift),
+  as in He et al. (2016) and PyTorch's ``SGD(weight_decay=...)``:
+  ``g += wd * p; buf = momentum * buf + g; p -= lr * (g + momentum * buf if nesterov else buf)``.
+- **Data parallelism** is the runtime's business: a runtime with ``world_size > 1`` receives in
+  each :class:`Batch` only its own rank's share of the global batch, reduces gradients itself,
+  and returns global figures from :meth:`Runtime.collect` and :meth:`Runtime.evaluate`. Only
+  rank 0 writes files.
+
+Nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from rescompile.errors import UserError
+
+__all__ = [
+    "Batch",
+    "Runtime",
+    "RuntimeOptions",
+    "TrainData",
+    "augment_params",
+    "crop_flip",
+    "host_batch",
+    "load_training_module",
+    "make_runtime",
+    "split_state",
+]
+
+Precision = Literal["fp32", "bf16"]
+BUILTIN_BACKENDS = ("torch", "flax")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to build and run the model. ``None`` means "the runtime picks for its device":
+    bf16, channels_last and compilation on a GPU; float32, no compilation on a CPU."""
+
+    seed: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+    precision: Precision | None = None
+    compile: bool | None = None
+    channels_last: bool | None = None
+    data_on_device: bool | None = None
+    device: str | None = None  # "cpu", "cuda", "gpu" (flax), None: the best available
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainData:
+    """The dataset as the runtime receives it (NHWC numpy, ``uint8`` 0..255 or ``float32``
+    0..1), with its normalisation statistics and whether training batches are augmented
+    (pad by ``pad`` pixels, random crop, random horizontal flip)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    augment: bool = False
+    pad: int = 4
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name == "train":
+            return self.x_train, self.y_train
+        if name == "test":
+            return self.x_test, self.y_test
+        raise ValueError(f"unknown split {name!r}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's examples: indices into the training split and, when the data is augmented,
+    each example's crop offsets (``top``, ``left`` in ``[0, 2 * pad]``) and flip flag.
+
+    ``step`` is the global step (0-based); a runtime may derive per-step randomness (dropout)
+    from it, so a resumed run draws the same numbers.
+    """
+
+    step: int
+    index: np.ndarray
+    top: np.ndarray | None = None
+    left: np.ndarray | None = None
+    flip: np.ndarray | None = None
+
+    def shard(self, rank: int, world_size: int) -> Batch:
+        """Rank ``rank``'s contiguous share of the batch."""
+        n = len(self.index)
+        if n % world_size:
+            raise ValueError(f"a batch of {n} does not split over {world_size} ranks")
+        per = n // world_size
+        sl = slice(rank * per, (rank + 1) * per)
+
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[sl]
+
+        return Batch(self.step, self.index[sl], cut(self.top), cut(self.left), cut(self.flip))
+
+
+# --------------------------------------------------------------------------------------------
+# Host-side batch assembly, shared by every runtime that keeps the data on the host
+# --------------------------------------------------------------------------------------------
+
+
+def augment_params(
+    rng: np.random.Generator, n: int, pad: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The random draws of :func:`rescompile.harness.data.pad_crop_flip` for ``n`` images, in
+    the same order: crop rows, crop columns, flips. ``crop_flip(x, *augment_params(rng, len(x)))``
+    equals ``pad_crop_flip(x, rng)`` for the same generator state."""
+    top = rng.integers(0, 2 * pad + 1, size=n)
+    left = rng.integers(0, 2 * pad + 1, size=n)
+    flip = rng.random(n) < 0.5
+    return top, left, flip
+
+
+def crop_flip(
+    x: np.ndarray, top: np.ndarray, left: np.ndarray, flip: np.ndarray, pad: int = 4
+) -> np.ndarray:
+    """Zero-pad NHWC ``x`` by ``pad``, crop each image at ``(top, left)``, flip where ``flip``."""
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    rows = top[:, None] + np.arange(h)
+    cols = left[:, None] + np.arange(w)
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def host_batch(
+    data: TrainData, batch: Batch, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised ``float32`` NHWC images and ``int64`` labels that ``batch`` describes."""
+    from rescompile.harness.data import normalize
+
+    x_all, y_all = data.split(split)
+    x = x_all[batch.index]
+    if batch.top is not None:
+        x = crop_flip(x, batch.top, batch.left, batch.flip, data.pad)
+    return normalize(x, data.mean, data.std), y_all[batch.index]
+
+
+# --------------------------------------------------------------------------------------------
+# The protocol
+# --------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A backend's training state and steps (see the module docstring for the contract)."""
+
+    backend: str
+    """``"torch"``, ``"flax"``, ..."""
+    device: str
+    """Where it runs, in words (``"cpu"``, ``"cuda:0 (NVIDIA H100 80GB HBM3)"``)."""
+    rank: int
+    world_size: int
+    settings: dict[str, Any]
+    """The effective choices (precision, compile, channels_last, data_on_device, ...)."""
+
+    def set_data(self, data: TrainData) -> None:
+        """Take the dataset (called once, before any step)."""
+
+    def train_step(self, batch: Batch, lr: float) -> Any:
+        """One SGD update on ``batch``; returns a handle for :meth:`collect`."""
+
+    def collect(self, handles: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``(loss, correct)`` per step: the global-batch mean loss and the number of correctly
+        classified examples in the global batch. Synchronises with the device (and the ranks)."""
+
+    def evaluate(self, split: str, batch_size: int) -> tuple[float, int, int]:
+        """``(summed loss, correct, count)`` over a whole split (``"train"`` or ``"test"``), in
+        evaluation mode (BatchNorm running statistics), without augmentation, over all ranks."""
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Model tensors and ``optim/...`` momentum buffers in the portable layout."""
+
+    def load_state_dict(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Load what :meth:`state_dict` returns (from either backend). Momentum buffers are
+        optional (a checkpoint of step 0 has none); model tensors must fit exactly."""
+
+    def close(self) -> None:
+        """Release process groups and the like."""
+
+
+def load_training_module(backend: str) -> Any:
+    """The ``training`` module of a backend (built-in, or registered as an entry point)."""
+    from importlib.metadata import entry_points
+
+    if backend in BUILTIN_BACKENDS:
+        module = importlib.import_module(f"rescompile.backends.{backend}")
+    else:
+        found = [ep for ep in entry_points(group="rescompile.backends") if ep.name == backend]
+        if not found:
+            raise UserError(
+                f"unknown backend {backend!r}; available: {', '.join(BUILTIN_BACKENDS)}"
+            )
+        module = found[0].load()
+    try:
+        return importlib.import_module(f"{module.__name__}.training")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(module.__name__):
+            raise UserError(
+                f"backend {backend!r} cannot train (it has no training module)"
+            ) from None
+        raise UserError(
+            f"the {backend} backend needs the Python package {exc.name!r} to train; "
+            f"install rescompile[{backend}]"
+        ) from None
+
+
+def make_runtime(backend: str, graph: Any, source: str, options: RuntimeOptions) -> Runtime:
+    """Build the runtime of ``backend`` for ``graph`` from its emitted ``source``."""
+    return load_training_module(backend).make_runtime(graph, source, options)
+
+
+def split_state(
+    tensors: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(model tensors, momentum buffers keyed by parameter name)`` of a portable state."""
+    from rescompile.harness.checkpoint import split_optimizer
+
+    model, optim = split_optimizer(tensors)
+    momentum = {
+        k.removesuffix(".momentum"): v for k, v in optim.items() if k.endswith(".momentum")
+    }
+    return model, momentum

@@ -1,0 +1,469 @@
+"""JSON Schema and reference documentation of the spec language, both derived from the models.
+
+``json_schema()`` is what editors use (``# yaml-language-server: $schema=../schema.json`` at the top
+of every spec in ``specs/``); ``reference_markdown()`` is ``docs/spec-language.md``. Both come from
+the pydantic models in :mod:`rescompile.spec.models`, plus what the models cannot say by
+themselves: the ``block``/``stem`` string shorthand, the loader's ``extends`` key (with which every
+field becomes optional, since the base spec supplies it), one example per field and the checks
+made after validation. ``rescompile schema`` prints either; tests fail when the committed copies
+are stale.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from rescompile.spec import models, yamlsafe
+from rescompile.spec.models import Spec
+
+SCHEMA_ID = "https://github.com/rescompile/rescompile/specs/schema.json"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+# Fields whose value may be a bare string meaning {kind: <string>}: (model, field) -> kind enum.
+SHORTHAND = {
+    ("Spec", "block"): "BlockSpec",
+    ("Spec", "stem"): "StemSpec",
+    ("StageSpec", "block"): "BlockSpec",
+}
+# Mapping-valued fields that ``extends`` deep-merges with the base spec's (lists are replaced).
+MERGED = ("input", "stem", "block", "head", "norm", "init", "paper")
+
+EXTENDS_DESCRIPTION = (
+    "path of a base spec (.yaml), relative to this file; this spec's fields are deep-merged over "
+    "the base's (mappings merge, lists such as stages are replaced). It must stay inside the "
+    "spec's parent directory, the current directory or the built-in library; chains are limited "
+    "to 16 files and may not form a cycle."
+)
+
+# One example value per field, shown in the reference and as the schema's "examples".
+# tests/test_schema.py checks that every one of them validates in place.
+EXAMPLES: dict[tuple[str, str], Any] = {
+    ("Spec", "name"): "resnet50",
+    ("Spec", "input"): {"channels": 3, "size": 224},
+    ("Spec", "num_classes"): 1000,
+    ("Spec", "stem"): "imagenet",
+    ("Spec", "block"): {"kind": "bottleneck", "groups": 32, "width_per_group": 4},
+    ("Spec", "preact"): False,
+    ("Spec", "shortcut"): "B",
+    ("Spec", "downsample"): "avgpool",
+    ("Spec", "stride_on"): "3x3",
+    ("Spec", "stages"): [{"depth": 3, "width": 64}, {"depth": 4, "width": 128, "stride": 2}],
+    ("Spec", "head"): {"dropout": 0.2},
+    ("Spec", "norm"): {"eps": 1.0e-5, "momentum": 0.1},
+    ("Spec", "init"): {"zero_init_residual": True},
+    ("Spec", "paper"): {"table": "resnet2016.table1", "row": "50-layer"},
+    ("InputSpec", "channels"): 1,
+    ("InputSpec", "size"): [160, 192],
+    ("StemSpec", "kind"): "deep",
+    ("StemSpec", "width"): 32,
+    ("BlockSpec", "kind"): "bottleneck",
+    ("BlockSpec", "expansion"): 4,
+    ("BlockSpec", "groups"): 32,
+    ("BlockSpec", "width_per_group"): 128,
+    ("StageSpec", "depth"): 6,
+    ("StageSpec", "width"): 256,
+    ("StageSpec", "stride"): 2,
+    ("StageSpec", "block"): "basic",
+    ("StageSpec", "shortcut"): "C",
+    ("StageSpec", "downsample"): "avgpool",
+    ("StageSpec", "stride_on"): "1x1",
+    ("HeadSpec", "dropout"): 0.5,
+    ("NormSpec", "eps"): 1.0e-3,
+    ("NormSpec", "momentum"): 0.01,
+    ("InitSpec", "zero_init_residual"): True,
+    ("PaperRef", "table"): "torchvision",
+    ("PaperRef", "row"): "resnext50_32x4d",
+}
+
+EXAMPLE_SPEC = """\
+# yaml-language-server: $schema=../schema.json
+name: resnet50
+input: {channels: 3, size: 224}
+num_classes: 1000
+stem: imagenet
+block: bottleneck
+shortcut: B
+stride_on: 1x1
+stages:
+  - {depth: 3, width: 64, stride: 1}
+  - {depth: 4, width: 128, stride: 2}
+  - {depth: 6, width: 256, stride: 2}
+  - {depth: 3, width: 512, stride: 2}
+paper: {table: resnet2016.table1, row: 50-layer}
+"""
+
+EXAMPLE_EXTENDS = """\
+# yaml-language-server: $schema=../schema.json
+extends: ../torchvision/resnet50.yaml
+name: resnet50-d
+stem: deep
+downsample: avgpool
+paper: null
+"""
+
+# Rules checked after the schema (by the model's own validators and by lowering and shape
+# inference), each reported at the position of the value concerned.
+CHECKS = [
+    "`name` must not turn into a Python keyword as a class name (`none` -> `None`).",
+    f"At most {models.MAX_BLOCKS} blocks in total (the sum of the stages' depths).",
+    "Basic blocks take only `groups: 1` and `width_per_group: 64`.",
+    "A bottleneck's `width x width_per_group` must be a multiple of 64 "
+    "(the inner width is `int(width * width_per_group / 64) * groups`).",
+    "Shortcut option A (zero-padded identity) cannot shrink the number of channels; use B or C.",
+    "A `deep` stem needs an even width.",
+    "`init.zero_init_residual` needs post-activation residual blocks "
+    "(not `preact: true`, not `shortcut: none`).",
+    "The input must be large enough for every stride: a stride may not exceed the feature map it "
+    "applies to, and no feature map may shrink to zero.",
+    "`rescompile check` needs `paper`, naming a table and row it knows.",
+]
+
+_ORDER = [
+    "Spec",
+    "InputSpec",
+    "StemSpec",
+    "BlockSpec",
+    "StageSpec",
+    "HeadSpec",
+    "NormSpec",
+    "InitSpec",
+    "PaperRef",
+]
+
+
+def _models() -> dict[str, type[BaseModel]]:
+    out: dict[str, type[BaseModel]] = {}
+
+    def walk(m: type[BaseModel]) -> None:
+        out[m.__name__] = m
+        for f in m.model_fields.values():
+            for arg in _flatten(f.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg.__name__ not in out:
+                    walk(arg)
+
+    walk(Spec)
+    return {name: out[name] for name in [*_ORDER, *sorted(set(out) - set(_ORDER))] if name in out}
+
+
+def _flatten(tp: Any) -> list[Any]:
+    args = typing.get_args(tp)
+    if not args:
+        return [tp]
+    return [x for a in args for x in _flatten(a)]
+
+
+def _strip_titles(node: Any) -> None:
+    """Drop pydantic's per-property titles ("Width Per Group"): noise in an editor's hover."""
+    if isinstance(node, dict):
+        props = node.get("properties")
+        if isinstance(props, dict):
+            for p in props.values():
+                if isinstance(p, dict):
+                    p.pop("title", None)
+        for v in node.values():
+            _strip_titles(v)
+    elif isinstance(node, list):
+        for v in node:
+            _strip_titles(v)
+
+
+def _kind_enum(defs: dict, model: str) -> dict:
+    kind = defs[model]["properties"]["kind"]
+    return {
+        "type": "string",
+        "enum": list(kind["enum"]),
+        "description": f"shorthand for {{kind: ...}}: {kind['description']}",
+    }
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a spec file."""
+    raw = Spec.model_json_schema(mode="validation")
+    _strip_titles(raw)
+    defs: dict[str, Any] = raw.pop("$defs")
+    defs["Spec"] = raw
+
+    # block/stem: a string shorthand or the mapping.
+    for (model, field), target in SHORTHAND.items():
+        prop = defs[model]["properties"][field]
+        nullable = any(o.get("type") == "null" for o in prop.get("anyOf", []))
+        new = {k: v for k, v in prop.items() if k not in ("anyOf", "$ref")}
+        new["anyOf"] = [
+            _kind_enum(defs, target),
+            {"$ref": f"#/$defs/{target}"},
+            *([{"type": "null"}] if nullable else []),
+        ]
+        defs[model]["properties"][field] = new
+
+    defs["Spec"]["properties"]["name"]["pattern"] = f"^{models.NAME_RE.pattern}$"
+
+    # Examples.
+    for (model, field), value in EXAMPLES.items():
+        defs[model]["properties"][field]["examples"] = [value]
+
+    spec = defs.pop("Spec")
+    # With `extends`, every field may come from the base spec: nothing is required, and a
+    # deep-merged mapping may give any subset of its fields (the "...Partial" definitions).
+    partial_of: dict[str, str] = {}
+    for field in MERGED:
+        for ref in _refs(spec["properties"][field]):
+            name = ref.rsplit("/", 1)[1]
+            if defs[name].get("required"):
+                partial_of[name] = f"{name}Partial"
+    for name, pname in partial_of.items():
+        p = copy.deepcopy(defs[name])
+        p.pop("required")
+        p["title"] = pname
+        p["description"] = defs[name]["description"] + " (in a spec with `extends`: any subset)"
+        defs[pname] = p
+    strict_props = {}
+    for field in MERGED:
+        prop = spec["properties"][field]
+        if any(r.rsplit("/", 1)[1] in partial_of for r in _refs(prop)):
+            strict_props[field] = copy.deepcopy(prop)
+            _retarget(prop, partial_of)
+    required = spec.pop("required")
+    properties = {
+        "extends": {
+            "type": "string",
+            "pattern": r"\.ya?ml$",
+            "description": EXTENDS_DESCRIPTION,
+            "examples": ["../paper/resnet50.yaml"],
+        },
+        **spec.pop("properties"),
+    }
+    out = {
+        "$schema": DIALECT,
+        "$id": SCHEMA_ID,
+        "title": "rescompile spec",
+        "description": spec.pop("description") + " A rescompile spec file; see "
+        "docs/spec-language.md.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "if": {"required": ["extends"]},
+        "then": {},
+        "else": {"required": required, "properties": strict_props},
+        "$defs": dict(sorted(defs.items())),
+    }
+    return out
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        here = [node["$ref"]] if "$ref" in node else []
+        return here + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def _retarget(node: Any, names: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if ref and ref.rsplit("/", 1)[1] in names:
+            node["$ref"] = f"#/$defs/{names[ref.rsplit('/', 1)[1]]}"
+        for v in node.values():
+            _retarget(v, names)
+    elif isinstance(node, list):
+        for v in node:
+            _retarget(v, names)
+
+
+def schema_text() -> str:
+    """``json_schema()`` as the text of ``specs/schema.json``."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference documentation
+
+
+def _anchor(model: str) -> str:
+    return model.lower()
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return f"{v:_}" if v >= 10_000 else str(v)
+
+
+def _type(s: dict) -> str:
+    if "$ref" in s:
+        name = s["$ref"].rsplit("/", 1)[1]
+        return f"[{name}](#{_anchor(name)})"
+    if "anyOf" in s:
+        parts = [_type(x) for x in s["anyOf"]]
+        return " or ".join(dict.fromkeys(parts))
+    t = s.get("type")
+    if t == "array":
+        if "prefixItems" in s:
+            return "[" + ", ".join(_type(x) for x in s["prefixItems"]) + "]"
+        return f"list of {_type(s['items'])}"
+    return {
+        "integer": "int",
+        "number": "float",
+        "boolean": "bool",
+        "string": "string",
+        "null": "null",
+    }.get(t, str(t))
+
+
+def _allowed(s: dict) -> str:
+    if "$ref" in s:
+        return ""
+    if "anyOf" in s:
+        return "; ".join(a for a in (_allowed(x) for x in s["anyOf"]) if a)
+    if "enum" in s:
+        return ", ".join(f"`{v}`" for v in s["enum"])
+    if "pattern" in s:
+        return f"matches `{s['pattern']}`"
+    lo = ("≥", s["minimum"]) if "minimum" in s else (">", s.get("exclusiveMinimum"))
+    hi = ("≤", s["maximum"]) if "maximum" in s else ("<", s.get("exclusiveMaximum"))
+    parts = [f"{op} {_num(v)}" for op, v in (lo, hi) if v is not None]
+    if s.get("type") == "array":
+        if "prefixItems" in s:
+            return "each " + _allowed(s["prefixItems"][0])
+        inner = _allowed(s["items"])
+        count = f"{s.get('minItems', 0)} to {s['maxItems']} items" if "maxItems" in s else ""
+        return "; ".join(x for x in (count, inner) if x)
+    return ", ".join(parts)
+
+
+def _yaml_value(v: Any) -> str:
+    """A flow-style YAML rendering of a small example value."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v) if "e" not in repr(v) else f"{v:.1e}"
+    return str(v)
+
+
+def _default(model: type[BaseModel], field: str) -> str:
+    f = model.model_fields[field]
+    if f.is_required():
+        return "**required**"
+    value = f.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "`" + _yaml_value(value.model_dump()) + "`"
+    if value is None:
+        if (model.__name__, field) == ("BlockSpec", "expansion"):
+            return "1 (basic) or 4 (bottleneck)"
+        if (model.__name__, field) == ("StemSpec", "width"):
+            return "the first stage's width"
+        if model is models.StageSpec:
+            return "the model's"
+        return "none"
+    return f"`{_yaml_value(value)}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def reference_markdown() -> str:
+    """The spec-language reference, ``docs/spec-language.md``."""
+    schema = json_schema()
+    defs = schema["$defs"]
+    lines = [
+        "# The spec language",
+        "",
+        "<!-- Generated by `rescompile schema --docs -o docs/spec-language.md` from the pydantic",
+        "     models in rescompile/spec/models.py; do not edit by hand. -->",
+        "",
+        "A spec is one YAML document: a mapping whose fields are listed below. Unknown fields are "
+        'errors (with a suggestion for a misspelt one), values are never coerced (`"3"` is not '
+        "3, `yes` is not `true`, `010` is an error), and every problem is reported at once as "
+        "`file:line:col: field.path: message`.",
+        "",
+        "Editors that speak the YAML language server protocol (VS Code's YAML extension, for "
+        "instance) complete and check specs against `specs/schema.json` when the first line is",
+        "",
+        "```yaml",
+        "# yaml-language-server: $schema=../schema.json",
+        "```",
+        "",
+        "(the path is relative to the spec). `rescompile schema -o FILE` writes the schema.",
+        "",
+        "## Example",
+        "",
+        "```yaml",
+        EXAMPLE_SPEC.rstrip("\n"),
+        "```",
+        "",
+        "Starting from another spec:",
+        "",
+        "```yaml",
+        EXAMPLE_EXTENDS.rstrip("\n"),
+        "```",
+        "",
+        "Any field can also be set on the command line, validated exactly like the file: "
+        "`--set stages.2.depth=23`, `--set block.groups=32`, `--set shortcut=C`.",
+        "",
+    ]
+    for name, model in _models().items():
+        d = defs.get(name) if name != "Spec" else {"properties": schema["properties"]}
+        title = "Top level" if name == "Spec" else name
+        lines += [f'<a id="{_anchor(name)}"></a>', "", f"## {title}", ""]
+        lines += [_cell((model.__doc__ or "").strip()), ""]
+        if name in {t for t in SHORTHAND.values()}:
+            kinds = ", ".join(f"`{k}`" for k in defs[name]["properties"]["kind"]["enum"])
+            lines += [
+                f"Wherever a {name} is expected, a bare kind ({kinds}) is short for "
+                "`{kind: ...}`.",
+                "",
+            ]
+        lines += [
+            "| field | type | default | allowed values | description | example |",
+            "|---|---|---|---|---|---|",
+        ]
+        if name == "Spec":
+            e = schema["properties"]["extends"]
+            lines.append(
+                f"| `extends` | string | none | {_cell(_allowed(e))} | "
+                f"{_cell(e['description'])} | `{e['examples'][0]}` |"
+            )
+        props = d["properties"]
+        if name == "Spec":  # the strict (no extends) forms name the full models
+            props = {**props, **schema["else"]["properties"]}
+        for field in model.model_fields:
+            s = props[field]
+            ex = EXAMPLES.get((name, field))
+            lines.append(
+                f"| `{field}` | {_cell(_type(s))} | {_cell(_default(model, field))} | "
+                f"{_cell(_allowed(s))} | {_cell(s.get('description', ''))} | "
+                f"{'`' + _cell(_yaml_value(ex)) + '`' if ex is not None else ''} |"
+            )
+        lines.append("")
+    lines += [
+        "## Checks after validation",
+        "",
+        "These rules involve several fields or the whole network, so the schema cannot "
+        "express them; `rescompile validate` checks them and points at the value concerned:",
+        "",
+    ]
+    lines += [f"- {c}" for c in CHECKS]
+    lines += [
+        "",
+        "## Safe YAML",
+        "",
+        "Specs are read with a safe loader: explicit tags (`!!python/object`, ...) and merge keys "
+        "(`<<`) are rejected, duplicate keys are errors, `yes`/`no`/`on`/`off` stay strings, a "
+        "number with a leading zero is an error, and a file is limited to "
+        f"{_num(yamlsafe.MAX_BYTES)} bytes, {yamlsafe.MAX_DEPTH} levels of nesting and "
+        f"{_num(yamlsafe.MAX_NODES)} values after alias expansion.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""`rescompile train` and `rescompile plot` as a user runs them: separate processes, run
+directories, exit codes, SIGKILL and resume, divergence, and data parallelism on two CPU
+processes (torchrun, gloo) and two XLA host devices (jax.sharding).
+
+Small nets (digits ResNet-8: one block per stage), small batches and few steps keep it fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rescompile.errors import UserError
+from rescompile.harness.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from rescompile.harness.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
+TINY = ["--set", "stages.0.depth=1", "--set", "stages.1.depth=1", "--set", "stages.2.depth=1"]
+SMALL = [DIGITS, *TINY, "--data", "digits", "--batch-size", "32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """One thread per process (two processes share two cores in several tests) and a
+    compilation cache shared by this module's flax processes."""
+    e = dict(os.environ)
+    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+             RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")))
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rescompile", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rescompile", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def records(run: Path, keys=("kind", "step", "loss", "train_error", "lr", "test_error",
+                             "test_loss")) -> list[tuple]:
+    return [tuple(r.get(k) for k in keys) for r in read_metrics(run)]
+
+
+# -- a run and its directory ---------------------------------------------------------------------
+
+
+def test_train_writes_a_complete_run_directory_and_plot_overlays_runs(tmp_path, env):
+    run = tmp_path / "run"
+    p = cli("train", *SMALL, "--steps", "30", "--eval-every", "10", "--ckpt-every", "10",
+            "--out", str(run), env=env)
+    assert p.returncode == 0, p.stderr
+    for name in ("config.json", "spec.json", "model.py", "metrics.jsonl", "summary.json",
+                 "curves.png", "latest", "ckpt-000030.safetensors", "ckpt-000030.json"):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["backend"] == "torch" and config["config"]["overrides"]
+    assert config["plan"]["total_steps"] == 30 and config["plan"]["milestones"] == [15, 22]
+    assert config["plan"]["recipe"]["weight_decay"] == 1e-4
+    assert "every parameter" in config["weight_decay_note"]
+    assert config["layers"] == 8 and config["settings"]["precision"] == "fp32"
+
+    recs = read_metrics(run)
+    train_steps = [r["step"] for r in recs if r["kind"] == "train"]
+    assert train_steps == list(range(1, 31))  # 30 steps < 200: every step is logged
+    assert [r["step"] for r in recs if r["kind"] == "eval"] == [10, 20, 30]
+    assert all(0 <= r["train_error"] <= 1 and r["lr"] > 0 for r in recs if r["kind"] == "train")
+
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "completed" and s["steps"] == 30 and s["backend"] == "torch"
+    for key in ("final_train_error", "final_train_error_running", "final_test_error",
+                "best_test_error"):
+        assert 0 <= s[key] <= 1, key
+    assert s["final_test_error"] < 0.5  # it learned something
+    assert s["images_per_s"] > 0 and s["wall_time_s"] > 0 and s["device"].startswith("cpu")
+    assert [c.name for c in list_checkpoints(run)] == [
+        "ckpt-000010.safetensors", "ckpt-000020.safetensors", "ckpt-000030.safetensors"]
+
+    fig = tmp_path / "fig.png"
+    p = cli("plot", str(run), str(run), "-o", str(fig), "--label", "a", "--label", "b", env=env)
+    assert p.returncode == 0, p.stderr
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+    p = cli("plot", str(tmp_path), "-o", str(fig), env=env)
+    assert p.returncode == 1 and "is not a run directory" in p.stderr
+
+
+def test_bad_data_path_is_a_clear_error(tmp_path, env):
+    p = cli("train", DIGITS, "--data", f"cifar10:{tmp_path / 'nowhere'}", "--steps", "1",
+            "--out", str(tmp_path / "r"), env=env)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "does not exist" in p.stderr and "cifar-10-batches-py" in p.stderr
+    assert "never downloads" in p.stderr
+
+
+def test_spec_that_does_not_fit_the_data_is_a_clear_error(tmp_path, env):
+    spec = str(ROOT / "specs" / "paper" / "cifar-resnet20.yaml")
+    p = cli("train", spec, "--data", "digits", "--steps", "1", "--out", str(tmp_path / "r"),
+            env=env)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "digits images are 8x8x1" in p.stderr and "32x32x3" in p.stderr
+    assert "--set input.channels=1 --set input.size=8" in p.stderr
+
+
+def test_option_errors_need_no_training(tmp_path):
+    from rescompile.harness.loop import TrainConfig, run_from_cli, train
+
+    with pytest.raises(UserError, match="drop --steps, --lr"):
+        run_from_cli({"resume": str(tmp_path), "lr": 0.1, "steps": 3})
+    with pytest.raises(UserError, match="is not a run directory"):
+        run_from_cli({"resume": str(tmp_path)})
+    with pytest.raises(UserError, match="give the data"):
+        run_from_cli({"spec": DIGITS})
+    with pytest.raises(UserError, match="unknown recipe 'paper'"):
+        run_from_cli({"spec": DIGITS, "data": "digits", "recipe": "paper"})
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds a run; continue it with --resume"):
+        train(TrainConfig(spec=DIGITS, out=str(tmp_path)))
+
+
+# -- reliability ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_sigkill_then_resume_ends_bitwise_like_an_uninterrupted_run(tmp_path, env, backend):
+    args = ["train", *SMALL, "--backend", backend, "--steps", "160", "--ckpt-every", "10",
+            "--eval-every", "40", "--keep", "2"]
+    ref, victim = tmp_path / "ref", tmp_path / "victim"
+    reference = start(*args, "--out", str(ref), env=env)
+    killed = start(*args, "--out", str(victim), env=env)
+    deadline = time.monotonic() + 240
+    while (latest_checkpoint(victim) is None or latest_checkpoint(victim).name
+           < "ckpt-000030.safetensors"):
+        assert killed.poll() is None, killed.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (victim / "summary.json").exists()  # it really died mid-run
+
+    p = cli("train", "--resume", str(victim), "--quiet", env=env, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert reference.wait(timeout=240) == 0, reference.communicate()[1]
+
+    a, meta_a = load_checkpoint(ref)
+    b, meta_b = load_checkpoint(victim)
+    assert meta_a["state"]["step"] == meta_b["state"]["step"] == 160
+    assert sorted(a) == sorted(b)
+    assert any(k.startswith("optim/") for k in a)
+    different = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert different == []
+    # the log reads as one uninterrupted run: same records, no step twice
+    assert records(victim) == records(ref)
+    summary = json.loads((victim / "summary.json").read_text())
+    assert summary["final_test_error"] == json.loads((ref / "summary.json").read_text())[
+        "final_test_error"]
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, env):
+    run = tmp_path / "run"
+    # the paper's warm-up (lr 0.01 for the first 6 of 1000 steps) then an absurd lr 1e6
+    p = cli("train", *SMALL, "--steps", "1000", "--warmup", "--lr", "1e6", "--ckpt-every", "2",
+            "--eval-every", "1000", "--out", str(run), env=env)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "became nan" in p.stderr or "became inf" in p.stderr
+    assert "the last good checkpoint is" in p.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["step"] <= 20
+    good = latest_checkpoint(run)
+    assert good is not None and str(good) == summary["last_checkpoint"]
+    tensors, meta = load_checkpoint(good)
+    assert meta["state"]["step"] < summary["step"]
+    assert all(np.isfinite(v).all() for v in tensors.values())
+    assert not any(r["step"] > summary["step"] for r in read_metrics(run))
+
+
+# -- data parallel -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "rescompile",
+           "train", *SMALL, "--steps", "20", "--eval-every", "10", "--ckpt-every", "10",
+           "--out", str(run)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((run / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["settings"]["process_group"] == "gloo"
+    assert s["status"] == "completed" and 0 <= s["final_test_error"] < 0.9
+    assert [r["step"] for r in read_metrics(run) if r["kind"] == "eval"] == [10, 20]
+    assert (run / "curves.png").is_file()
+    tensors, meta = load_checkpoint(run)
+    assert meta["state"]["world_size"] == 2 and meta["state"]["step"] == 20
+    assert not [p for p in tmp_path.iterdir() if p != run]  # rank 1 wrote nothing
+
+
+def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
+    run = tmp_path / "sharded"
+    e = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    p = cli("train", *SMALL, "--backend", "flax", "--steps", "20", "--eval-every", "10",
+            "--ckpt-every", "10", "--out", str(run), env=e, timeout=240)
+    assert p.returncode == 0, p.stderr
+    s = json.loads((run / "summary.json").read_text())
+    assert s["settings"]["devices"] == 2 and s["device"].startswith("cpu x2")
+    assert s["status"] == "completed" and 0 <= s["final_test_error"] < 0.9
+    assert load_checkpoint(run)[1]["state"]["step"] == 20
+
+    # the state is replicated over both devices and a batch is split between them
+    code = (
+        "import numpy as np, jax\n"
+        "from rescompile.compiler import compile_spec\n"
+        "from rescompile.backends import flax as fb\n"
+        "from rescompile.harness.runtime import Batch, RuntimeOptions, TrainData, make_runtime\n"
+        f"g = compile_spec({DIGITS!r}, {TINY[1::2]!r})[1]\n"
+        "rt = make_runtime('flax', g, fb.emit(g), RuntimeOptions())\n"
+        "x = np.zeros((8, 8, 8, 1), np.float32); y = np.zeros(8, np.int64)\n"
+        "rt.set_data(TrainData(x, y, x, y, np.zeros(1, np.float32), np.ones(1, np.float32)))\n"
+        "leaf = jax.tree.leaves(rt.params)[0]\n"
+        "idx = rt._batch_args(Batch(0, np.arange(8)), 'train')[1]\n"
+        "rt.collect([rt.train_step(Batch(0, np.arange(8)), 0.1)])\n"
+        "print(len(leaf.sharding.device_set), leaf.sharding.is_fully_replicated,\n"
+        "      [s.data.shape[0] for s in idx.addressable_shards])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=e, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "2 True [4, 4]"
