@@ -9,9 +9,9 @@
     rows = backend.check(graph, source)            # [(what, expected, measured, ok), ...]
     backend.export(graph, source, "resnet50.onnx")  # ONNX, validated with onnx.checker
 
-Only :func:`emit` is imported eagerly; everything that needs torch lives in
-:mod:`rescompile.backends.torch.runtime` and is imported on first use, so ``rescompile build``
-stays fast and torch-free.
+Only :func:`emit` is imported eagerly; everything that needs torch lives in submodules
+(:mod:`.runtime` here, :mod:`.training` for the harness) imported on first use, so
+``rescompile build`` stays fast and torch-free.
 """
 
 from __future__ import annotations

@@ -400,8 +400,10 @@ def test_emit_does_not_import_torch_and_is_fast():
     wall = time.perf_counter() - t
     nodes, emit_s = int(out[0]), float(out[1])
     assert nodes > 4000
-    assert emit_s < 0.5, f"emit of {nodes} IR nodes took {emit_s:.3f} s"
-    assert wall < 5, wall  # the < 1 s target is measured by benchmarks/build_speed.py
+    # Loose bounds (a shared machine can be slow): about 40 ms and 0.5 s on an idle 2-core CPU;
+    # the < 1 s whole-process target is measured by benchmarks/build_speed.py.
+    assert emit_s < 1.0, f"emit of {nodes} IR nodes took {emit_s:.3f} s"
+    assert wall < 10, wall
 
 
 def test_emitted_ir_nodes_match_graph_ops():

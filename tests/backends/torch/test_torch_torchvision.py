@@ -149,3 +149,33 @@ def test_fixture_script_with_a_stand_in_torchvision(tmp_path):
         assert entry["keys_and_shapes_match"] and entry["strict_load"], name
         assert entry["output_max_rel_diff"] <= data["tolerance"]
         assert entry["num_params"] == PUBLISHED_PARAMS[name]
+
+
+def _aten_trace(model, x) -> list[str]:
+    """The aten ops one training step (forward + backward) dispatches, in order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops: list[str] = []
+
+    class Trace(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Trace():
+        model(x).sum().backward()
+    return ops
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_emitted_model_dispatches_the_same_ops_as_the_reference(name):
+    """Load-independent twin of benchmarks/torch_vs_handwritten.py: identical aten op sequence
+    (forward and backward), so any speed difference can only come from Python overhead."""
+    path = ROOT / "specs" / "torchvision" / f"{name}.yaml"
+    ov = small(path)
+    _, g = compiled(path, ov)
+    ref = reference_resnet(name).train()
+    model = build_model(g, emitted(path, ov)).train()
+    x = torch.randn(2, *g.input_shape)
+    ours, theirs = _aten_trace(model, x), _aten_trace(ref, x)
+    assert len(ours) > 100 and ours == theirs
