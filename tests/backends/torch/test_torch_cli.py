@@ -33,3 +33,13 @@ def test_build_check_passes_and_fails(tmp_path):
     r = _cli("build", str(CIFAR20), "--backend", "torch", "-o", str(tmp_path / "m.py"), "--check")
     assert r.returncode == 0, r.stderr
     assert "FAIL" not in r.stderr and "PASS" in r.stderr
+
+
+def test_export_onnx_from_the_command_line(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "r20.onnx"
+    r = _cli("export", str(CIFAR20), "--format", "onnx", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["input"]
