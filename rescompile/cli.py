@@ -238,6 +238,24 @@ def build(
             raise typer.Exit(1)
 
 
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+
+
+@app.command()
+def export(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    format: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.onnx,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="default: NAME.onnx")] = None,
+) -> None:
+    """Export the emitted PyTorch model (ONNX, checked with onnx.checker)."""
+    _, g = _compile(spec, set_)
+    mod = load_backend("torch")
+    out = output or Path(f"{g.name}.{format.value}")
+    typer.echo(f"wrote {mod.export(g, mod.emit(g), out, fmt=format.value)}", err=True)
+
+
 class GraphFormat(StrEnum):
     dot = "dot"
     svg = "svg"
