@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.errors import UserError
 from rescompile.harness.runtime import Batch, RuntimeOptions, TrainData, host_batch, split_state
 from rescompile.ir.graph import Graph, Op
 
@@ -70,11 +71,11 @@ def _devices(want: str | None) -> list[Any]:
         return jax.local_devices()
     platform = {"cuda": "gpu", "gpu": "gpu", "cpu": "cpu", "tpu": "tpu"}.get(want)
     if platform is None:
-        raise ValueError(f"the flax runtime runs on cpu, gpu or tpu, not {want!r}")
+        raise UserError(f"the flax backend runs on --device cpu, gpu or tpu, not {want!r}")
     try:
         return jax.local_devices(backend=platform)
     except RuntimeError as exc:
-        raise RuntimeError(
+        raise UserError(
             f"--device {want} was asked for, but jax has no {platform}: {exc}"
         ) from None
 
@@ -137,21 +138,21 @@ class FlaxRuntime:
         self.gd_train = nnx.graphdef(model)
         model.eval()
         self.gd_eval = nnx.graphdef(model)
-        self.rng_tags = sorted(
-            {v.tag for _, v in nnx.to_flat_state(nnx.state(model, nnx.RngKey))}
-        )
+        self.rng_tags = sorted({v.tag for _, v in nnx.to_flat_state(nnx.state(model, nnx.RngKey))})
         self.dropout = any(n.op is Op.DROPOUT and n.attrs.get("p", 0) > 0 for n in graph)
 
         self.tx = optax.chain(
             optax.add_decayed_weights(options.weight_decay),
             optax.trace(decay=options.momentum, nesterov=options.nesterov),
         )
-        self.params, self.stats, self.other = jax.device_put((params, stats, other),
-                                                             self.replicated)
+        self.params, self.stats, self.other = jax.device_put(
+            (params, stats, other), self.replicated
+        )
         self.opt_state = jax.device_put(self.tx.init(self.params), self.replicated)
         self.torch_shapes = convert.torch_shapes(model)
-        self.param_keys = [k for k in self.torch_shapes
-                           if not k.endswith((".running_mean", ".running_var"))]
+        self.param_keys = [
+            k for k in self.torch_shapes if not k.endswith((".running_mean", ".running_var"))
+        ]
         self._build_steps()
         self.data: TrainData | None = None
 
@@ -269,8 +270,15 @@ class FlaxRuntime:
 
         data, index, crop = self._batch_args(batch, "train")
         (self.params, self.stats, self.other, self.opt_state, stats) = self._train(
-            self.params, self.stats, self.other, self.opt_state, data, index, crop,
-            jnp.float32(lr), jnp.int32(batch.step),
+            self.params,
+            self.stats,
+            self.other,
+            self.opt_state,
+            data,
+            index,
+            crop,
+            jnp.float32(lr),
+            jnp.int32(batch.step),
         )
         return stats
 
@@ -295,10 +303,19 @@ class FlaxRuntime:
         for start in range(0, n, size):
             index = np.arange(start, min(start + size, n))
             mask = np.ones(size, np.float32)
-            mask[len(index):] = 0
+            mask[len(index) :] = 0
             index = np.pad(index, (0, size - len(index)))
-            totals.append(self._eval(self.params, self.stats, self.other, self._put(x_all[index]),
-                                     self._put(y_all[index]), *self.mean_std, self._put(mask)))
+            totals.append(
+                self._eval(
+                    self.params,
+                    self.stats,
+                    self.other,
+                    self._put(x_all[index]),
+                    self._put(y_all[index]),
+                    *self.mean_std,
+                    self._put(mask),
+                )
+            )
         loss, correct = np.sum(np.asarray(jax.device_get(totals), np.float64), axis=0)
         return float(loss), int(round(correct)), n
 
@@ -345,6 +362,5 @@ class FlaxRuntime:
             (params, stats, other, opt_state), self.replicated
         )
 
-    def close(self) -> None:
+    def close(self, *, aborted: bool = False) -> None:
         pass
-

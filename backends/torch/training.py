@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rescompile.errors import UserError
 from rescompile.harness.checkpoint import check_compatible
 from rescompile.harness.runtime import Batch, RuntimeOptions, TrainData, host_batch, split_state
 from rescompile.ir.graph import Graph, Op
@@ -57,10 +58,10 @@ class TorchRuntime:
         self.rank, self.world_size, local_rank = _dist_env()
         want = options.device
         if want not in (None, "cpu", "cuda", "gpu"):
-            raise ValueError(f"the torch runtime runs on cpu or cuda, not {want!r}")
+            raise UserError(f"the torch backend runs on --device cpu or cuda, not {want!r}")
         use_cuda = torch.cuda.is_available() if want is None else want in ("cuda", "gpu")
         if use_cuda and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+            raise UserError("--device cuda was asked for, but torch sees no CUDA device")
         if use_cuda:
             self.dev = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.dev)
@@ -116,7 +117,13 @@ class TorchRuntime:
         )
         net: nn.Module = model
         if self.world_size > 1:
+            import warnings
+
             from torch.nn.parallel import DistributedDataParallel
+
+            # A weight with a dimension of size 1 (the conv of a 1-channel input) can get a
+            # gradient whose stride on that dimension differs from DDP's bucket view; harmless.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
 
             net = DistributedDataParallel(
                 model, device_ids=[self.dev.index] if gpu else None, gradient_as_bucket_view=True
@@ -187,7 +194,8 @@ class TorchRuntime:
             group["lr"] = lr
         if self.dropout:  # per-step randomness from (seed, step): a resumed run draws the same
             torch.manual_seed(hash((self.options.seed, batch.step)) & 0x7FFF_FFFF_FFFF_FFFF)
-        self.net.train()
+        if not self.model.training:  # evaluate() leaves the model in eval mode
+            self.net.train()
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.net(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing)
@@ -263,11 +271,13 @@ class TorchRuntime:
                 self.channels_last and p.dim() == 4) else buf
             self.optimizer.state[p]["momentum_buffer"] = buf
 
-    def close(self) -> None:
+    def close(self, *, aborted: bool = False) -> None:
         if self.world_size > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if not aborted:  # rank 0 may still be writing the summary and the plot
+                    dist.barrier()
                 dist.destroy_process_group()
 
 

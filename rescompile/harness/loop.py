@@ -365,9 +365,12 @@ def train(
     rt: Runtime = training.make_runtime(graph, source, options)
     try:
         session = _Session(config, resolved, graph, dataset, p, rt, run_dir, source, on_step)
-        return session.run(saved, session_start)
-    finally:
-        rt.close()
+        summary = session.run(saved, session_start)
+    except BaseException:
+        rt.close(aborted=True)
+        raise
+    rt.close()
+    return summary
 
 
 class _Session:
@@ -668,6 +671,7 @@ def _config_record(config, resolved, graph, dataset, p: _Plan, rt: Runtime) -> d
         "config": config.to_dict(),
         "spec_name": graph.name,
         "spec_hash": resolved.hash,
+        "spec": resolved.spec.model_dump(mode="json"),  # also in spec.json, which resumes use
         "class_name": graph.class_name,
         "params": graph.totals.get("params"),
         "layers": p.depth,
@@ -795,7 +799,7 @@ def evaluate_checkpoint(
         rt.load_state_dict(tensors)
         loss_sum, correct, count = rt.evaluate(split, batch_size)
     finally:
-        rt.close()
+        rt.close(aborted=True)
     return loss_sum / count, 1.0 - correct / count
 
 

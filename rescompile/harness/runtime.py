@@ -215,8 +215,9 @@ class Runtime(Protocol):
         """Load what :meth:`state_dict` returns (from either backend). Momentum buffers are
         optional (a checkpoint of step 0 has none); model tensors must fit exactly."""
 
-    def close(self) -> None:
-        """Release process groups and the like."""
+    def close(self, *, aborted: bool = False) -> None:
+        """Release process groups and the like. At the normal end of a run (``aborted`` false)
+        a data-parallel runtime first waits for every rank to get there."""
 
 
 def load_training_module(backend: str) -> Any:

@@ -70,6 +70,7 @@ def test_train_writes_a_complete_run_directory_and_plot_overlays_runs(tmp_path, 
 
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["backend"] == "torch" and config["config"]["overrides"]
+    assert config["spec"] == json.loads((run / "spec.json").read_text())
     assert config["plan"]["total_steps"] == 30 and config["plan"]["milestones"] == [15, 22]
     assert config["plan"]["recipe"]["weight_decay"] == 1e-4
     assert "every parameter" in config["weight_decay_note"]
@@ -247,3 +248,40 @@ def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
                          env=e, timeout=240)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "2 True [4, 4]"
+
+
+# -- the plan a run gets -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "layers", "warmup"), [
+    ("paper/resnet50.yaml", 50, 0),  # projection shortcuts are not layers
+    ("paper/cifar-resnet56.yaml", 56, 0),
+    ("paper/cifar-resnet110.yaml", 110, 400),  # the paper warms up ResNet-110 at lr 0.01
+])
+def test_paper_layer_count_decides_the_warm_up(spec, layers, warmup):
+    from rescompile.compiler import compile_spec
+    from rescompile.harness.data import synthetic
+    from rescompile.harness.loop import TrainConfig, _make_plan, weighted_layers
+
+    graph = compile_spec(ROOT / "specs" / spec)[1]
+    assert weighted_layers(graph) == layers
+    data = synthetic((32, 32, 3), n_train=128 * 390, n_test=10)
+    p = _make_plan(TrainConfig(spec=spec, recipe="paper-cifar"), graph, data, world_size=1)
+    assert p.plan.total_steps == 64_000 and p.plan.milestones == (32_000, 48_000)
+    assert p.plan.warmup_steps == warmup and p.batch_size == 128
+    assert p.plan.lr(0) == (0.01 if warmup else 0.1) and p.plan.lr(48_000) == pytest.approx(1e-3)
+    assert p.augment  # synthetic images take the CIFAR augmentation
+    assert (p.eval_every, p.ckpt_every, p.log_every) == (1280, 1280, 320)
+
+
+@pytest.mark.slow
+def test_torch_compile_channels_last_bf16_on_cpu(tmp_path, env):
+    """The GPU defaults (torch.compile, channels_last, bf16 autocast) on the CPU: slow (inductor
+    compiles C++), so not in the default run."""
+    run = tmp_path / "compiled"
+    p = cli("train", *SMALL, "--steps", "10", "--compile", "--channels-last", "--precision",
+            "bf16", "--out", str(run), env=env, timeout=900)
+    assert p.returncode == 0, p.stderr
+    s = json.loads((run / "summary.json").read_text())
+    assert s["settings"]["compile"] and s["settings"]["channels_last"]
+    assert s["settings"]["precision"] == "bf16" and s["final_test_error"] < 0.9
