@@ -10,7 +10,7 @@ never more than ``TIME_LIMIT_S`` per command, and never a file anywhere but the 
 Emitted sources are parsed with ``ast`` and may contain only the expected imports and constructs.
 
 The default run makes about 1,100 cases (``derandomize=True``: the same ones every run, no
-example database); ``-m slow`` runs 20,000 more.
+example database); ``-m slow`` runs 20,000 more (``RESCOMPILE_SLOW_CASES=N`` to change).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import copy
 import functools
 import importlib
 import itertools
+import os
 import re
 import shutil
 from pathlib import Path
@@ -36,8 +37,8 @@ from rescompile.spec.load import load_spec
 
 TIME_LIMIT_S = 2.0
 # Cases per default run, per property (the slow variant adds SLOW_CASES mutated specs).
-BUDGET = {"mutated": 900, "raw": 120, "names": 100}
-SLOW_CASES = 20_000
+BUDGET = {"mutated": 750, "plausible": 200, "raw": 100, "names": 80}
+SLOW_CASES = int(os.environ.get("RESCOMPILE_SLOW_CASES", "20000"))
 
 
 def _cases(n: int):
@@ -441,11 +442,13 @@ scalars = st.one_of(
         max_size=10,
     ),
 )
-values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)),
-    max_leaves=12,
-)
+
+
+def _containers(inner):
+    return st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4))
+
+
+values = st.recursive(scalars, _containers, max_leaves=12)
 
 
 def _nested(depth: int, leaf, kind: str):
@@ -462,15 +465,19 @@ def _laughs(levels: int, width: int):
 
 
 def _slots(doc) -> list[tuple[object, object]]:
-    """Every (container, key-or-index) in the tree, in a stable order."""
+    """(container, key-or-index) pairs of the tree, each shared container visited once."""
     out: list[tuple[object, object]] = []
+    seen: set[int] = set()
     stack = [doc]
-    while stack:
+    while stack and len(out) < 500:
         node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
         items = node.items() if isinstance(node, dict) else enumerate(node)
-        for k, v in list(items):
+        for k, v in list(items)[:100]:
             out.append((node, k))
-            if isinstance(v, dict | list) and id(v) != id(node):
+            if isinstance(v, dict | list):
                 stack.append(v)
     return out
 
@@ -491,6 +498,9 @@ def mutated_doc(draw) -> tuple[str, dict | list]:
                     "rename",
                     "retype",
                     "retype",
+                    "plausible",
+                    "plausible",
+                    "plausible",
                     "extreme",
                     "nest",
                     "unicode",
@@ -521,6 +531,16 @@ def mutated_doc(draw) -> tuple[str, dict | list]:
                 node[new] = node.pop(k)
         elif op == "add" and isinstance(node, dict):
             node[draw(keys)] = draw(values)
+        elif op == "plausible":  # a value of the right kind, often valid: exercises lowering
+            node[k] = draw(  # type: ignore[index]
+                st.one_of(
+                    st.sampled_from([1, 2, 3, 4, 7, 8, 16, 32, 48, 64, 96, 128, 256, 512]),
+                    st.integers(1, 300),
+                    st.sampled_from(VOCAB[:17]),
+                    st.booleans(),
+                    st.sampled_from([0.0, 0.1, 0.5, 1e-5, 0.9]),
+                )
+            )
         elif op == "extreme":
             node[k] = draw(st.sampled_from(EXTREME_INTS + EXTREME_FLOATS))  # type: ignore[index]
         elif op == "nest":
@@ -662,18 +682,18 @@ def overrides(draw, doc_paths: list[str]) -> list[str]:
     return out
 
 
-def _dotted_paths(doc, prefix: str = "", depth: int = 0) -> list[str]:
-    out: list[str] = []
-    if depth > 6:
-        return out
+def _dotted_paths(doc, prefix: str = "", out: list[str] | None = None) -> list[str]:
+    """Up to 200 dotted paths into the tree (what ``--set`` keys look like)."""
+    out = [] if out is None else out
     items = (
         doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else []
     )
-    for k, v in list(items)[:50]:
-        p = f"{prefix}{k}"
-        out.append(p)
+    for k, v in list(items)[:20]:
+        if len(out) >= 200 or prefix.count(".") > 6:
+            break
+        out.append(f"{prefix}{k}")
         if isinstance(v, dict | list):
-            out += _dotted_paths(v, p + ".", depth + 1)
+            _dotted_paths(v, f"{prefix}{k}.", out)
     return out
 
 
@@ -765,6 +785,69 @@ def test_mutated_specs(workdir, case):
     _mutation_case(workdir, case)
 
 
+PLAUSIBLE = {
+    "depth": st.integers(1, 6),
+    "width": st.sampled_from([1, 2, 3, 8, 16, 24, 32, 64, 96, 128]),
+    "stride": st.integers(1, 4),
+    "channels": st.integers(1, 4),
+    "size": st.one_of(st.integers(1, 300), st.lists(st.integers(1, 300), min_size=2, max_size=2)),
+    "num_classes": st.integers(1, 1000),
+    "kind": st.sampled_from(["basic", "bottleneck", "imagenet", "cifar", "deep"]),
+    "block": st.sampled_from(["basic", "bottleneck", {"kind": "bottleneck", "groups": 2}]),
+    "stem": st.sampled_from(["imagenet", "cifar", "deep", {"kind": "deep", "width": 6}]),
+    "groups": st.sampled_from([1, 2, 3, 4, 32]),
+    "width_per_group": st.sampled_from([1, 4, 16, 64, 96, 128]),
+    "expansion": st.integers(1, 6),
+    "shortcut": st.sampled_from(["A", "B", "C", "none"]),
+    "downsample": st.sampled_from(["conv", "avgpool"]),
+    "stride_on": st.sampled_from(["1x1", "3x3"]),
+    "preact": st.booleans(),
+    "zero_init_residual": st.booleans(),
+    "dropout": st.sampled_from([0.0, 0.2, 0.99]),
+    "eps": st.sampled_from([1e-5, 1.0]),
+    "momentum": st.sampled_from([0.1, 1.0]),
+}
+
+
+@st.composite
+def plausible_doc(draw) -> dict:
+    """Small, well-typed changes: mostly valid specs, or errors only lowering can find."""
+    _, base = draw(st.sampled_from(_bases()))
+    doc = copy.deepcopy(base)
+    stages = doc["stages"]
+    for st_ in stages:  # keep the nets small: this property is about semantics, not size
+        st_["depth"] = min(st_["depth"], 2)
+    for _ in range(draw(st.integers(1, 4))):
+        slots = [(n, k) for n, k in _slots(doc) if isinstance(k, str) and k in PLAUSIBLE]
+        field = draw(st.sampled_from([*sorted(PLAUSIBLE), "+stage", "-stage", "stage.block"]))
+        if field == "+stage":
+            stages.append({"depth": 1, "width": draw(PLAUSIBLE["width"]), "stride": 2})
+        elif field == "-stage" and len(stages) > 1:
+            stages.pop(draw(st.integers(0, len(stages) - 1)))
+        elif field == "stage.block":
+            stage = stages[draw(st.integers(0, len(stages) - 1))]
+            stage[draw(st.sampled_from(["block", "shortcut", "downsample", "stride_on"]))] = draw(
+                st.sampled_from(
+                    ["basic", "bottleneck", "A", "B", "C", "none", "conv", "avgpool", "1x1", "3x3"]
+                )
+            )
+        elif field in PLAUSIBLE:
+            matching = [(n, k) for n, k in slots if k == field]
+            if matching:
+                node, k = matching[draw(st.integers(0, len(matching) - 1))]
+                node[k] = draw(PLAUSIBLE[field])  # type: ignore[index]
+            elif field in ("preact", "shortcut", "downsample", "stride_on"):
+                doc[field] = draw(PLAUSIBLE[field])
+    return doc
+
+
+@_cases(BUDGET["plausible"])
+@given(doc=plausible_doc(), choice=st.integers(0, 59))
+def test_plausible_specs(workdir, doc, choice):
+    """Specs that validate, or fail in lowering or shape inference, through every command."""
+    run_case(workdir, yaml.safe_dump(doc, sort_keys=False), [], choice)
+
+
 @_cases(BUDGET["raw"])
 @given(data=st.data(), raw=st.binary(max_size=300))
 def test_raw_bytes_and_prefixes(workdir, data, raw):
@@ -806,6 +889,13 @@ def test_any_name_is_safe_to_emit(workdir, name):
 @given(case=full_case())
 def test_mutated_specs_slow(workdir, case):
     _mutation_case(workdir, case)
+
+
+@pytest.mark.slow
+@_cases(SLOW_CASES // 4)
+@given(doc=plausible_doc(), choice=st.integers(0, 59))
+def test_plausible_specs_slow(workdir, doc, choice):
+    run_case(workdir, yaml.safe_dump(doc, sort_keys=False), [], choice)
 
 
 def test_default_budget_is_at_least_1000_cases():

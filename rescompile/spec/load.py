@@ -281,6 +281,8 @@ def _convert(err: ValidationError, loc: yamlsafe.Located | Resolved) -> tuple[li
         raw = e["loc"]
         path = _field_path(raw, loc.data, e["type"])
         typ, msg, value = e["type"], e["msg"], e.get("input")
+        if typ == "int_type" and isinstance(value, list | tuple) and len(raw) > len(path):
+            continue  # `size: [..]` is not meant as an int: the list member's errors say more
         if typ == "extra_forbidden":
             model = _model_at(path[:-1])
             key = path[-1]
@@ -293,7 +295,8 @@ def _convert(err: ValidationError, loc: yamlsafe.Located | Resolved) -> tuple[li
                     msg += f"; expected one of: {', '.join(model.model_fields)}"
             pos = loc.key_positions.get(path) or _pos(loc, path)
         elif typ == "missing":
-            msg = f"missing required field {path[-1]!r}"
+            what = "item" if isinstance(path[-1], int) else "required field"
+            msg = f"missing {what} {path[-1]!r}"
             pos = _pos(loc, path[:-1])
         else:
             if msg.startswith("Value error, "):

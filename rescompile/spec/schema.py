@@ -21,7 +21,6 @@ from pydantic import BaseModel
 from rescompile.spec import models, yamlsafe
 from rescompile.spec.models import Spec
 
-SCHEMA_ID = "https://github.com/rescompile/rescompile/specs/schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 # Fields whose value may be a bare string meaning {kind: <string>}: (model, field) -> kind enum.
@@ -54,7 +53,7 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("Spec", "stride_on"): "3x3",
     ("Spec", "stages"): [{"depth": 3, "width": 64}, {"depth": 4, "width": 128, "stride": 2}],
     ("Spec", "head"): {"dropout": 0.2},
-    ("Spec", "norm"): {"eps": 1.0e-5, "momentum": 0.1},
+    ("Spec", "norm"): {"eps": 1.0e-3, "momentum": 0.01},
     ("Spec", "init"): {"zero_init_residual": True},
     ("Spec", "paper"): {"table": "resnet2016.table1", "row": "50-layer"},
     ("InputSpec", "channels"): 1,
@@ -239,7 +238,6 @@ def json_schema() -> dict[str, Any]:
     }
     out = {
         "$schema": DIALECT,
-        "$id": SCHEMA_ID,
         "title": "rescompile spec",
         "description": spec.pop("description") + " A rescompile spec file; see "
         "docs/spec-language.md.",
