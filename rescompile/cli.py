@@ -28,8 +28,9 @@ app = typer.Typer(
 SpecArg = Annotated[str, typer.Argument(help="path to a spec YAML file", metavar="SPEC")]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="override a field: key.path=value (repeatable)",
-                 metavar="KEY=VALUE"),
+    typer.Option(
+        "--set", "-s", help="override a field: key.path=value (repeatable)", metavar="KEY=VALUE"
+    ),
 ]
 
 
@@ -94,8 +95,9 @@ def _write(text: str, out: Path | None) -> None:
 def validate(spec: SpecArg, set_: SetOpt = None) -> None:
     """Validate a spec (syntax, fields, and shapes through the whole network)."""
     resolved, g = _compile(spec, set_)
-    typer.echo(f"{spec}: ok ({g.name}, {len(g.blocks)} blocks, {len(g)} IR nodes, "
-               f"hash {resolved.hash})")
+    typer.echo(
+        f"{spec}: ok ({g.name}, {len(g.blocks)} blocks, {len(g)} IR nodes, hash {resolved.hash})"
+    )
 
 
 @app.command()
@@ -116,8 +118,12 @@ def report(
 
         rep.render_table(g, d, _console(Console))
     else:
-        render = {"json": rep.to_json, "csv": rep.to_csv, "markdown": rep.to_markdown,
-                  "html": rep.to_html}
+        render = {
+            "json": rep.to_json,
+            "csv": rep.to_csv,
+            "markdown": rep.to_markdown,
+            "html": rep.to_html,
+        }
         sys.stdout.write(render[format.value](g, d) + ("\n" if format is ReportFormat.json else ""))
 
 
@@ -136,8 +142,12 @@ def diff(
 
     _, a = _compile(spec_a, set_)
     _, b = _compile(spec_b, set_)
-    t = Table(title=f"{a.name} ({spec_a})  vs  {b.name} ({spec_b})", caption=CONVENTION,
-              caption_justify="left", show_footer=True)
+    t = Table(
+        title=f"{a.name} ({spec_a})  vs  {b.name} ({spec_b})",
+        caption=CONVENTION,
+        caption_justify="left",
+        show_footer=True,
+    )
     t.add_column("name", footer="total")
     totals = {k: (a.totals[k], b.totals[k]) for k in ("params", "macs")}
     for key, label in (("params", "params"), ("macs", "MACs")):
@@ -148,8 +158,14 @@ def diff(
     for name, ca, cb in diff_rows(a, b, depth.value):
         if depth is Depth.layer and ca == cb:
             continue
-        t.add_row(name, *(x for k in ("params", "macs")
-                          for x in (f"{ca[k]:,}", f"{cb[k]:,}", f"{cb[k] - ca[k]:+,}")))
+        t.add_row(
+            name,
+            *(
+                x
+                for k in ("params", "macs")
+                for x in (f"{ca[k]:,}", f"{cb[k]:,}", f"{cb[k] - ca[k]:+,}")
+            ),
+        )
     _console(Console).print(t)
 
 
@@ -221,7 +237,9 @@ def build(
     set_: SetOpt = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="torch | flax")] = "torch",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
-    check_: Annotated[bool, typer.Option("--check", help="build, run and compare with the IR")] = False,
+    check_: Annotated[
+        bool, typer.Option("--check", help="build, run and compare with the IR")
+    ] = False,
 ) -> None:
     """Emit a standalone model source file for a backend."""
     _, g = _compile(spec, set_)
@@ -232,7 +250,9 @@ def build(
         results = mod.check(g, source)
         bad = 0
         for what, expected, got, ok in results:
-            typer.echo(f"  {'PASS' if ok else 'FAIL'}  {what}: IR {expected}, model {got}", err=True)
+            typer.echo(
+                f"  {'PASS' if ok else 'FAIL'}  {what}: IR {expected}, model {got}", err=True
+            )
             bad += not ok
         if bad:
             raise typer.Exit(1)
@@ -247,7 +267,9 @@ def export(
     spec: SpecArg,
     set_: SetOpt = None,
     format: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.onnx,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="default: NAME.onnx")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="default: NAME.onnx")
+    ] = None,
 ) -> None:
     """Export the emitted PyTorch model (ONNX, checked with onnx.checker)."""
     _, g = _compile(spec, set_)
@@ -326,12 +348,15 @@ def _opt(help_: str, *names: str, **kw):
 
 @app.command()
 def train(
-    spec: Annotated[str | None, typer.Argument(metavar="[SPEC]",
-                                               help="spec to train (omit with --resume)")] = None,
+    spec: Annotated[
+        str | None, typer.Argument(metavar="[SPEC]", help="spec to train (omit with --resume)")
+    ] = None,
     set_: SetOpt = None,
     backend: Annotated[str | None, _opt("torch | flax (default torch)", "--backend", "-b")] = None,
-    data: Annotated[str | None, _opt("digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | "
-                                     "cifar100:PATH", "--data")] = None,
+    data: Annotated[
+        str | None,
+        _opt("digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | cifar100:PATH", "--data"),
+    ] = None,
     recipe: Annotated[str | None, _opt("paper-cifar | paper-imagenet | fast", "--recipe")] = None,
     epochs: Annotated[float | None, _opt("run length in epochs", "--epochs")] = None,
     steps: Annotated[int | None, _opt("run length in steps", "--steps")] = None,
@@ -344,18 +369,24 @@ def train(
     ckpt_every: Annotated[int | None, _opt("steps between checkpoints", "--ckpt-every")] = None,
     log_every: Annotated[int | None, _opt("steps between log records", "--log-every")] = None,
     keep: Annotated[int | None, _opt("checkpoints kept (default 3)", "--keep")] = None,
-    precision: Annotated[str | None, _opt("fp32 | bf16 (default bf16 on GPU)",
-                                          "--precision")] = None,
-    compile_: Annotated[bool | None, _opt("torch.compile (default on GPU)",
-                                          "--compile/--no-compile")] = None,
-    channels_last: Annotated[bool | None, _opt("channels_last (default on GPU)",
-                                               "--channels-last/--no-channels-last")] = None,
-    device: Annotated[str | None, _opt("cpu | cuda | gpu (default: best available)",
-                                       "--device")] = None,
-    augment: Annotated[bool | None, _opt("pad-crop-flip (default: as the dataset)",
-                                         "--augment/--no-augment")] = None,
-    warmup: Annotated[bool | None, _opt("paper warm-up (default: 110+ layers)",
-                                        "--warmup/--no-warmup")] = None,
+    precision: Annotated[
+        str | None, _opt("fp32 | bf16 (default bf16 on GPU)", "--precision")
+    ] = None,
+    compile_: Annotated[
+        bool | None, _opt("torch.compile (default on GPU)", "--compile/--no-compile")
+    ] = None,
+    channels_last: Annotated[
+        bool | None, _opt("channels_last (default on GPU)", "--channels-last/--no-channels-last")
+    ] = None,
+    device: Annotated[
+        str | None, _opt("cpu | cuda | gpu (default: best available)", "--device")
+    ] = None,
+    augment: Annotated[
+        bool | None, _opt("pad-crop-flip (default: as the dataset)", "--augment/--no-augment")
+    ] = None,
+    warmup: Annotated[
+        bool | None, _opt("paper warm-up (default: 110+ layers)", "--warmup/--no-warmup")
+    ] = None,
     quiet: Annotated[bool, _opt("no progress output", "--quiet", "-q")] = False,
 ) -> None:
     """Train a spec with a backend; writes a run directory (metrics, checkpoints, curves)."""

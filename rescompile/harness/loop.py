@@ -164,8 +164,9 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
     from rescompile.harness.data import steps_per_epoch
     from rescompile.harness.schedules import PAPER_WARMUP_DEPTH, get_recipe, plan_training
 
-    name = config.recipe or ("paper-cifar" if max(graph.input_shape[1:]) <= 64 else
-                             "paper-imagenet")
+    name = config.recipe or (
+        "paper-cifar" if max(graph.input_shape[1:]) <= 64 else "paper-imagenet"
+    )
     recipe = get_recipe(name)
     if config.batch_size is not None:
         if config.batch_size <= 0:
@@ -189,8 +190,9 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
         raise UserError(f"--steps must be positive, got {config.steps}")
     if config.epochs is not None and config.epochs <= 0:
         raise UserError(f"--epochs must be positive, got {config.epochs}")
-    plan = plan_training(recipe, steps_per_epoch(n, bs), steps=config.steps,
-                         epochs=config.epochs, warmup=warmup)
+    plan = plan_training(
+        recipe, steps_per_epoch(n, bs), steps=config.steps, epochs=config.epochs, warmup=warmup
+    )
     total = plan.total_steps
     for what in ("eval_every", "ckpt_every", "log_every"):
         value = getattr(config, what)
@@ -200,8 +202,17 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
     ckpt_every = config.ckpt_every or eval_every
     log_every = config.log_every or max(1, min(eval_every, total // PROGRESS_POINTS))
     augment = dataset.augment == "pad_crop_flip" if config.augment is None else config.augment
-    return _Plan(recipe, plan, bs, eval_every, ckpt_every, log_every,
-                 eval_batch=max(bs, 256), depth=depth, augment=augment)
+    return _Plan(
+        recipe,
+        plan,
+        bs,
+        eval_every,
+        ckpt_every,
+        log_every,
+        eval_batch=max(bs, 256),
+        depth=depth,
+        augment=augment,
+    )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -281,8 +292,12 @@ class _Clock:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> _Clock:
-        return cls(state.get("train_s", 0.0), state.get("timed_images", 0),
-                   state.get("first_step_s"), state.get("wall_s", 0.0))
+        return cls(
+            state.get("train_s", 0.0),
+            state.get("timed_images", 0),
+            state.get("first_step_s"),
+            state.get("wall_s", 0.0),
+        )
 
 
 def train(
@@ -376,8 +391,18 @@ def train(
 class _Session:
     """One process's part of a run, from its start (or resumption) to its end."""
 
-    def __init__(self, config, resolved, graph, dataset, p: _Plan, rt: Runtime, run_dir: Path,
-                 source: str, on_step) -> None:
+    def __init__(
+        self,
+        config,
+        resolved,
+        graph,
+        dataset,
+        p: _Plan,
+        rt: Runtime,
+        run_dir: Path,
+        source: str,
+        on_step,
+    ) -> None:
         self.config, self.resolved, self.graph, self.dataset = config, resolved, graph, dataset
         self.p, self.rt, self.run_dir, self.source, self.on_step = p, rt, run_dir, source, on_step
         self.plan = p.plan
@@ -405,8 +430,11 @@ class _Session:
     def run(self, saved: dict[str, Any] | None, session_start: float) -> dict[str, Any]:
         self.session_start = session_start
         d = self.dataset
-        self.rt.set_data(TrainData(d.x_train, d.y_train, d.x_test, d.y_test, d.mean, d.std,
-                                   augment=self.p.augment))
+        self.rt.set_data(
+            TrainData(
+                d.x_train, d.y_train, d.x_test, d.y_test, d.mean, d.std, augment=self.p.augment
+            )
+        )
         resumed_from = self._restore() if saved is not None else None
         self.reporter = _Reporter(self.total, self.step, self.config.quiet, enabled=self.rank0)
         if self.rank0:
@@ -451,8 +479,12 @@ class _Session:
         if new:
             _write_json(self.run_dir / SPEC_FILE, self.spec_json)
             (self.run_dir / MODEL_FILE).write_text(self.source)
-            _write_json(self.run_dir / CONFIG_FILE, _config_record(
-                self.config, self.resolved, self.graph, self.dataset, self.p, self.rt))
+            _write_json(
+                self.run_dir / CONFIG_FILE,
+                _config_record(
+                    self.config, self.resolved, self.graph, self.dataset, self.p, self.rt
+                ),
+            )
         # a resumed run drops the records written after its checkpoint by the killed process
         self.logger = MetricsLogger(self.run_dir, resume_step=None if new else self.step)
 
@@ -527,8 +559,12 @@ class _Session:
         try:
             from rescompile.harness.plots import plot_curves
 
-            plot_curves(records, self.run_dir / CURVES_FILE, labels=[self.graph.name],
-                        title=f"{self.graph.name} ({self.config.backend}, {self.dataset.name})")
+            plot_curves(
+                records,
+                self.run_dir / CURVES_FILE,
+                labels=[self.graph.name],
+                title=f"{self.graph.name} ({self.config.backend}, {self.dataset.name})",
+            )
         except ImportError:  # pragma: no cover - matplotlib is an optional dependency
             pass
         self.reporter.say(_summary_text(summary, self.run_dir))
@@ -570,14 +606,30 @@ class _Session:
         self.pending = []
         good = latest_checkpoint(self.run_dir) if self.rank0 else None
         if self.rank0:
-            self.logger.log_train(at, epoch=round(at / self.spe, 4), loss=loss,
-                                  train_error=float("nan"), lr=lr, images_per_s=0.0)
-            _write_json(self.run_dir / SUMMARY_FILE, {
-                "status": "diverged", "step": at, "what": what, "value": loss, "lr": lr,
-                "last_checkpoint": str(good) if good is not None else None,
-            })
-        where = (f"the last good checkpoint is {good}" if good is not None
-                 else "no checkpoint had been written yet")
+            self.logger.log_train(
+                at,
+                epoch=round(at / self.spe, 4),
+                loss=loss,
+                train_error=float("nan"),
+                lr=lr,
+                images_per_s=0.0,
+            )
+            _write_json(
+                self.run_dir / SUMMARY_FILE,
+                {
+                    "status": "diverged",
+                    "step": at,
+                    "what": what,
+                    "value": loss,
+                    "lr": lr,
+                    "last_checkpoint": str(good) if good is not None else None,
+                },
+            )
+        where = (
+            f"the last good checkpoint is {good}"
+            if good is not None
+            else "no checkpoint had been written yet"
+        )
         raise TrainingDiverged(
             f"the {what} became {loss} at step {at} (lr {lr:g}); the run stopped and "
             f"{where}. Lower the learning rate (--lr) or warm up (--warmup), and start again"
@@ -597,10 +649,17 @@ class _Session:
         err = 1.0 - float(np.sum(self.window_correct)) / images
         self.last_train_error = err
         if self.rank0:
-            self.logger.log_train(self.step, epoch=round(self.step / self.spe, 4), loss=loss,
-                                  train_error=err, lr=self.lr, images_per_s=round(ips, 1))
-        self.reporter.advance(self.step, f"loss {loss:.3f}  err {100 * err:5.1f}%  "
-                                         f"lr {self.lr:.3g}  {ips:,.0f} img/s")
+            self.logger.log_train(
+                self.step,
+                epoch=round(self.step / self.spe, 4),
+                loss=loss,
+                train_error=err,
+                lr=self.lr,
+                images_per_s=round(ips, 1),
+            )
+        self.reporter.advance(
+            self.step, f"loss {loss:.3f}  err {100 * err:5.1f}%  lr {self.lr:.3g}  {ips:,.0f} img/s"
+        )
         self.window_loss, self.window_correct, self.window_timed = [], [], 0
 
     def _evaluate(self) -> None:
@@ -639,12 +698,20 @@ class _Session:
                 "wall_s": self.clock.wall_s + time.perf_counter() - self.session_start,
             }
             tensors = self.rt.state_dict()
-            bad = next((k for k, v in tensors.items()
-                        if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+            bad = next(
+                (k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()),
+                None,
+            )
             if bad is not None:  # a finite loss can still be followed by an overflowing update
                 self._diverged(step, float("nan"), f"tensor {bad}")
-            save_checkpoint(self.run_dir, tensors, self.spec_json, self.resolved.hash, state,
-                            keep=self.config.keep)
+            save_checkpoint(
+                self.run_dir,
+                tensors,
+                self.spec_json,
+                self.resolved.hash,
+                state,
+                keep=self.config.keep,
+            )
         self.last_ckpt = step
 
     def _save_on_interrupt(self) -> None:
@@ -660,8 +727,10 @@ class _Session:
             return
         if self.reporter is not None:
             self.reporter.close()
-            self.reporter.say(f"interrupted: saved a checkpoint at step {self.step}; "
-                              f"continue with --resume {self.run_dir}")
+            self.reporter.say(
+                f"interrupted: saved a checkpoint at step {self.step}; "
+                f"continue with --resume {self.run_dir}"
+            )
 
 
 def _config_record(config, resolved, graph, dataset, p: _Plan, rt: Runtime) -> dict[str, Any]:
@@ -683,7 +752,7 @@ def _config_record(config, resolved, graph, dataset, p: _Plan, rt: Runtime) -> d
         "log_every": p.log_every,
         "augment": p.augment,
         "weight_decay_note": "L2 weight decay on every parameter (weights, biases, BatchNorm "
-                             "scale and shift), added to the gradient, as in He et al. (2016)",
+        "scale and shift), added to the gradient, as in He et al. (2016)",
         "backend": config.backend,
         "device": rt.device,
         "world_size": rt.world_size,
@@ -699,8 +768,9 @@ def _config_record(config, resolved, graph, dataset, p: _Plan, rt: Runtime) -> d
     }
 
 
-def _summary(session: _Session, records: list[dict[str, Any]], train_eval_loss: float,
-             train_eval_err: float) -> dict[str, Any]:
+def _summary(
+    session: _Session, records: list[dict[str, Any]], train_eval_loss: float, train_eval_err: float
+) -> dict[str, Any]:
     total, clock, rt = session.total, session.clock, session.rt
     trains = [r for r in records if r.get("kind") == "train" and math.isfinite(r["loss"])]
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -735,9 +805,9 @@ def _summary(session: _Session, records: list[dict[str, Any]], train_eval_loss: 
         "notes": {
             "final_train_error": "eval mode, the whole training set, no augmentation",
             "final_train_error_running": "mean mini-batch error (train mode) over the last 5% "
-                                         "of steps: the dashed curve of curves.png",
+            "of steps: the dashed curve of curves.png",
             "images_per_s": "training images per second, excluding the first step of each "
-                            "session (compilation: first_step_s), evaluation and checkpoints",
+            "session (compilation: first_step_s), evaluation and checkpoints",
         },
     }
 
@@ -794,8 +864,16 @@ def evaluate_checkpoint(
     options = RuntimeOptions(precision="fp32", compile=False, device=device)
     rt = training.make_runtime(graph, source, options)
     try:
-        rt.set_data(TrainData(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
-                              dataset.mean, dataset.std))
+        rt.set_data(
+            TrainData(
+                dataset.x_train,
+                dataset.y_train,
+                dataset.x_test,
+                dataset.y_test,
+                dataset.mean,
+                dataset.std,
+            )
+        )
         rt.load_state_dict(tensors)
         loss_sum, correct, count = rt.evaluate(split, batch_size)
     finally:
@@ -808,11 +886,24 @@ def evaluate_checkpoint(
 # --------------------------------------------------------------------------------------------
 
 _RUN_OPTIONS = {  # CLI name -> TrainConfig field
-    "backend": "backend", "data": "data", "recipe": "recipe", "epochs": "epochs",
-    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "out": "out",
-    "eval_every": "eval_every", "ckpt_every": "ckpt_every", "log_every": "log_every",
-    "keep": "keep", "precision": "precision", "compile_": "compile",
-    "channels_last": "channels_last", "device": "device", "augment": "augment",
+    "backend": "backend",
+    "data": "data",
+    "recipe": "recipe",
+    "epochs": "epochs",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "seed": "seed",
+    "out": "out",
+    "eval_every": "eval_every",
+    "ckpt_every": "ckpt_every",
+    "log_every": "log_every",
+    "keep": "keep",
+    "precision": "precision",
+    "compile_": "compile",
+    "channels_last": "channels_last",
+    "device": "device",
+    "augment": "augment",
     "warmup": "warmup",
 }
 
@@ -823,8 +914,9 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("resume"):
         given = [name for name in ("spec", "set_", *_RUN_OPTIONS) if args.get(name) is not None]
         if given:
-            flags = ", ".join("SPEC" if g == "spec" else "--" + g.rstrip("_").replace("_", "-")
-                              for g in given)
+            flags = ", ".join(
+                "SPEC" if g == "spec" else "--" + g.rstrip("_").replace("_", "-") for g in given
+            )
             raise UserError(
                 f"--resume continues a run with its saved configuration; drop {flags} "
                 f"(see {Path(args['resume']) / CONFIG_FILE})"
@@ -833,8 +925,10 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
     if not args.get("spec"):
         raise UserError("give a SPEC to train, or --resume RUN_DIR")
     if not args.get("data"):
-        raise UserError("give the data to train on: --data digits | synthetic[:HxWxC[:CLASSES]] "
-                        "| cifar10:PATH | cifar100:PATH")
+        raise UserError(
+            "give the data to train on: --data digits | synthetic[:HxWxC[:CLASSES]] "
+            "| cifar10:PATH | cifar100:PATH"
+        )
     if args.get("precision") not in (None, "fp32", "bf16"):
         raise UserError(f"--precision is fp32 or bf16, not {args['precision']!r}")
     if args.get("steps") is not None and args.get("epochs") is not None:
@@ -843,15 +937,18 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
         from rescompile.harness.schedules import get_recipe
 
         get_recipe(args["recipe"])  # an unknown name lists the choices
-    values = {field_: args[name] for name, field_ in _RUN_OPTIONS.items()
-              if args.get(name) is not None}
-    config = TrainConfig(spec=args["spec"], overrides=list(args.get("set_") or []),
-                         quiet=quiet, **values)
+    values = {
+        field_: args[name] for name, field_ in _RUN_OPTIONS.items() if args.get(name) is not None
+    }
+    config = TrainConfig(
+        spec=args["spec"], overrides=list(args.get("set_") or []), quiet=quiet, **values
+    )
     return train(config)
 
 
-def plot_runs(runs: list[str], output: str, labels: list[str] | None = None,
-              title: str | None = None) -> Path:
+def plot_runs(
+    runs: list[str], output: str, labels: list[str] | None = None, title: str | None = None
+) -> Path:
     """``rescompile plot``: overlay the runs' training and test error in one figure."""
     from rescompile.harness.metrics import metrics_path
     from rescompile.harness.plots import plot_curves

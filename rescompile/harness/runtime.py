@@ -258,7 +258,5 @@ def split_state(
     from rescompile.harness.checkpoint import split_optimizer
 
     model, optim = split_optimizer(tensors)
-    momentum = {
-        k.removesuffix(".momentum"): v for k, v in optim.items() if k.endswith(".momentum")
-    }
+    momentum = {k.removesuffix(".momentum"): v for k, v in optim.items() if k.endswith(".momentum")}
     return model, momentum

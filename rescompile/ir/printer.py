@@ -10,22 +10,48 @@ from rescompile.ir.graph import Graph, Op
 def to_json(g: Graph) -> str:
     nodes = []
     for n in g:
-        nodes.append({
-            "name": n.name,
-            "op": str(n.op),
-            "inputs": g.inputs(n.name),
-            "attrs": n.attrs,
-            "stage": n.stage,
-            "block": n.block,
-            "src": str(n.src) if n.src else None,
-            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in n.meta.items()},
-        })
-    blocks = [{k: getattr(b, k) for k in ("name", "stage", "kind", "preact", "shortcut",
-                                          "downsample", "in_channels", "width", "out_channels",
-                                          "stride", "stride_on", "groups")} for b in g.blocks]
-    doc = {"name": g.name, "class_name": g.class_name, "spec_hash": g.spec_hash,
-           "input_shape": list(g.input_shape), "num_classes": g.num_classes,
-           "totals": g.totals, "blocks": blocks, "nodes": nodes}
+        nodes.append(
+            {
+                "name": n.name,
+                "op": str(n.op),
+                "inputs": g.inputs(n.name),
+                "attrs": n.attrs,
+                "stage": n.stage,
+                "block": n.block,
+                "src": str(n.src) if n.src else None,
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in n.meta.items()},
+            }
+        )
+    blocks = [
+        {
+            k: getattr(b, k)
+            for k in (
+                "name",
+                "stage",
+                "kind",
+                "preact",
+                "shortcut",
+                "downsample",
+                "in_channels",
+                "width",
+                "out_channels",
+                "stride",
+                "stride_on",
+                "groups",
+            )
+        }
+        for b in g.blocks
+    ]
+    doc = {
+        "name": g.name,
+        "class_name": g.class_name,
+        "spec_hash": g.spec_hash,
+        "input_shape": list(g.input_shape),
+        "num_classes": g.num_classes,
+        "totals": g.totals,
+        "blocks": blocks,
+        "nodes": nodes,
+    }
     return json.dumps(doc, indent=1)
 
 

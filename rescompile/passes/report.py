@@ -58,8 +58,9 @@ def rows(g: Graph, depth: Depth = "stage") -> list[Row]:
             key, kind = n.stage, n.stage
         row = out.get(key)
         if row is None:
-            row = out[key] = Row(key, kind, n.meta["shape"], dict.fromkeys(COUNTERS, 0),
-                                 paper_stage_name(n.stage))
+            row = out[key] = Row(
+                key, kind, n.meta["shape"], dict.fromkeys(COUNTERS, 0), paper_stage_name(n.stage)
+            )
         row.shape = n.meta["shape"]
         for c in COUNTERS:
             row.counts[c] += n.meta[c]
@@ -86,8 +87,16 @@ def to_json(g: Graph, depth: Depth) -> str:
         "input": list(g.input_shape),
         "convention": CONVENTION,
         "depth": depth,
-        "rows": [{"name": r.name, "kind": r.kind, "paper_stage": r.paper,
-                  "output": list(r.shape), **r.counts} for r in rows(g, depth)],
+        "rows": [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "paper_stage": r.paper,
+                "output": list(r.shape),
+                **r.counts,
+            }
+            for r in rows(g, depth)
+        ],
         "totals": g.totals,
     }
     return json.dumps(doc, indent=2)
@@ -99,8 +108,15 @@ def to_csv(g: Graph, depth: Depth) -> str:
     w.writerow(["name", "kind", "paper_stage", "output", *COUNTERS])
     for r in rows(g, depth):
         w.writerow([r.name, r.kind, r.paper, r.shape_str, *(r.counts[c] for c in COUNTERS)])
-    w.writerow(["total", "", "", "x".join(map(str, g[g.output].meta["shape"])),
-                *(g.totals[c] for c in COUNTERS)])
+    w.writerow(
+        [
+            "total",
+            "",
+            "",
+            "x".join(map(str, g[g.output].meta["shape"])),
+            *(g.totals[c] for c in COUNTERS),
+        ]
+    )
     return buf.getvalue()
 
 
@@ -109,16 +125,25 @@ _COLS = ("params", "macs", "flops", "act")
 
 def to_markdown(g: Graph, depth: Depth) -> str:
     head = ["name", "kind", "output", "params", "MACs", "FLOPs", "act"]
-    lines = [f"# {g.name} ({g.input_shape[1]}x{g.input_shape[2]} input)", "", f"> {CONVENTION}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"# {g.name} ({g.input_shape[1]}x{g.input_shape[2]} input)",
+        "",
+        f"> {CONVENTION}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in rows(g, depth):
         cells = [r.name, r.kind, r.shape_str, *(f"{r.counts[c]:,}" for c in _COLS)]
         lines.append("| " + " | ".join(cells) + " |")
     t = g.totals
     lines.append("| **total** | | | " + " | ".join(f"**{t[c]:,}**" for c in _COLS) + " |")
-    lines += ["", f"BN elements {t['bn']:,} · ReLU {t['relu']:,} · add {t['add']:,} · "
-                  f"pool {t['pool']:,} · buffers {t['buffers']:,} · "
-                  f"activations {t['act_bytes'] / 2**20:.1f} MiB/image (float32)"]
+    lines += [
+        "",
+        f"BN elements {t['bn']:,} · ReLU {t['relu']:,} · add {t['add']:,} · "
+        f"pool {t['pool']:,} · buffers {t['buffers']:,} · "
+        f"activations {t['act_bytes'] / 2**20:.1f} MiB/image (float32)",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -126,8 +151,12 @@ def render_table(g: Graph, depth: Depth, console) -> None:
     """Rich table to ``console``."""
     from rich.table import Table
 
-    t = Table(title=f"{g.name}: {g.input_shape[0]}x{g.input_shape[1]}x{g.input_shape[2]} input",
-              caption=CONVENTION, caption_justify="left", show_footer=True)
+    t = Table(
+        title=f"{g.name}: {g.input_shape[0]}x{g.input_shape[1]}x{g.input_shape[2]} input",
+        caption=CONVENTION,
+        caption_justify="left",
+        show_footer=True,
+    )
     tot = g.totals
     t.add_column("name", footer="total")
     if depth == "stage":
@@ -146,7 +175,8 @@ def render_table(g: Graph, depth: Depth, console) -> None:
         f"params {_human(tot['params'])} (+{tot['buffers']:,} BN buffers) · "
         f"BN elems {tot['bn']:,} · ReLU {tot['relu']:,} · "
         f"add {tot['add']:,} · pool {tot['pool']:,} · activations "
-        f"{tot['act_bytes'] / 2**20:.1f} MiB/image (float32)")
+        f"{tot['act_bytes'] / 2**20:.1f} MiB/image (float32)"
+    )
 
 
 def diff_rows(a: Graph, b: Graph, depth: Depth) -> list[tuple[str, dict[str, int], dict[str, int]]]:
