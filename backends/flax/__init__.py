@@ -8,29 +8,43 @@
     Model = fb.load_module(source, graph.class_name)
     model = Model(rngs=nnx.Rngs(0))
     fb.torch_state_dict_to_nnx(model, state_dict)  # numpy arrays keyed like torch's state_dict
-    fb.save_portable(model, "ckpt.safetensors", resolved.spec.model_dump(mode="json"), graph.spec_hash)
+    spec = resolved.spec.model_dump(mode="json")
+    fb.save_portable(model, "ckpt.safetensors", spec, graph.spec_hash)  # + ckpt.json sidecar
 
 Importing this package imports neither jax nor flax: ``emit`` is pure Python, and the runtime
-pieces import them when first called.
+pieces import them when first called. ``check(graph, source)`` backs ``rescompile build --check``;
+``linear_tracing()`` keeps jax's tracing time linear in depth (see its docstring) around
+``nnx.eval_shape``/``jax.jit`` of deep models; ``abstract_model(cls)`` builds a shape-only model
+that ``torch_state_dict_to_nnx`` can fill without running any initialiser.
 """
 
 from __future__ import annotations
 
 from rescompile.backends.flax.emit import EmitError, emit
 
+NAME = "flax"
+SUFFIX = ".py"
+
 __all__ = [
+    "NAME",
+    "SUFFIX",
     "EmitError",
+    "abstract_model",
     "check",
     "emit",
     "load_module",
     "load_portable",
     "nnx_to_torch_state_dict",
     "save_portable",
+    "linear_tracing",
+    "torch_shapes",
     "torch_state_dict_to_nnx",
 ]
 
 _RUNTIME = {
+    "abstract_model": "rescompile.backends.flax.runtime",
     "check": "rescompile.backends.flax.runtime",
+    "linear_tracing": "rescompile.backends.flax.runtime",
     "load_module": "rescompile.backends.flax.runtime",
     "nnx_to_torch_state_dict": "rescompile.backends.flax.convert",
     "torch_state_dict_to_nnx": "rescompile.backends.flax.convert",

@@ -41,14 +41,26 @@ COUNTER = "num_batches_tracked"
 
 
 def module_paths(model: Any) -> dict[str, Any]:
-    """IR node name -> the nnx Conv, BatchNorm or Linear at that path, in the model's order."""
+    """IR node name -> the nnx Conv, BatchNorm or Linear at that path.
+
+    Ordered naturally (``layer1.2`` before ``layer1.10``), so "the first mismatching tensor" of a
+    checkpoint is the one nearest the input.
+    """
     from flax import nnx
 
-    out = {}
-    for path, module in nnx.iter_modules(model):
-        if isinstance(module, nnx.Conv | nnx.BatchNorm | nnx.Linear):
-            out[".".join(str(p) for p in path)] = module
-    return out
+    found = [
+        (path, module)
+        for path, module in nnx.iter_modules(model)
+        if isinstance(module, nnx.Conv | nnx.BatchNorm | nnx.Linear)
+    ]
+    found.sort(key=lambda item: _natural(item[0]))
+    return {".".join(str(p) for p in path): module for path, module in found}
+
+
+def _natural(path: tuple) -> tuple:
+    """Sort key: the stem, then stages and blocks by number, then the head."""
+    head = 2 if path[0] in ("norm", "fc") else 1 if str(path[0]).startswith("layer") else 0
+    return (head, *((0, int(p), "") if str(p).isdigit() else (1, 0, str(p)) for p in path))
 
 
 def _tensors(module: Any) -> dict[str, tuple[str, Any]]:
@@ -96,11 +108,17 @@ def torch_shapes(model: Any) -> dict[str, tuple[int, ...]]:
 def nnx_to_torch_state_dict(model: Any) -> dict[str, np.ndarray]:
     """The model's parameters and BatchNorm statistics as numpy arrays keyed like PyTorch's
     ``state_dict()`` (OIHW conv weights, (out, in) linear weights), counters included."""
+    import jax
     from flax import nnx
 
     out: dict[str, np.ndarray] = {}
     for name, module in module_paths(model).items():
         for tname, (_, value) in _tensors(module).items():
+            if isinstance(value, jax.ShapeDtypeStruct):
+                raise ValueError(
+                    f"{name}.{tname} has no value: the model was built with nnx.eval_shape "
+                    "and its weights were never loaded"
+                )
             out[f"{name}.{tname}"] = np.array(_to_torch(value), order="C")  # a copy
         if isinstance(module, nnx.BatchNorm):
             out[f"{name}.{COUNTER}"] = np.array(0, dtype=np.int64)

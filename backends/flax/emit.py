@@ -151,8 +151,10 @@ class _Emitter:
         for (kind, preact), blocks in by_kind.items():
             kinds = [k for k in _SHORTCUTS if any(b.shortcut == k for b in blocks)]
             plain = kinds == ["none"]
-            base = {"basic": "Block" if preact or plain else "BasicBlock",
-                    "bottleneck": "Bottleneck"}[kind]
+            base = {
+                "basic": "Block" if preact or plain else "BasicBlock",
+                "bottleneck": "Bottleneck",
+            }[kind]
             prefix = "PreAct" if preact else "Plain" if plain else ""
             name = self._unique(prefix + base)
             if len(kinds) == 1:
@@ -172,20 +174,22 @@ class _Emitter:
             zero = {self._zero_init(b) for b in blocks if b.shortcut != "none"}
             if len(zero) > 1:
                 raise EmitError(f"{name}: zero_init differs between blocks")
-            classes.append(_BlockClass(
-                name=name,
-                kind=kind,
-                preact=preact,
-                blocks=blocks,
-                width_param=kind == "basic" and any(b.width != b.out_channels for b in blocks),
-                shortcut_mode=mode,
-                shortcut=shortcut,
-                kinds=kinds,
-                groups=groups.pop() if len(groups) == 1 else None,
-                stride_on=stride_on.pop() if len(stride_on) == 1 else None,
-                avg_down=avg.pop() if len(avg) == 1 else (None if avg else False),
-                zero_init=bool(zero) and zero.pop(),
-            ))
+            classes.append(
+                _BlockClass(
+                    name=name,
+                    kind=kind,
+                    preact=preact,
+                    blocks=blocks,
+                    width_param=kind == "basic" and any(b.width != b.out_channels for b in blocks),
+                    shortcut_mode=mode,
+                    shortcut=shortcut,
+                    kinds=kinds,
+                    groups=groups.pop() if len(groups) == 1 else None,
+                    stride_on=stride_on.pop() if len(stride_on) == 1 else None,
+                    avg_down=avg.pop() if len(avg) == 1 else (None if avg else False),
+                    zero_init=bool(zero) and zero.pop(),
+                )
+            )
         return classes
 
     def _zero_init(self, b: Block) -> bool:
@@ -218,7 +222,8 @@ class _Emitter:
             f"  FLOPs           {_fmt_int(t['flops'])} (2 x multiply-adds)",
             "",
             "Attribute paths are the IR node names (conv1, layer1.0.conv1, fc): with PyTorch's",
-            "suffixes they are the state_dict keys of the PyTorch model emitted from the same spec,",
+            "suffixes they are the state_dict keys of the PyTorch model emitted from the same "
+            "spec,",
             "and rescompile.backends.flax converts weights between the two. model.train() and",
             "model.eval() switch BatchNorm between batch and running statistics.",
             "Generated code: rebuild it from the spec rather than editing it.",
@@ -231,7 +236,8 @@ class _Emitter:
     def helpers(self) -> list[str]:
         bn, seq, avg = (self.names[k] for k in ("BatchNorm", "Sequential", "AvgPool"))
         out = [
-            "# He et al. (2015) initialisation as torchvision does it: normal, std sqrt(2 / fan_out).",
+            "# He et al. (2015) initialisation as torchvision does it: normal, std "
+            "sqrt(2 / fan_out).",
             'he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")',
             "",
             "",
@@ -241,10 +247,17 @@ class _Emitter:
             sig.append("groups: int = 1")
         sig.append("rngs: nnx.Rngs")
         out += _call(0, "def conv", sig, " -> nnx.Conv:")
-        out.append('    """A bias-free convolution padded like PyTorch\'s: kernel_size // 2 '
-                   'on each side."""')
-        args = ["in_channels", "out_channels", "(kernel_size, kernel_size)", "strides=stride",
-                "padding=kernel_size // 2"]
+        out.append(
+            '    """A bias-free convolution padded like PyTorch\'s: kernel_size // 2 '
+            'on each side."""'
+        )
+        args = [
+            "in_channels",
+            "out_channels",
+            "(kernel_size, kernel_size)",
+            "strides=stride",
+            "padding=kernel_size // 2",
+        ]
         if self.grouped:
             args.append("feature_group_count=groups")
         args += ["use_bias=False", "kernel_init=he_normal", "rngs=rngs"]
@@ -276,11 +289,14 @@ class _Emitter:
         out += ["", ""]
         out += [f"class {bn}(nnx.BatchNorm):"]
         out += [
-            '    """nnx.BatchNorm with PyTorch\'s semantics (its momentum 0.1 is flax\'s 0.9).',
+            f'    """nnx.BatchNorm with PyTorch\'s semantics (its momentum {self.momentum:g} is '
+            f"flax's {round(1 - self.momentum, 12):g}).",
             "",
             "    In training mode it normalises with the batch statistics and folds them into the",
-            "    running averages as PyTorch does: the variance with Bessel's correction, n / (n - 1).",
-            "    Its variables are assigned with set_value, which keeps tracing time linear in depth.",
+            "    running averages as PyTorch does: the variance with Bessel's correction, "
+            "n / (n - 1).",
+            "    Its variables are assigned with set_value, which keeps tracing time linear in "
+            "depth.",
             '    """',
             "",
         ]
@@ -289,10 +305,13 @@ class _Emitter:
             sig.append("zero_init: bool = False")
         sig.append("rngs: nnx.Rngs")
         out += _call(4, "def __init__", sig, ":")
-        args = ["num_features", f"momentum={_num(1 - self.momentum)}", f"epsilon={_num(self.eps)}"]
+        args = [
+            "num_features",
+            f"momentum={_num(round(1 - self.momentum, 12))}",
+            f"epsilon={_num(self.eps)}",
+        ]
         if self.zero_init:
-            args.append("scale_init=nnx.initializers.zeros if zero_init else "
-                        "nnx.initializers.ones")
+            args.append("scale_init=nnx.initializers.zeros if zero_init else nnx.initializers.ones")
         args.append("rngs=rngs")
         out += _call(8, "super().__init__", args)
         out += [
@@ -307,13 +326,13 @@ class _Emitter:
             "        m = self.momentum",
             "        self.mean.set_value(m * self.mean[...] + (1 - m) * mean)",
             "        self.var.set_value(m * self.var[...] + (1 - m) * var * (n / (n - 1)))",
-            "        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)",
-            "        y = y * self.scale[...] + self.bias[...]",
-            "        return y.astype(self.dtype or x.dtype)",
+            "        scale = self.scale[...] * jax.lax.rsqrt(var + self.epsilon)",
+            "        return ((x32 - mean) * scale + self.bias[...]).astype(self.dtype or x.dtype)",
             "",
             "",
             f"class {seq}(nnx.List):",
-            '    """Layers applied in order, indexed like torch.nn.Sequential (path layer1.0.conv1)."""',
+            '    """Layers applied in order, indexed like torch.nn.Sequential '
+            '(path layer1.0.conv1)."""',
             "",
             "    def __init__(self, *layers):",
             "        super().__init__(layers)",
@@ -329,10 +348,11 @@ class _Emitter:
                 "",
                 f"class {avg}(nnx.Module):",
                 '    """torch.nn.AvgPool2d(stride, stride, ceil_mode=True, '
-                'count_include_pad=False).',
+                "count_include_pad=False).",
                 "",
                 "    A partial window at the bottom or right edge averages only the values it "
-                "covers.",
+                "covers;",
+                "    AvgPool(1) is the identity (a stride-1 projection shortcut).",
                 '    """',
                 "",
                 "    def __init__(self, stride: int):",
@@ -371,17 +391,21 @@ class _Emitter:
         g_arg = [f"groups={groups}"] if groups else []
         # main branch: (conv name, in, out, kernel, stride expression, extra args)
         if c.kind == "basic":
-            convs = [("conv1", "in_channels", width, 3, "stride", []),
-                     ("conv2", width, "out_channels", 3, None, [])]
+            convs = [
+                ("conv1", "in_channels", width, 3, "stride", []),
+                ("conv2", width, "out_channels", 3, None, []),
+            ]
         else:
             if c.stride_on is None:
                 lines.append('        s1, s3 = (stride, 1) if stride_on == "1x1" else (1, stride)')
                 s1, s3 = "s1", "s3"
             else:
                 s1, s3 = ("stride", None) if c.stride_on == "1x1" else (None, "stride")
-            convs = [("conv1", "in_channels", "width", 1, s1, []),
-                     ("conv2", "width", "width", 3, s3, g_arg),
-                     ("conv3", "width", "out_channels", 1, None, [])]
+            convs = [
+                ("conv1", "in_channels", "width", 1, s1, []),
+                ("conv2", "width", "width", 3, s3, g_arg),
+                ("conv3", "width", "out_channels", 1, None, []),
+            ]
         last = len(convs)
         for k, (name, cin, cout, ks, stride, extra) in enumerate(convs, start=1):
             conv_args = [cin, cout, str(ks)] + ([stride] if stride else []) + extra + ["rngs=rngs"]
@@ -403,10 +427,12 @@ class _Emitter:
             def proj(indent: int) -> list[str]:
                 pad = " " * indent
                 if c.avg_down is None:
-                    return ([f"{pad}if avg_down:"]
-                            + _call(indent + 4, f"self.downsample = {seq}", pooled)
-                            + [f"{pad}else:"]
-                            + _call(indent + 4, f"self.downsample = {seq}", plain))
+                    return (
+                        [f"{pad}if avg_down:"]
+                        + _call(indent + 4, f"self.downsample = {seq}", pooled)
+                        + [f"{pad}else:"]
+                        + _call(indent + 4, f"self.downsample = {seq}", plain)
+                    )
                 return _call(indent, f"self.downsample = {seq}", pooled if c.avg_down else plain)
 
             if c.shortcut_mode == "uniform":
@@ -429,11 +455,18 @@ class _Emitter:
         if c.kind == "bottleneck" and c.stride_on is not None:
             convs += f" (stride on the {c.stride_on})"
         unit = "pre-activation (BN-ReLU-conv)" if c.preact else "conv-BN-ReLU"
-        what = {"identity": "identity", "pad": "zero-padded identity (option A)",
-                "projection": "1x1 projection", "none": "no shortcut"}
+        what = {
+            "identity": "identity",
+            "pad": "zero-padded identity (option A)",
+            "projection": "1x1 projection",
+            "none": "no shortcut",
+        }
         if c.shortcut_mode == "uniform":
-            sc = "no shortcut (a plain block)" if c.shortcut == "none" else (
-                f"{what[c.shortcut]} shortcut")
+            sc = (
+                "no shortcut (a plain block)"
+                if c.shortcut == "none"
+                else (f"{what[c.shortcut]} shortcut")
+            )
         elif c.shortcut_mode == "conditional":
             sc = f"identity shortcut, {what[c.shortcut]} where the shape changes"
         else:
@@ -457,8 +490,12 @@ class _Emitter:
             body.append(f"out = self.bn{last}(self.conv{last}(out))")
         pad = "pad_channels(x, self.stride, out.shape[-1])"
         if c.shortcut_mode == "uniform":
-            final = {"identity": "out + x", "pad": f"out + {pad}",
-                     "projection": f"out + self.downsample({src})", "none": "out"}[c.shortcut]
+            final = {
+                "identity": "out + x",
+                "pad": f"out + {pad}",
+                "projection": f"out + self.downsample({src})",
+                "none": "out",
+            }[c.shortcut]
         elif c.shortcut_mode == "conditional":
             if c.shortcut == "projection":
                 body.append(f"shortcut = x if self.downsample is None else self.downsample({src})")
@@ -468,6 +505,8 @@ class _Emitter:
                 final = "out + x"
         else:
             branches = [k for k in c.kinds if k != "none"]
+            if "none" in c.kinds:
+                body.append('# shortcut "none": a plain block, nothing is added')
             expr = {"identity": "x", "pad": pad, "projection": f"self.downsample({src})"}
             for i, k in enumerate(branches):
                 if i == len(branches) - 1 and "none" not in c.kinds and i > 0:
@@ -489,8 +528,15 @@ class _Emitter:
         # stem
         if g.stem == "deep":
             layers = []
-            for name in ("conv1.0", "conv1.1", "conv1.2", "conv1.3", "conv1.4", "conv1.5",
-                         "conv1.6"):
+            for name in (
+                "conv1.0",
+                "conv1.1",
+                "conv1.2",
+                "conv1.3",
+                "conv1.4",
+                "conv1.5",
+                "conv1.6",
+            ):
                 layers.append(self.layer_expr(g[name]))
             init += _call(8, f"self.conv1 = {seq}", layers)
         else:
@@ -503,8 +549,10 @@ class _Emitter:
         if "maxpool" in g.g:
             a = g["maxpool"].attrs
             k, s, p = a["kernel"], a["stride"], a["padding"]
-            call.append(f"        x = nnx.max_pool(x, ({k}, {k}), strides=({s}, {s}), "
-                        f"padding=(({p}, {p}), ({p}, {p})))")
+            call.append(
+                f"        x = nnx.max_pool(x, ({k}, {k}), strides=({s}, {s}), "
+                f"padding=(({p}, {p}), ({p}, {p})))"
+            )
         # stages
         stages: dict[str, list[Block]] = {}
         for b in g.blocks:
@@ -516,8 +564,9 @@ class _Emitter:
             if rest:
                 rcls = self.class_of(rest[0])
                 rargs = [rcls.args(b) for b in rest]
-                if any(a != rargs[0] for a in rargs) or any(self.class_of(b) is not rcls
-                                                             for b in rest):
+                if any(a != rargs[0] for a in rargs) or any(
+                    self.class_of(b) is not rcls for b in rest
+                ):
                     raise EmitError(f"{stage}: blocks after the first differ")
                 one = f"{rcls.name}({', '.join(rargs[0])})"
                 args.append(one if len(rest) == 1 else f"*({one} for _ in range({len(rest)}))")
@@ -525,19 +574,20 @@ class _Emitter:
             call.append(f"        x = self.{stage}(x)")
         # head
         if "norm" in g.g:
-            init += _call(8, f"self.norm = {bn}", [str(g["norm"].attrs["channels"]),
-                                                   "rngs=rngs"])
+            init += _call(8, f"self.norm = {bn}", [str(g["norm"].attrs["channels"]), "rngs=rngs"])
             call.append("        x = nnx.relu(self.norm(x))")
         call.append("        x = x.mean(axis=(1, 2))  # global average pool")
         if "dropout" in g.g:
-            init += _call(8, "self.dropout = nnx.Dropout",
-                          [_num(g["dropout"].attrs["p"]), "rngs=rngs"])
+            init += _call(
+                8, "self.dropout = nnx.Dropout", [_num(g["dropout"].attrs["p"]), "rngs=rngs"]
+            )
             call.append("        x = self.dropout(x)")
         fc = g["fc"].attrs
         if not fc["bias"]:
             raise EmitError("the classifier is expected to have a bias")
-        init += _call(8, "self.fc = linear",
-                      [str(fc["in_features"]), str(fc["out_features"]), "rngs=rngs"])
+        init += _call(
+            8, "self.fc = linear", [str(fc["in_features"]), str(fc["out_features"]), "rngs=rngs"]
+        )
         call.append("        return self.fc(x)")
 
         out_shape = g[g.output].meta["shape"]

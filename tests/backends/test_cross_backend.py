@@ -46,18 +46,22 @@ SPECS = sorted((ROOT / "specs").rglob("*.yaml"))
 SMALL = 32
 TOL = 1e-4
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
+
 
 def spec_id(p: Path) -> str:
     return f"{p.parent.name}/{p.stem}"
+
 
 @functools.cache
 def compiled(path: Path, overrides: tuple[str, ...] = ()):
     return compile_spec(path, list(overrides))
 
+
 def small(path: Path) -> tuple[str, ...]:
     _, g = compiled(path)
     return (f"input.size={SMALL}",) if max(g.input_shape[1:]) > SMALL else ()
+
 
 @functools.cache
 def torch_class(path: Path, overrides: tuple[str, ...] = ()):
@@ -66,6 +70,7 @@ def torch_class(path: Path, overrides: tuple[str, ...] = ()):
     g = compiled(path, overrides)[1]
     return tb.load_module(tb.emit(g), g.class_name)
 
+
 @functools.cache
 def flax_class(path: Path, overrides: tuple[str, ...] = ()):
     from rescompile.backends import flax as fb
@@ -73,15 +78,19 @@ def flax_class(path: Path, overrides: tuple[str, ...] = ()):
     g = compiled(path, overrides)[1]
     return fb.load_module(fb.emit(g), g.class_name)
 
+
 def rel_err(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
+
 def numpy_state_dict(model) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
+
 def nhwc(x) -> jax.Array:
     return jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+
 
 def randomise_batchnorm(model, gen, *, calibrate=None, stats=False):
     """Randomise BatchNorm affine parameters (and statistics) of a PyTorch model in place."""
@@ -103,6 +112,7 @@ def randomise_batchnorm(model, gen, *, calibrate=None, stats=False):
                 bn.momentum = m
     return model
 
+
 def flax_from_torch(path: Path, overrides: tuple[str, ...], state_dict):
     """The emitted flax model holding exactly ``state_dict``'s weights (built shape-only first)."""
     from rescompile.backends import flax as fb
@@ -110,6 +120,7 @@ def flax_from_torch(path: Path, overrides: tuple[str, ...], state_dict):
 
     model = abstract_model(flax_class(path, overrides))
     return fb.torch_state_dict_to_nnx(model, state_dict)
+
 
 def eval_pair(path: Path, overrides: tuple[str, ...]):
     g = compiled(path, overrides)[1]
@@ -126,8 +137,10 @@ def eval_pair(path: Path, overrides: tuple[str, ...]):
     got = np.asarray(fm(nhwc(x)))
     return got, want
 
+
 # ---------------------------------------------------------------------------------------------
 # eval mode: every spec
+
 
 @pytest.mark.parametrize("path", SPECS, ids=spec_id)
 def test_eval_logits_agree(path):
@@ -135,10 +148,12 @@ def test_eval_logits_agree(path):
     assert got.shape == want.shape
     assert rel_err(got, want) < TOL
 
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
 def test_eval_logits_agree_on_variants(variant):
     got, want = eval_pair(variant_path(variant), variant[1])
     assert rel_err(got, want) < TOL
+
 
 # ---------------------------------------------------------------------------------------------
 # train mode: outputs, BatchNorm statistics, gradients
@@ -147,20 +162,31 @@ TRAIN_CASES = [
     ("paper/cifar-resnet20", ()),  # cifar stem, basic blocks, option A
     ("paper/cifar-plain20", ()),  # no shortcuts
     ("variants/cifar-resnet56-C", ()),  # projections everywhere
-    ("paper/preact-resnet110", ()),  # pre-activation basic blocks, projection from the preact
-    ("paper/preact-resnet164", ()),  # pre-activation bottlenecks
-    ("paper/resnet50", ("input.size=32",)),  # imagenet stem, max pool, stride on the 1x1, B
-    ("torchvision/resnext50_32x4d", ("input.size=32",)),  # groups, stride on the 3x3
-    ("variants/resnet50-d", ("input.size=56",)),  # deep stem, ceil-mode avg pool on 7x7 maps
+    ("paper/cifar-resnet20", ("preact=true", "shortcut=B")),  # pre-activation, projection
+    ("torchvision/resnext50_32x4d", ("input.size=32",)),  # imagenet stem, max pool, groups
+    ("variants/resnet50-d", ("input.size=40",)),  # deep stem, ceil-mode avg pool on 5x5, 3x3
+    ("torchvision/resnet50", ("input.size=32", "downsample=avgpool", "preact=true")),
     ("variants/digits-resnet20", ()),  # one input channel, 8x8
     ("paper/cifar-resnet20", ("stages.1.shortcut=B", "norm.eps=0.001", "norm.momentum=0.01")),
-    ("torchvision/resnet50", ("input.size=40", "downsample=avgpool", "preact=true")),
 ]
+
 
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=variant_id)
 def test_train_mode_outputs_statistics_and_gradients_agree(case):
+    """One training step's forward and backward: logits and BatchNorm running statistics agree
+    to 1e-4; gradients are compared with a float64 PyTorch reference.
+
+    Why a reference: training-mode BatchNorm makes the backward pass of a deep net ill-conditioned
+    (gradients of early layers amplify rounding), and PyTorch's float32 CPU gradients themselves
+    differ from float64 by up to 4e-2 (preact-resnet110's layer2.4.bn1, cifar-resnet56-C's
+    layer1.3.bn1) where flax's differ by 3e-6. So each flax gradient must be as close to the
+    float64 one as PyTorch's float32 gradient is (within 4x), or within 1e-4.
+    """
+    import copy
+
     import optax
     from rescompile.backends import flax as fb
+    from rescompile.backends.flax.runtime import linear_tracing
 
     path, overrides = variant_path(case), case[1]
     g = compiled(path, overrides)[1]
@@ -168,24 +194,27 @@ def test_train_mode_outputs_statistics_and_gradients_agree(case):
     torch.manual_seed(1)
     tm = randomise_batchnorm(torch_class(path, overrides)(), gen, stats=True)
     fm = flax_from_torch(path, overrides, numpy_state_dict(tm))
+    reference = copy.deepcopy(tm).double()
     x = torch.randn(4, *g.input_shape, generator=gen)
     labels = torch.randint(0, g.num_classes, (4,), generator=gen)
 
     tm.train()
+    reference.train()
     logits = tm(x)
     torch.nn.functional.cross_entropy(logits, labels).backward()
-    want_grads = {k: p.grad.numpy() for k, p in tm.named_parameters()}
-    want_stats = numpy_state_dict(tm)
-
-    fm.train()
+    torch.nn.functional.cross_entropy(reference(x.double()), labels).backward()
 
     def loss_fn(model, x, y):
         out = model(x)
         return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), out
 
-    grads, out = nnx.grad(loss_fn, has_aux=True)(fm, nhwc(x), jnp.asarray(labels.numpy()))
+    fm.train()
+    step = nnx.jit(nnx.grad(loss_fn, has_aux=True))
+    with linear_tracing():
+        grads, out = step(fm, nhwc(x), jnp.asarray(labels.numpy()))
     assert rel_err(out, logits.detach().numpy()) < TOL
 
+    want_stats = numpy_state_dict(tm)
     got_stats = fb.nnx_to_torch_state_dict(fm)
     for name in want_stats:
         if name.endswith(("running_mean", "running_var")):
@@ -193,19 +222,22 @@ def test_train_mode_outputs_statistics_and_gradients_agree(case):
 
     graphdef, _, rest = nnx.split(fm, nnx.Param, ...)
     got_grads = fb.nnx_to_torch_state_dict(nnx.merge(graphdef, grads, rest))
-    assert set(want_grads) <= set(got_grads)
-    for name, want in want_grads.items():
-        # a gradient is a sum over the batch and the map: compare it at the tensor's own scale
-        assert rel_err(got_grads[name], want) < 10 * TOL, name
+    exact = dict(reference.named_parameters())
+    for name, p in tm.named_parameters():
+        want = exact[name].grad.numpy()
+        torch_err = rel_err(p.grad.numpy(), want)
+        assert rel_err(got_grads[name], want) <= max(TOL, 4 * torch_err), name
+
 
 # ---------------------------------------------------------------------------------------------
 # initialisation and the portable checkpoint
+
 
 def test_initialisation_matches_torch_statistically():
     """He (fan_out) normal convolutions, torch.nn.Linear's uniform fc, unit BatchNorm."""
     from rescompile.backends import flax as fb
 
-    path, overrides = ROOT / "specs/torchvision/resnet18.yaml", ()
+    path, overrides = ROOT / "specs/paper/cifar-resnet20.yaml", ("shortcut=B",)
     torch.manual_seed(0)
     want = numpy_state_dict(torch_class(path, overrides)())
     got = fb.nnx_to_torch_state_dict(flax_class(path, overrides)(rngs=nnx.Rngs(0)))
@@ -214,7 +246,7 @@ def test_initialisation_matches_torch_statistically():
         assert got[name].shape == w.shape, name
         if name.endswith("num_batches_tracked"):
             continue
-        if w.size >= 4096:  # enough samples for the spread to be within a few percent
+        if w.size >= 9000:  # enough samples for the spread to be within a few percent
             assert np.std(got[name]) == pytest.approx(np.std(w), rel=0.05), name
             assert np.abs(got[name]).max() <= 6 * np.std(w), name
         if name == "fc.bias":  # U(-1/sqrt(in), 1/sqrt(in)), as torch.nn.Linear
@@ -223,22 +255,27 @@ def test_initialisation_matches_torch_statistically():
         elif w.ndim == 1:  # BatchNorm parameters and statistics are constants at init
             np.testing.assert_array_equal(got[name], w, err_msg=name)
 
+
 def test_zero_init_residual_zeroes_the_same_batchnorms():
     from rescompile.backends import flax as fb
 
-    path, overrides = ROOT / "specs/torchvision/resnext50_32x4d.yaml", (
-        "input.size=64", "init.zero_init_residual=true")
+    path, overrides = (
+        ROOT / "specs/paper/cifar-resnet20.yaml",
+        ("block=bottleneck", "init.zero_init_residual=true"),
+    )
     torch.manual_seed(0)
     want = numpy_state_dict(torch_class(path, overrides)())
     got = fb.nnx_to_torch_state_dict(flax_class(path, overrides)(rngs=nnx.Rngs(0)))
     zero = {k for k, v in want.items() if k.endswith(".weight") and v.ndim == 1 and not v.any()}
-    assert zero == {k for k, v in got.items() if k.endswith(".weight") and v.ndim == 1
-                    and not v.any()}
-    assert zero == {f"layer{i}.{j}.bn3.weight" for i, d in enumerate((3, 4, 6, 3), 1)
-                    for j in range(d)}
+    assert zero == {
+        k for k, v in got.items() if k.endswith(".weight") and v.ndim == 1 and not v.any()
+    }
+    assert zero == {f"layer{i}.{j}.bn3.weight" for i in (1, 2, 3) for j in range(3)}
+
 
 def test_portable_checkpoint_crosses_backends(tmp_path):
     from rescompile.backends import flax as fb
+    from rescompile.backends.flax.runtime import abstract_model
 
     path, overrides = ROOT / "specs/variants/resnet50-d.yaml", ("input.size=40",)
     resolved, g = compiled(path, overrides)
@@ -247,7 +284,9 @@ def test_portable_checkpoint_crosses_backends(tmp_path):
     x = torch.randn(2, *g.input_shape, generator=gen)
 
     # flax -> torch: save_portable, then the harness reader and a strict load_state_dict
-    fm = flax_class(path, overrides)(rngs=nnx.Rngs(3))
+    torch.manual_seed(3)
+    weights = numpy_state_dict(randomise_batchnorm(torch_class(path, overrides)(), gen, stats=True))
+    fm = flax_from_torch(path, overrides, weights)  # weights that no torch model holds any more
     fm.eval()
     want = np.asarray(fm(nhwc(x)))
     fb.save_portable(fm, tmp_path / "from_flax.safetensors", spec, g.spec_hash)
@@ -262,9 +301,10 @@ def test_portable_checkpoint_crosses_backends(tmp_path):
     # torch -> flax: the harness writer, then load_portable
     torch.manual_seed(4)
     tm = randomise_batchnorm(torch_class(path, overrides)(), gen, stats=True).eval()
-    save_checkpoint(tmp_path / "from_torch.safetensors", numpy_state_dict(tm), spec,
-                    g.spec_hash, {"step": 0})
-    fm = flax_class(path, overrides)(rngs=nnx.Rngs(0))
+    save_checkpoint(
+        tmp_path / "from_torch.safetensors", numpy_state_dict(tm), spec, g.spec_hash, {"step": 0}
+    )
+    fm = abstract_model(flax_class(path, overrides))
     meta = fb.load_portable(fm, tmp_path / "from_torch.safetensors", spec_hash=g.spec_hash)
     assert meta["spec_hash"] == g.spec_hash
     fm.eval()
@@ -276,8 +316,12 @@ def test_portable_checkpoint_crosses_backends(tmp_path):
     other = ROOT / "specs/torchvision/resnet50.yaml"
     r2, g2 = compiled(other, ("input.size=40",))
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "resnet50.safetensors",
-                    numpy_state_dict(torch_class(other, ("input.size=40",))()),
-                    r2.spec.model_dump(mode="json"), g2.spec_hash, {"step": 0})
+    save_checkpoint(
+        tmp_path / "resnet50.safetensors",
+        numpy_state_dict(torch_class(other, ("input.size=40",))()),
+        r2.spec.model_dump(mode="json"),
+        g2.spec_hash,
+        {"step": 0},
+    )
     with pytest.raises(CheckpointError, match=r"conv1\.0\.weight"):
         fb.load_portable(fm, tmp_path / "resnet50.safetensors")

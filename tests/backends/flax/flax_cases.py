@@ -76,8 +76,10 @@ VARIANTS: list[tuple[str, tuple[str, ...]]] = [
     ("torchvision/resnet18", ("input.size=64", "stages.3.block=bottleneck")),  # two block kinds
     ("torchvision/resnet18", ("input.size=[64, 48]", "input.channels=1", "num_classes=7")),
     ("variants/resnet50-d", ("input.size=72",)),  # ceil-mode avg pool on odd maps (9 -> 5)
-    ("torchvision/resnext101_32x8d",
-     ("input.size=64", "preact=true", "shortcut=none", "stages.3.stride_on=1x1")),
+    (
+        "torchvision/resnext101_32x8d",
+        ("input.size=64", "preact=true", "shortcut=none", "stages.3.stride_on=1x1"),
+    ),
 ]
 
 
