@@ -569,7 +569,10 @@ class _Emitter:
                 ):
                     raise EmitError(f"{stage}: blocks after the first differ")
                 one = f"{rcls.name}({', '.join(rargs[0])})"
-                args.append(one if len(rest) == 1 else f"*({one} for _ in range({len(rest)}))")
+                if one == args[0]:  # the first block keeps the shape too: all alike
+                    args = [f"*({one} for _ in range({len(blocks)}))"]
+                else:
+                    args.append(one if len(rest) == 1 else f"*({one} for _ in range({len(rest)}))")
             init += _call(8, f"self.{stage} = {seq}", args)
             call.append(f"        x = self.{stage}(x)")
         # head
