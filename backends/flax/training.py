@@ -94,7 +94,7 @@ class FlaxRuntime:
         from jax.sharding import PartitionSpec as P
 
         from . import convert
-        from .runtime import load_module
+        from .runtime import linear_tracing, load_module
 
         self.options = options
         cache = enable_compilation_cache()
@@ -132,7 +132,8 @@ class FlaxRuntime:
             model = cls(rngs=nnx.Rngs(key))
             return nnx.split(model, nnx.Param, nnx.BatchStat, ...)[1:]
 
-        params, stats, other = init(jax.random.key(options.seed))
+        with linear_tracing():  # tracing deep nets is otherwise quadratic in depth (jax <= 0.10)
+            params, stats, other = init(jax.random.key(options.seed))
         model = nnx.merge(graphdef, params, stats, other)
         model.train()
         self.gd_train = nnx.graphdef(model)
