@@ -2,6 +2,10 @@
 
 The pieces a training run needs that do not depend on a framework:
 
+- :mod:`rescompile.harness.loop`: the driver behind ``rescompile train`` and ``rescompile plot``
+  (data, schedule, loop, evaluation, logging, checkpoints, resume, summary).
+- :mod:`rescompile.harness.runtime`: the protocol a backend's runtime implements
+  (``rescompile.backends.<name>.training``) and the options it receives.
 - :mod:`rescompile.harness.data`: datasets (CIFAR-10/100 from local files, scikit-learn's
   digits, synthetic), numpy augmentation and a resumable, deterministic batch order.
 - :mod:`rescompile.harness.schedules`: learning-rate schedules and the named training recipes.
