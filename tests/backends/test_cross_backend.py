@@ -35,32 +35,23 @@ pytest.importorskip("flax")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from rescompile import compile_spec  # noqa: E402
 from rescompile.harness.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "flax"))  # the flax tests' shared cases
-from flax_cases import VARIANTS, variant_id, variant_path  # noqa: E402
+from flax_cases import (  # noqa: E402
+    ROOT,
+    SPECS,
+    VARIANTS,
+    compiled,
+    small,
+    spec_id,
+    variant_id,
+    variant_path,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-SPECS = sorted((ROOT / "specs").rglob("*.yaml"))
-SMALL = 32
 TOL = 1e-4
 
 torch.set_num_threads(1)
-
-
-def spec_id(p: Path) -> str:
-    return f"{p.parent.name}/{p.stem}"
-
-
-@functools.cache
-def compiled(path: Path, overrides: tuple[str, ...] = ()):
-    return compile_spec(path, list(overrides))
-
-
-def small(path: Path) -> tuple[str, ...]:
-    _, g = compiled(path)
-    return (f"input.size={SMALL}",) if max(g.input_shape[1:]) > SMALL else ()
 
 
 @functools.cache
