@@ -58,3 +58,12 @@ class SpecError(UserError):
         # How many problems there are: more than the diagnostics when some were only counted.
         self.count = len(self.diagnostics) if count is None else count
         super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class EmitError(Exception):
+    """A backend was handed an IR it cannot express, or a name that is unsafe in source code.
+
+    Validation and lowering rule both out for any spec, so this is a bug in rescompile (a check
+    that lets too much through, or a backend behind the IR), never a user error: the CLI lets it
+    keep its traceback. Both backends raise it.
+    """

@@ -11,7 +11,9 @@ spec in ``specs/torchvision`` it records
 * whether the rescompile-emitted model accepts torchvision's weights with
   ``load_state_dict(strict=True)``, and
 * the largest difference between the two models' outputs on the same random batch with the same
-  (randomised) weights, in eval mode: absolute, and relative to the largest |logit|.
+  (randomised) weights, in eval mode: absolute, and relative to the largest |logit|;
+* whether one training step (forward and backward, at 64x64) dispatches the same aten operations,
+  in the same order, in both models: then any speed difference is Python overhead only.
 
 TF32 is switched off so that a GPU compares float32 with float32. The script exits with status 1
 if a model's keys or shapes differ, the strict load fails or an output differs by more than the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -42,6 +45,22 @@ def _randomise(model, seed: int = 1) -> None:
             m.bias.data = 0.1 * torch.randn(c, generator=g)
             m.running_mean = 0.1 * torch.randn(c, generator=g)
             m.running_var = 0.5 + torch.rand(c, generator=g)
+
+
+def _aten_ops(model, x) -> list[str]:
+    """The aten ops one training step (forward + backward) dispatches, in order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops: list[str] = []
+
+    class Trace(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Trace():
+        model(x).sum().backward()
+    return ops
 
 
 def record(spec: Path, device: str, size: int) -> dict:
@@ -79,7 +98,19 @@ def record(spec: Path, device: str, size: int) -> dict:
     entry["output_max_abs_diff"] = diff
     entry["output_max_rel_diff"] = diff / max(1.0, float(want.abs().max()))
     entry["outputs_bitwise_equal"] = bool(torch.equal(have, want))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ours, theirs = _aten_ops(model.cpu().train(), x), _aten_ops(tv.cpu().train(), x)
+    entry["train_step_aten_ops"] = len(theirs)
+    entry["train_step_aten_ops_equal"] = ours == theirs
     return entry
+
+
+def _dumps(data: dict) -> str:
+    """JSON with one state_dict entry per line (readable diffs, a small file)."""
+    text = json.dumps(data, indent=1)
+    text = re.sub(r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]",
+                  lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+    return re.sub(r"\[\s+(\"[^\"]*\"),\s+(\[[^\][]*\])\s+\]", r"[\1, \2]", text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         name = spec.stem
         models[name] = entry
         good = (entry["keys_and_shapes_match"] and entry["strict_load"]
-                and entry.get("output_max_rel_diff", 1.0) <= TOLERANCE)
+                and entry.get("output_max_rel_diff", 1.0) <= TOLERANCE
+                and entry.get("train_step_aten_ops_equal", False))
         ok &= good
         print(f"{'ok  ' if good else 'FAIL'} {name:20s} params {entry['num_params']:>12,}  "
               f"keys {len(entry['state_dict'])}  strict load {entry['strict_load']}  "
               f"max |diff| {entry.get('output_max_abs_diff', float('nan')):.3g} "
-              f"(rel {entry.get('output_max_rel_diff', float('nan')):.3g})")
+              f"(rel {entry.get('output_max_rel_diff', float('nan')):.3g})  "
+              f"same aten ops {entry.get('train_step_aten_ops_equal')}")
     data = {
         "generator": "scripts/torchvision_fixture.py",
         "torch": torch.__version__,
@@ -122,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
+    assert json.loads(_dumps(data)) == data
+    args.out.write_text(_dumps(data) + "\n")
     print(f"wrote {args.out}")
     return 0 if ok else 1
 

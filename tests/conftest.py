@@ -3,13 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SPECS = sorted((ROOT / "specs").rglob("*.yaml"))
-
-
-def spec_id(p: Path) -> str:
-    return f"{p.parent.name}/{p.stem}"
+from spec_cases import ROOT, SPECS, spec_id  # noqa: F401  (imported by the top-level tests)
 
 
 @pytest.fixture

@@ -17,14 +17,11 @@ import textwrap
 from collections import Counter
 from dataclasses import dataclass
 
+from rescompile.errors import EmitError
 from rescompile.ir.graph import Block, Graph, Node, Op
 
 LINE = 100  # the project's ruff line length
 _SHORTCUTS = ("identity", "pad", "projection", "none")  # a fixed order for emitted branches
-
-
-class EmitError(AssertionError):
-    """The IR holds something this backend cannot express (a lowering bug, not a user error)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +128,9 @@ class _Emitter:
         self.taken = {g.class_name}
         self.classes = self._block_classes()
         self.uses_pad = any("pad" in c.kinds for c in self.classes)
-        self.uses_avgpool = bool(g.nodes_of(Op.AVGPOOL))
+        # the pooled projection is emitted wherever a class may take it, also when every block
+        # of the class keeps its stride at 1 (the IR then has no pool node: AvgPool(1) = identity)
+        self.uses_avgpool = any(c.projection and c.avg_down is not False for c in self.classes)
         self.names = {
             k: self._unique(k) for k in ("BatchNorm", "Sequential", "AvgPool")
         }  # class names that a spec's class name could shadow

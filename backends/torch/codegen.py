@@ -16,6 +16,8 @@ import re
 import textwrap
 from dataclasses import dataclass
 
+from rescompile.errors import EmitError
+
 WIDTH = 88
 INDENT = "    "
 
@@ -38,10 +40,6 @@ _HEX = re.compile(r"[0-9a-f]{0,64}")
 # repeats the same few dozen names.
 _SAFE_IDENTS: set[str] = set()
 _SAFE_PARTS: set[str] = set()
-
-
-class EmitError(ValueError):
-    """The IR cannot be emitted (an unsafe name, or an IR the backend does not understand)."""
 
 
 # -- validation of everything that reaches the source ------------------------------------------

@@ -22,7 +22,6 @@ ImageNet-size specs run at 32x32 (their final maps are 1x1), which keeps the sui
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,7 @@ pytest.importorskip("flax")
 
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-
-from rescompile.harness.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "flax"))  # the flax tests' shared cases
-from flax_cases import (  # noqa: E402
+from spec_cases import (  # noqa: E402
     ROOT,
     SPECS,
     VARIANTS,
@@ -48,6 +43,8 @@ from flax_cases import (  # noqa: E402
     variant_id,
     variant_path,
 )
+
+from rescompile.harness.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 
 TOL = 1e-4
 

@@ -5,8 +5,10 @@ Three oracles, strongest last:
 1. a hand-written torchvision-architecture ResNet (``torchvision_reference.py``), whose parameter
    counts are first checked against torchvision's published ``num_params``: same state_dict keys,
    order and shapes; ``load_state_dict(strict=True)`` both ways; identical outputs;
-2. the recorded fixture ``tests/fixtures/torchvision/state_dict_shapes.json`` written by
-   ``scripts/torchvision_fixture.py`` on a machine with torchvision (skipped while absent);
+2. the recorded fixture ``tests/fixtures/torchvision/state_dict_shapes.json``, written by
+   ``scripts/torchvision_fixture.py`` with the real torchvision (it names the versions and device):
+   torchvision's keys, order, shapes and num_params, and the outputs and training-step aten ops
+   it compared with the emitted models there;
 3. torchvision itself, when importable here (skipped otherwise).
 """
 
@@ -97,16 +99,16 @@ def test_same_weights_give_the_same_outputs_as_the_reference(path):
         assert _close(model.train()(x), ref.train()(x)) <= TOLERANCE  # batch statistics
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="fixture not recorded yet: run "
-                    "scripts/torchvision_fixture.py on a machine with torchvision")
 @pytest.mark.parametrize("path", TORCHVISION_SPECS, ids=spec_id)
 def test_state_dict_equals_the_recorded_torchvision_fixture(path):
     data = json.loads(FIXTURE.read_text())
     entry = data["models"][path.stem]
     assert _shapes(_meta_emitted(path)) == [(k, s) for k, s in entry["state_dict"]]
     assert sum(p.numel() for p in _meta_emitted(path).parameters()) == entry["num_params"]
-    if "output_max_rel_diff" in entry:  # recorded with the same weights in both models
-        assert entry["output_max_rel_diff"] <= data["tolerance"]
+    # what the script saw with torchvision itself: the same weights give the same outputs, and a
+    # training step runs the same aten ops in the same order
+    assert entry["strict_load"] and entry["output_max_rel_diff"] <= data["tolerance"]
+    assert entry["train_step_aten_ops_equal"] and entry["train_step_aten_ops"] > 100
 
 
 @pytest.mark.parametrize("path", TORCHVISION_SPECS, ids=spec_id)
@@ -148,6 +150,7 @@ def test_fixture_script_with_a_stand_in_torchvision(tmp_path):
     for name, entry in data["models"].items():
         assert entry["keys_and_shapes_match"] and entry["strict_load"], name
         assert entry["output_max_rel_diff"] <= data["tolerance"]
+        assert entry["train_step_aten_ops_equal"], name
         assert entry["num_params"] == PUBLISHED_PARAMS[name]
 
 

@@ -1,0 +1,82 @@
+"""Spec cases shared by the whole suite: the library's specs, feature-covering variants, caches.
+
+``tests/`` is on ``sys.path`` (pytest's rootdir conftest), so every test module, the backends'
+included, imports these from one place.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from rescompile import compile_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").rglob("*.yaml"))
+TORCHVISION_SPECS = sorted((ROOT / "specs" / "torchvision").glob("*.yaml"))
+SMALL = 32  # ImageNet-size specs run at 32x32 (final maps 1x1) where a model is executed
+
+
+def spec_id(p: Path) -> str:
+    return f"{p.parent.name}/{p.stem}"
+
+
+@functools.cache
+def compiled(path: Path, overrides: tuple[str, ...] = ()):
+    """(resolved, graph) for ``path``; cached (the backends never mutate the IR)."""
+    return compile_spec(path, list(overrides))
+
+
+def small(path: Path) -> tuple[str, ...]:
+    """Overrides that shrink an ImageNet-size spec's input for tests that execute the model."""
+    _, g = compiled(path)
+    return (f"input.size={SMALL}",) if max(g.input_shape[1:]) > SMALL else ()
+
+
+# Variants that exercise what the library's specs do not: every shortcut option, mixed per-stage
+# overrides (which make a block class take a `shortcut`, `stride_on`, `avg_down` or `groups`
+# argument), pre-activation with option A, dropout, zero-init, avg-pool downsampling at odd sizes.
+VARIANTS: list[tuple[str, tuple[str, ...]]] = [
+    ("paper/cifar-resnet20", ("shortcut=B",)),
+    ("paper/cifar-resnet20", ("shortcut=C",)),
+    ("paper/cifar-resnet20", ("preact=true",)),  # pre-activation with option A
+    ("paper/cifar-resnet20", ("preact=true", "shortcut=none")),
+    ("paper/cifar-resnet20", ("stages.1.shortcut=B",)),  # A and B in one block class
+    ("paper/cifar-resnet20", ("stages.1.shortcut=C",)),  # identity and projection, no rule
+    ("paper/cifar-resnet20", ("stages.2.shortcut=none",)),  # residual and plain blocks
+    ("paper/cifar-resnet20", ("preact=true", "stages.1.shortcut=C", "stages.2.shortcut=none")),
+    ("paper/cifar-resnet20", ("head.dropout=0.25", "norm.eps=0.001", "norm.momentum=0.01")),
+    ("paper/cifar-resnet20", ("init.zero_init_residual=true",)),
+    ("paper/cifar-resnet20", ("block.expansion=2",)),  # basic blocks with width != output
+    ("paper/cifar-resnet20", ("stages.0.stride=2", "input.size=33")),  # odd sizes, 0 pad channels
+    ("paper/cifar-resnet20", ("stem=deep",)),
+    ("paper/resnet50", ("input.size=64", "shortcut=A")),  # v1 bottleneck, option A
+    ("torchvision/resnet50", ("input.size=64", "stages.2.stride_on=1x1")),  # v1 and v1.5 mixed
+    ("torchvision/resnet50", ("input.size=64", "stages.1.downsample=avgpool")),
+    ("torchvision/resnet50", ("input.size=64", "downsample=avgpool", "preact=true")),
+    ("torchvision/resnet50", ("input.size=64", "shortcut=C", "downsample=avgpool")),
+    ("torchvision/resnext50_32x4d", ("input.size=64", "init.zero_init_residual=true", "stem=deep")),
+    ("torchvision/resnext50_32x4d", ("input.size=64", "stages.0.block={kind: bottleneck}")),
+    ("torchvision/resnet18", ("input.size=64", "stages.3.block=bottleneck")),  # two block kinds
+    ("torchvision/resnet18", ("input.size=[64, 48]", "input.channels=1", "num_classes=7")),
+    ("variants/resnet50-d", ("input.size=72",)),  # ceil-mode avg pool on odd maps (9 -> 5)
+    # projections that never stride (no stride parameter in the shortcut builders)
+    (
+        "paper/cifar-resnet20",
+        ("stages=[{depth: 2, width: 32}]", "stem={kind: cifar, width: 16}", "shortcut=B"),
+    ),
+    ("variants/resnet50-d", ("stages=[{depth: 2, width: 64}]", "input.size=32")),
+    # long class names: repeated blocks that do not fit on one line
+    (
+        "torchvision/resnext101_32x8d",
+        ("input.size=64", "preact=true", "shortcut=none", "stages.3.stride_on=1x1"),
+    ),
+]
+
+
+def variant_path(v: tuple[str, tuple[str, ...]]) -> Path:
+    return ROOT / "specs" / f"{v[0]}.yaml"
+
+
+def variant_id(v: tuple[str, tuple[str, ...]]) -> str:
+    return f"{v[0]}[{','.join(v[1])}]"
