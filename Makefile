@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 SPEC    ?= specs/paper/resnet50.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench gpu-wheels clean
 
 # The CPU build of torch is pinned on machines without an NVIDIA GPU: an unpinned torch pulls
 # several GB of CUDA packages. On a GPU machine the default (CUDA) wheel is taken.
@@ -34,6 +34,19 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/report_speed.py
+
+# For benchmarks/gpu_suite.sh on a GPU machine without network (CUDA torch, jax, flax there):
+# rescompile's own wheel plus the dependencies such an image lacks, for CPython 3.12, in .whl/.
+GPU_PY  ?= 3.12
+GPU_DEPS = pydantic pydantic-core annotated-types typing-inspection typing-extensions
+gpu-wheels: setup
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w .whl .
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) \
+	  --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $$($(BIN)/python -c "import importlib.metadata as m; \
+	  print(' '.join(f'{n}=={m.version(n)}' for n in '$(GPU_DEPS)'.split()))")
+	ls .whl
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -34,7 +34,8 @@ DEFAULT_OUT = ROOT / "tests" / "fixtures" / "torchvision" / "state_dict_shapes.j
 TOLERANCE = 1e-5
 
 
-def _randomise(model, seed: int = 1) -> None:
+def randomise_batchnorm(model, seed: int = 1) -> None:
+    """Non-trivial BatchNorm affine parameters and running statistics (fresh ones are 1 and 0)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -47,7 +48,7 @@ def _randomise(model, seed: int = 1) -> None:
             m.running_var = 0.5 + torch.rand(c, generator=g)
 
 
-def _aten_ops(model, x) -> list[str]:
+def training_step_ops(model, x) -> list[str]:
     """The aten ops one training step (forward + backward) dispatches, in order."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -74,7 +75,7 @@ def record(spec: Path, device: str, size: int) -> dict:
     name = g.name
     torch.manual_seed(0)
     tv = getattr(tvm, name)(weights=None)
-    _randomise(tv)
+    randomise_batchnorm(tv)
     entry: dict = {
         "spec": str(spec.relative_to(ROOT)),
         "num_params": sum(p.numel() for p in tv.parameters()),
@@ -99,7 +100,7 @@ def record(spec: Path, device: str, size: int) -> dict:
     entry["output_max_rel_diff"] = diff / max(1.0, float(want.abs().max()))
     entry["outputs_bitwise_equal"] = bool(torch.equal(have, want))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    ours, theirs = _aten_ops(model.cpu().train(), x), _aten_ops(tv.cpu().train(), x)
+    ours, theirs = training_step_ops(model.cpu().train(), x), training_step_ops(tv.cpu().train(), x)
     entry["train_step_aten_ops"] = len(theirs)
     entry["train_step_aten_ops_equal"] = ours == theirs
     return entry
@@ -122,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    import torchvision
+
+    try:
+        import torchvision
+    except ImportError as e:
+        sys.exit(f"error: torchvision is not importable here ({e}); run this script where it is "
+                 "installed (see benchmarks/RESULTS.md for a CPU venv that has it)")
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

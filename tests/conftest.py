@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spec_cases import ROOT, SPECS, spec_id  # noqa: F401  (imported by the top-level tests)
 
 
 @pytest.fixture
@@ -17,3 +16,15 @@ def write_spec(tmp_path):
         return p
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch intra-op thread for a module: on a shared 2-core machine OpenMP's spinning
+    threads can make a deep, small-tensor network 100x slower when the cores are oversubscribed."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

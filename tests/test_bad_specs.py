@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from clirun import run_cli
-from conftest import ROOT
+from spec_cases import ROOT
 
 CORPUS = ROOT / "tests" / "bad_specs"
 CASES = sorted(p for p in CORPUS.glob("*.yaml"))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from spec_cases import ROOT
 
 R50 = str(ROOT / "specs" / "paper" / "resnet50.yaml")
 TV50 = str(ROOT / "specs" / "torchvision" / "resnet50.yaml")

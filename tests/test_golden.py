@@ -7,7 +7,7 @@ formulas written in this file, never from rescompile's own output.
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, SPECS, spec_id
+from spec_cases import ROOT, SPECS, spec_id
 
 from rescompile import compile_spec
 from rescompile.passes.audit import FAIL, NOTE, audit

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 from clirun import run_cli
-from conftest import ROOT, SPECS, spec_id
+from spec_cases import ROOT, SPECS, spec_id
 
 from rescompile.compiler import compile_spec
 from rescompile.passes import graphviz

@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 import yaml
 from clirun import Result, run_cli
-from conftest import SPECS, spec_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spec_cases import SPECS, spec_id
 
 from rescompile.compiler import compile_spec
 from rescompile.spec.load import load_spec

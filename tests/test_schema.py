@@ -7,9 +7,9 @@ import json
 
 import pytest
 from clirun import run_cli
-from conftest import ROOT, SPECS, spec_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spec_cases import ROOT, SPECS, spec_id
 
 from rescompile.spec import yamlsafe
 from rescompile.spec.load import load_spec

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT
+from spec_cases import ROOT
 
 from rescompile.errors import SpecError
 from rescompile.spec.load import load_spec, load_spec_text

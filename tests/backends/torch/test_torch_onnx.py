@@ -19,7 +19,6 @@ pytest.importorskip("onnxscript")
 
 from rescompile.backends.torch.runtime import onnx_max_abs_diff  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 RTOL = 1e-4
 CASES = {
     # option A: strided slicing and channel zero-padding (Slice + Pad)
@@ -34,12 +33,10 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
+    pytest.mark.usefixtures("torch_one_thread"),
+]
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -31,14 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 CIFAR20 = ROOT / "specs" / "paper" / "cifar-resnet20.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads can make a
-    deep, small-tensor network 100x slower when the cores are oversubscribed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _failures(rows):

@@ -14,6 +14,7 @@ Three oracles, strongest last:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,16 +27,18 @@ from torchvision_reference import CONFIGS, PUBLISHED_PARAMS, reference_resnet
 
 torch = pytest.importorskip("torch")
 
+_script = importlib.util.spec_from_file_location(
+    "torchvision_fixture", ROOT / "scripts" / "torchvision_fixture.py")
+fixture_script = importlib.util.module_from_spec(_script)
+_script.loader.exec_module(fixture_script)
+randomise_batchnorm = fixture_script.randomise_batchnorm
+training_step_ops = fixture_script.training_step_ops  # the aten ops of one forward + backward
+
 FIXTURE = ROOT / "tests" / "fixtures" / "torchvision" / "state_dict_shapes.json"
 TOLERANCE = 1e-5  # relative to the largest |logit|: float32 rounding of identical computations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _name(path) -> str:
@@ -67,18 +70,6 @@ def test_state_dict_keys_order_and_shapes_equal_the_reference(path):
     assert _shapes(_meta_emitted(path)) == _shapes(ref)
 
 
-def _randomise(model: torch.nn.Module) -> None:
-    """Non-trivial BatchNorm affine parameters and running statistics."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data = 0.5 + torch.rand(c, generator=g)
-            m.bias.data = 0.1 * torch.randn(c, generator=g)
-            m.running_mean = 0.1 * torch.randn(c, generator=g)
-            m.running_var = 0.5 + torch.rand(c, generator=g)
-
-
 def _close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1.0))
 
@@ -89,7 +80,7 @@ def test_same_weights_give_the_same_outputs_as_the_reference(path):
     _, g = compiled(path, ov)
     torch.manual_seed(0)
     ref = reference_resnet(_name(path))
-    _randomise(ref)
+    randomise_batchnorm(ref)
     model = build_model(g, emitted(path, ov))
     model.load_state_dict(ref.state_dict(), strict=True)
     ref.load_state_dict(model.state_dict(), strict=True)
@@ -118,7 +109,7 @@ def test_against_torchvision_itself(path):
     _, g = compiled(path, ov)
     torch.manual_seed(0)
     tv = getattr(tvm, _name(path))(weights=None)
-    _randomise(tv)
+    randomise_batchnorm(tv)
     model = build_model(g, emitted(path, ov))
     assert _shapes(model) == _shapes(tv)
     model.load_state_dict(tv.state_dict(), strict=True)
@@ -154,22 +145,6 @@ def test_fixture_script_with_a_stand_in_torchvision(tmp_path):
         assert entry["num_params"] == PUBLISHED_PARAMS[name]
 
 
-def _aten_trace(model, x) -> list[str]:
-    """The aten ops one training step (forward + backward) dispatches, in order."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    ops: list[str] = []
-
-    class Trace(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Trace():
-        model(x).sum().backward()
-    return ops
-
-
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
 def test_emitted_model_dispatches_the_same_ops_as_the_reference(name):
     """Load-independent twin of benchmarks/torch_vs_handwritten.py: identical aten op sequence
@@ -180,5 +155,5 @@ def test_emitted_model_dispatches_the_same_ops_as_the_reference(name):
     ref = reference_resnet(name).train()
     model = build_model(g, emitted(path, ov)).train()
     x = torch.randn(2, *g.input_shape)
-    ours, theirs = _aten_trace(model, x), _aten_trace(ref, x)
+    ours, theirs = training_step_ops(model, x), training_step_ops(ref, x)
     assert len(ours) > 100 and ours == theirs
