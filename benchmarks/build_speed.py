@@ -72,7 +72,6 @@ def main() -> None:
                        if line.startswith("import time:")})
     torch_imported = any(m == "torch" or m.startswith("torch.") for m in imported)
 
-    sys.path.insert(0, str(ROOT))
     from rescompile.backends.torch import emit
 
     from rescompile import compile_spec

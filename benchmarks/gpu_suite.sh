@@ -43,6 +43,10 @@ RUNS="${RUNS:-$(mktemp -d)}"  # run directories (checkpoints, curves): not broug
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/suite.log") 2>&1
 export PYTHONUNBUFFERED=1
+# rescompile must come from its installation (an editable one, or the wheel below): ./rescompile
+# alone lacks rescompile.backends (backends/ is mapped there at install), so the working directory
+# must not shadow it on sys.path
+export PYTHONSAFEPATH=1
 
 PY="${PYTHON:-python3}"
 if [[ -d .whl ]] && ! "$PY" -c "import rescompile.backends.torch" 2>/dev/null; then
@@ -92,7 +96,7 @@ FASTRUN=(--recipe fast --eval-every 1000000 --ckpt-every 1000000 --log-every 50)
 for s in "${STEPS[@]}"; do
     case $s in
         env)
-            run_step env 60 bash -c "nvidia-smi; $PY -c 'import sys, torch, jax, flax; \
+            run_step env 60 bash -c "set -o pipefail; nvidia-smi; $PY -c 'import sys, torch, jax, flax; \
 print(sys.version); print(\"torch\", torch.__version__, torch.cuda.is_available()); \
 print(\"jax\", jax.__version__, jax.devices()); print(\"flax\", flax.__version__)'" ;;
         r50-torch)
@@ -106,7 +110,7 @@ print(\"jax\", jax.__version__, jax.devices()); print(\"flax\", flax.__version__
                 --log-every 500
             cp "$RUNS/cifar20-64k/metrics.jsonl" "$OUT/cifar20-64k-metrics.jsonl" 2>/dev/null ;;
         handwritten)
-            run_step handwritten 90 bash -c "$PY benchmarks/torch_vs_handwritten.py --device $DEV \
+            run_step handwritten 90 bash -c "set -o pipefail; $PY benchmarks/torch_vs_handwritten.py --device $DEV \
 --batch $R50_BATCH --size $SIZE --iters $ITERS | tee $OUT/handwritten.txt" ;;
         flax-torch)
             run_step flax-torch 180 "$PY" benchmarks/flax_vs_torch.py "${FLAX_TORCH[@]}" \

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -63,7 +62,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    sys.path.insert(0, str(ROOT))
     from rescompile.backends.torch import build_model
 
     from rescompile import compile_spec
