@@ -86,9 +86,17 @@ train() {  # train NAME LIMIT SPEC BACKEND DATA BATCH STEPS [extra args]: append
     run_step "$name" "$limit" "$PY" -m rescompile train "$spec" --backend "$backend" \
         --data "$data" --batch-size "$batch" --steps "$steps" --quiet --out "$RUNS/$name" \
         "${TRAIN_DEV[@]}" "$@"
-    "$PY" -c 'import json, sys; s = json.load(open(sys.argv[1])); s["name"] = sys.argv[2]; print(
-        json.dumps(s))' "$RUNS/$name/summary.json" "$name" >> "$OUT/train.jsonl" 2>/dev/null ||
-        echo "=== $name: no summary"
+    # the summary, or for a run stopped at its limit what its metrics hold (images/s per window)
+    "$PY" - "$RUNS/$name" "$name" >> "$OUT/train.jsonl" <<'PYEOF' || echo "=== $name: no record"
+import json, pathlib, sys
+run, name = pathlib.Path(sys.argv[1]), sys.argv[2]
+if (run / "summary.json").exists():
+    s = json.loads((run / "summary.json").read_text())
+else:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    s = {"status": "stopped", "train_records": [json.loads(x) for x in lines if '"train"' in x]}
+print(json.dumps({"name": name, **s}))
+PYEOF
 }
 
 # throughput runs: fast recipe, no evaluation or checkpoint before the end

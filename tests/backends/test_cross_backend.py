@@ -4,7 +4,7 @@ Weights go from the emitted PyTorch model (torch state_dict, as numpy arrays) in
 model through ``rescompile.backends.flax.torch_state_dict_to_nnx``; both run in float32 on the same
 input (NCHW for PyTorch, NHWC for flax).
 
-* eval mode, every spec in specs/ and every variant in flax_cases.VARIANTS: the logits agree to a
+* eval mode, every spec in specs/ and every variant in spec_cases.VARIANTS: the logits agree to a
   relative error (max |difference| / max |logit|) below 1e-4;
 * train mode, a set of specs covering every feature: logits, every BatchNorm's updated running
   mean and variance and every parameter's gradient agree;
