@@ -219,18 +219,26 @@ class TorchRuntime:
 
     @torch.no_grad()
     def evaluate(self, split: str, batch_size: int) -> tuple[float, int, int]:
+        """Batches of one size: a compiled model gets its last batch padded (with copies of an
+        example, not counted), so that no split recompiles it for a new shape."""
         assert self.data is not None, "set_data() first"
         n = len(self.data.split(split)[1])
         mine = np.arange(self.rank, n, self.world_size)
+        size = max(1, min(batch_size, len(mine)))
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.dev)
-        for start in range(0, len(mine), batch_size):
-            x, y = self._inputs(Batch(-1, mine[start : start + batch_size]), split)
+        for start in range(0, len(mine), size):
+            index = mine[start : start + size]
+            count = len(index)
+            if self.compiled and count < size:
+                index = np.concatenate([index, np.full(size - count, index[0])])
+            x, y = self._inputs(Batch(-1, index), split)
             with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.eval_net(x).float()
+                logits = self.eval_net(x).float()[:count]
+            y = y[:count]
             totals[0] += F.cross_entropy(logits, y, reduction="sum").double()
             totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += len(y)
+            totals[2] += count
         if self.world_size > 1:
             import torch.distributed as dist
 
