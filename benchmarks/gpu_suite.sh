@@ -54,7 +54,11 @@ export PYTHONSAFEPATH=1
 PY="${PYTHON:-python3}"
 if [[ -d .whl ]] && ! "$PY" -c "import rescompile.backends.torch" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
+        --target /tmp/site .whl/*.whl || {
+        echo "the wheels in .whl/ do not install here: make gpu-wheels GPU_PY=$("$PY" -c \
+'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")') builds them for this Python"
+        exit 1
+    }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
