@@ -28,17 +28,42 @@ _SHORTCUTS = ("identity", "pad", "projection", "none")  # a fixed order for emit
 # formatting helpers: produce what `ruff format` would
 
 
-def _call(indent: int, head: str, args: list[str], tail: str = "") -> list[str]:
-    """``head(args)tail`` on one line, or the arguments on one indented line, or one per line."""
+@dataclass(frozen=True)
+class _Expr:
+    """A call ``head(args)`` whose arguments may be calls too, or with ``repeat`` > 0 the
+    starred generator ``*(head(args) for _ in range(repeat))``: laid out as ruff format does."""
+
+    head: str
+    args: tuple[str | _Expr, ...]
+    repeat: int = 0
+
+    def __str__(self) -> str:
+        call = f"{self.head}({', '.join(map(str, self.args))})"
+        return f"*({call} for _ in range({self.repeat}))" if self.repeat else call
+
+
+def _lines(indent: int, expr: str | _Expr, tail: str = "") -> list[str]:
+    """``expr`` then ``tail`` at ``indent``: on one line if it fits; a generator with its element
+    and its ``for`` on lines of their own; a call with its arguments on one indented line, or
+    one per line (each laid out the same way)."""
     pad = " " * indent
-    one = f"{pad}{head}({', '.join(args)}){tail}"
-    if len(one) <= LINE:
-        return [one]
+    if len(pad) + len(str(expr)) + len(tail) <= LINE or isinstance(expr, str):
+        return [f"{pad}{expr}{tail}"]
+    if expr.repeat:
+        call = _Expr(expr.head, expr.args)
+        return [f"{pad}*(", *_lines(indent + 4, call), f"{pad}    for _ in range({expr.repeat})",
+                f"{pad}){tail}"]
     inner = " " * (indent + 4)
-    joined = inner + ", ".join(args)
+    joined = inner + ", ".join(map(str, expr.args))
     if len(joined) <= LINE:
-        return [f"{pad}{head}(", joined, f"{pad}){tail}"]
-    return [f"{pad}{head}(", *(f"{inner}{a}," for a in args), f"{pad}){tail}"]
+        return [f"{pad}{expr.head}(", joined, f"{pad}){tail}"]
+    args = [line for a in expr.args for line in _lines(indent + 4, a, ",")]
+    return [f"{pad}{expr.head}(", *args, f"{pad}){tail}"]
+
+
+def _call(indent: int, head: str, args: list[str | _Expr], tail: str = "") -> list[str]:
+    """``head(args)tail`` laid out by :func:`_lines`."""
+    return _lines(indent, _Expr(head, tuple(args)), tail)
 
 
 def _docstring(indent: int, text: str) -> list[str]:
@@ -46,7 +71,9 @@ def _docstring(indent: int, text: str) -> list[str]:
     pad = " " * indent
     if len(pad) + len(text) + 6 <= LINE:
         return [f'{pad}"""{text}"""']
-    lines = textwrap.wrap(text, LINE - indent, initial_indent='"""', break_on_hyphens=False)
+    # narrower by the closing quotes' width: the text then takes two lines or more (ruff format
+    # puts the closing quotes of a one-line text back on its line, over the line length)
+    lines = textwrap.wrap(text, LINE - indent - 3, initial_indent='"""', break_on_hyphens=False)
     return [pad + lines[0], *(pad + line for line in lines[1:]), f'{pad}"""']
 
 
@@ -211,8 +238,9 @@ class _Emitter:
     def header(self) -> list[str]:
         g, t = self.g, self.g.totals
         c, h, w = g.input_shape
+        title = f"{g.class_name}: a flax.nnx model emitted by rescompile from the spec {g.name}."
         return [
-            f'"""{g.class_name}: a flax.nnx model emitted by rescompile from the spec {g.name}.',
+            *textwrap.wrap(title, LINE, initial_indent='"""', break_on_hyphens=False),
             "",
             f"Spec hash {g.spec_hash}. IR totals for one {h}x{w}x{c} image (NHWC):",
             f"  parameters      {_fmt_int(t['params'])}",
@@ -322,6 +350,11 @@ class _Emitter:
             "        mean = x32.mean(axis=(0, 1, 2))",
             "        var = x32.var(axis=(0, 1, 2))",
             "        n = x.size // x.shape[-1]  # values per channel",
+            "        if n < 2:  # as torch.nn.BatchNorm2d: one value gives no batch variance",
+            "            raise ValueError(",
+            '                f"Expected more than 1 value per channel when training, '
+            'got input shape {x.shape}"',
+            "            )",
             "        m = self.momentum",
             "        self.mean.set_value(m * self.mean[...] + (1 - m) * mean)",
             "        self.var.set_value(m * self.var[...] + (1 - m) * var * (n / (n - 1)))",
@@ -559,7 +592,7 @@ class _Emitter:
         for stage, blocks in stages.items():
             first, rest = blocks[0], blocks[1:]
             cls = self.class_of(first)
-            args = [f"{cls.name}({', '.join(cls.args(first))})"]
+            args: list[str | _Expr] = [_Expr(cls.name, tuple(cls.args(first)))]
             if rest:
                 rcls = self.class_of(rest[0])
                 rargs = [rcls.args(b) for b in rest]
@@ -567,11 +600,11 @@ class _Emitter:
                     self.class_of(b) is not rcls for b in rest
                 ):
                     raise EmitError(f"{stage}: blocks after the first differ")
-                one = f"{rcls.name}({', '.join(rargs[0])})"
+                one = _Expr(rcls.name, tuple(rargs[0]))
                 if one == args[0]:  # the first block keeps the shape too: all alike
-                    args = [f"*({one} for _ in range({len(blocks)}))"]
+                    args = [_Expr(one.head, one.args, len(blocks))]
                 else:
-                    args.append(one if len(rest) == 1 else f"*({one} for _ in range({len(rest)}))")
+                    args.append(one if len(rest) == 1 else _Expr(one.head, one.args, len(rest)))
             init += _call(8, f"self.{stage} = {seq}", args)
             call.append(f"        x = self.{stage}(x)")
         # head
@@ -595,7 +628,7 @@ class _Emitter:
         out_shape = g[g.output].meta["shape"]
         lines = [
             f"class {g.class_name}(nnx.Module):",
-            f'    """{g.name}: ({h}, {w}, {c}) NHWC images -> {out_shape[0]} logits."""',
+            *_docstring(4, f"{g.name}: ({h}, {w}, {c}) NHWC images -> {out_shape[0]} logits."),
             "",
             "    def __init__(self, *, rngs: nnx.Rngs):",
             *init,

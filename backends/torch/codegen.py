@@ -204,10 +204,21 @@ def def_lines(name: str, params: list[str], returns: str, level: int = 1) -> lis
     return call_lines(Call(f"def {name}", tuple(params)), level, suffix=f" -> {returns}:")
 
 
+def _hang(line: str, width: int) -> list[str]:
+    """A preformatted line, wrapped if too long, under its ``Label:`` column (hanging indent)."""
+    if len(line) <= width:
+        return [line]
+    label = re.match(r"\s*\S[^:]*:\s+", line)
+    hang = " " * (label.end() if label else len(line) - len(line.lstrip()))
+    return textwrap.wrap(line, width, subsequent_indent=hang, break_long_words=False,
+                         break_on_hyphens=False)
+
+
 def docstring(text_: str, level: int) -> list[str]:
     """A docstring at ``level``: paragraphs (blank-line separated) wrapped to 88 columns.
 
-    A paragraph starting with a tab is preformatted and kept line by line.
+    A paragraph starting with a tab is preformatted and kept line by line (a line too long for
+    the width is wrapped under its ``Label:`` column).
     """
     pad = INDENT * level
     width = WIDTH - len(pad)
@@ -216,7 +227,7 @@ def docstring(text_: str, level: int) -> list[str]:
         if i:
             body.append("")
         if para.startswith("\t"):
-            lines = para[1:].split("\n")
+            lines = [part for line in para[1:].split("\n") for part in _hang(line, width)]
         else:
             first = '"""' if i == 0 else ""
             lines = textwrap.wrap(" ".join(para.split()), width, initial_indent=first)
@@ -226,6 +237,10 @@ def docstring(text_: str, level: int) -> list[str]:
             if not fits(pad + line):
                 raise EmitError(f"docstring line too long: {line!r}")
         body += lines
-    if len(body) == 1 and fits(f'{pad}"""{body[0]}"""'):
-        return [f'{pad}"""{body[0]}"""']
+    if len(body) == 1:
+        if fits(f'{pad}"""{body[0]}"""'):
+            return [f'{pad}"""{body[0]}"""']
+        # two lines, or ruff format would put the closing quotes back on the one line
+        body = textwrap.wrap(f'"""{body[0]}', width - 3, break_long_words=False)
+        body[0] = body[0][3:]
     return [f'{pad}"""{body[0]}', *(f"{pad}{x}" if x else "" for x in body[1:]), f'{pad}"""']

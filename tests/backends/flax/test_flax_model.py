@@ -315,3 +315,19 @@ def test_batchnorm_follows_torch_in_train_and_eval_mode():
     np.testing.assert_allclose(
         np.asarray(bn(xf)).transpose(0, 3, 1, 2), ref(xt).detach().numpy(), rtol=1e-5, atol=1e-5
     )
+
+
+def test_training_batch_statistics_need_more_than_one_value_like_torch():
+    """A batch of one image whose map is 1x1 has no batch variance: in training mode both
+    backends refuse it with PyTorch's message (flax used to divide by zero in tracing)."""
+    torch = pytest.importorskip("torch")
+    path = ROOT / "specs" / "torchvision" / "resnet18.yaml"
+    overrides = ("input.size=32",)  # layer4 runs at 1x1
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        output_shape(abstract(path, overrides), (1, 32, 32, 3))
+    from rescompile.backends.torch import build_model
+
+    model = build_model(compiled(path, overrides)[1]).train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        model(torch.zeros(1, 3, 32, 32))
+    assert output_shape(abstract(path, overrides), (2, 32, 32, 3)) == (2, 1000)
