@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import importlib
 import io
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from rescompile.compiler import analyse, compile_spec
@@ -100,4 +98,3 @@ def build_model(graph: Graph, backend_name: str = "torch", *, seed: int = 0) -> 
 
         torch.manual_seed(seed)
     return cls()
-

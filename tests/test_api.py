@@ -28,7 +28,8 @@ def test_library_lists_every_spec_in_the_checkout():
 
 
 @pytest.mark.parametrize(
-    "name", ["../pyproject", "/etc/passwd", "paper/../../pyproject", "paper/resnet50\n", "", "a" * 300]
+    "name",
+    ["../pyproject", "/etc/passwd", "paper/../../pyproject", "paper/resnet50\n", "", "a" * 300],
 )
 def test_find_refuses_what_is_not_a_library_name(name):
     assert library.find(name) is None
@@ -107,9 +108,8 @@ def test_build_model_gives_the_ir_s_parameter_count(backend):
     if backend == "torch":
         count = sum(p.numel() for p in model.parameters())
     else:
-        from flax import nnx
-
         import jax
+        from flax import nnx
 
         count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == g.totals["params"] and round(count / 1e6, 2) == 0.27  # the paper: 0.27M

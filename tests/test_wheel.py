@@ -89,8 +89,9 @@ def test_installed_wheel_audits_reports_and_builds_from_elsewhere(installed, tmp
     assert "FAIL" not in audited and audited.count("PASS") > 100
 
     doc = json.loads(
-        _run(installed / "rescompile", "report", "paper/resnet50", "--format", "json",
-             cwd=tmp_path).stdout  # fmt: skip
+        _run(
+            installed / "rescompile", "report", "paper/resnet50", "--format", "json", cwd=tmp_path
+        ).stdout  # fmt: skip
     )
     assert doc["totals"]["params"] == 25_557_032  # torchvision's num_params (REFERENCE.md)
 
