@@ -20,6 +20,13 @@ def test_doctests(module, monkeypatch, tmp_path):
     assert attempted > 0 and failed == 0
 
 
+def test_readme_examples(monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    failed, attempted = doctest.testfile(str(ROOT / "README.md"), module_relative=False)
+    assert attempted >= 8 and failed == 0
+
+
 def test_library_lists_every_spec_in_the_checkout():
     want = sorted(p.relative_to(ROOT / "specs").with_suffix("").as_posix()
                   for p in (ROOT / "specs").rglob("*.yaml"))  # fmt: skip
