@@ -21,7 +21,7 @@ def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         cwd=cwd,
-        timeout=60,
+        timeout=300,  # a hang check: these take about a second
     )
 
 

@@ -40,7 +40,7 @@ def env(tmp_path_factory) -> dict[str, str]:
     return e
 
 
-def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rescompile", *args], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=timeout)
 
@@ -154,9 +154,9 @@ def test_sigkill_then_resume_ends_bitwise_like_an_uninterrupted_run(tmp_path, en
     assert killed.returncode == -signal.SIGKILL
     assert not (victim / "summary.json").exists()  # it really died mid-run
 
-    p = cli("train", "--resume", str(victim), "--quiet", env=env, timeout=240)
+    p = cli("train", "--resume", str(victim), "--quiet", env=env, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert reference.wait(timeout=240) == 0, reference.communicate()[1]
+    assert reference.wait(timeout=600) == 0, reference.communicate()[1]
 
     a, meta_a = load_checkpoint(ref)
     b, meta_b = load_checkpoint(victim)
@@ -205,7 +205,7 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "rescompile",
            "train", *SMALL, "--steps", "20", "--eval-every", "10", "--ckpt-every", "10",
            "--out", str(run)]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((run / "summary.json").read_text())
     assert s["world_size"] == 2 and s["settings"]["process_group"] == "gloo"
@@ -221,7 +221,7 @@ def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
     run = tmp_path / "sharded"
     e = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     p = cli("train", *SMALL, "--backend", "flax", "--steps", "20", "--eval-every", "10",
-            "--ckpt-every", "10", "--out", str(run), env=e, timeout=240)
+            "--ckpt-every", "10", "--out", str(run), env=e, timeout=600)
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())
     assert s["settings"]["devices"] == 2 and s["device"].startswith("cpu x2")
@@ -245,7 +245,7 @@ def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
         "      [s.data.shape[0] for s in idx.addressable_shards])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env=e, timeout=240)
+                         env=e, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "2 True [4, 4]"
 
