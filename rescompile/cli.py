@@ -8,14 +8,15 @@ that need them.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from rescompile.errors import SpecError, UserError
+from rescompile.errors import SpecError, UserError, one_line
 
 app = typer.Typer(
     name="rescompile",
@@ -55,6 +56,13 @@ class IRFormat(StrEnum):
 
 BACKENDS = ("torch", "flax")
 
+OutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output", "-o", help="write to this file (- for standard output)", metavar="FILE"
+    ),
+]
+
 
 def _compile(spec: str, overrides: list[str] | None, input_size: str | None = None):
     from rescompile.compiler import compile_spec
@@ -72,23 +80,26 @@ def _parse_size(text: str) -> str:
     return f"[{h}, {w}]" if sep else h
 
 
-def _console(cls):
-    """A rich console; wide when writing to a pipe or file, so tables do not wrap."""
-    return cls() if sys.stdout.isatty() else cls(width=160)
+def _console(file=None):
+    """A rich console for tables. Its width is the terminal's, or $COLUMNS, or 160 when writing
+    to a pipe or file with no $COLUMNS (so wide tables do not wrap); no colour and no automatic
+    highlighting of numbers outside a terminal."""
+    from rich.console import Console
+
+    width = None
+    if file is not None or not sys.stdout.isatty():
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else 160
+    return Console(file=file, width=width, highlight=False)
 
 
-def _write(text: str, out: Path | None) -> None:
-    if out is None:
-        sys.stdout.write(text)
-        return
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
-    typer.echo(f"wrote {out}", err=True)
+def _emit(data: str | bytes, out: str | None) -> None:
+    """Write a command's output to ``out`` (atomically), or to standard output for none or -."""
+    from rescompile.files import write_output
+
+    written = write_output(data, out)
+    if written is not None:
+        typer.echo(f"wrote {written}", err=True)
 
 
 @app.command()
@@ -107,6 +118,7 @@ def report(
     input: Annotated[str | None, typer.Option("--input", help="input size: N or HxW")] = None,
     format: Annotated[ReportFormat, typer.Option("--format", "-f")] = ReportFormat.table,
     depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.stage,
+    output: OutOpt = None,
 ) -> None:
     """Output shapes, parameters, MACs, FLOPs and activations per stage, block or layer."""
     from rescompile.passes import report as rep
@@ -114,17 +126,20 @@ def report(
     _, g = _compile(spec, set_, input)
     d = depth.value
     if format is ReportFormat.table:
-        from rich.console import Console
-
-        rep.render_table(g, d, _console(Console))
-    else:
-        render = {
-            "json": rep.to_json,
-            "csv": rep.to_csv,
-            "markdown": rep.to_markdown,
-            "html": rep.to_html,
-        }
-        sys.stdout.write(render[format.value](g, d) + ("\n" if format is ReportFormat.json else ""))
+        if output in (None, "-"):
+            rep.render_table(g, d, _console())
+        else:
+            console = _console(file=io.StringIO())
+            rep.render_table(g, d, console)
+            _emit(console.file.getvalue(), output)
+        return
+    render = {
+        "json": rep.to_json,
+        "csv": rep.to_csv,
+        "markdown": rep.to_markdown,
+        "html": rep.to_html,
+    }
+    _emit(render[format.value](g, d) + ("\n" if format is ReportFormat.json else ""), output)
 
 
 @app.command()
@@ -135,38 +150,12 @@ def diff(
     depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.stage,
 ) -> None:
     """Two specs' figures side by side, with the differences."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from rescompile.passes.report import CONVENTION, diff_rows
+    from rescompile.passes.report import render_diff
 
     _, a = _compile(spec_a, set_)
     _, b = _compile(spec_b, set_)
-    t = Table(
-        title=f"{a.name} ({spec_a})  vs  {b.name} ({spec_b})",
-        caption=CONVENTION,
-        caption_justify="left",
-        show_footer=True,
-    )
-    t.add_column("name", footer="total")
-    totals = {k: (a.totals[k], b.totals[k]) for k in ("params", "macs")}
-    for key, label in (("params", "params"), ("macs", "MACs")):
-        ta, tb = totals[key]
-        t.add_column(f"{label} A", justify="right", footer=f"{ta:,}")
-        t.add_column(f"{label} B", justify="right", footer=f"{tb:,}")
-        t.add_column(f"Δ {label}", justify="right", footer=f"{tb - ta:+,}")
-    for name, ca, cb in diff_rows(a, b, depth.value):
-        if depth is Depth.layer and ca == cb:
-            continue
-        t.add_row(
-            name,
-            *(
-                x
-                for k in ("params", "macs")
-                for x in (f"{ca[k]:,}", f"{cb[k]:,}", f"{cb[k] - ca[k]:+,}")
-            ),
-        )
-    _console(Console).print(t)
+    title = f"{a.name} ({spec_a})  vs  {b.name} ({spec_b})"
+    render_diff(a, b, depth.value, title, _console())
 
 
 @app.command()
@@ -236,7 +225,7 @@ def build(
     spec: SpecArg,
     set_: SetOpt = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="torch | flax")] = "torch",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+    output: OutOpt = None,
     check_: Annotated[
         bool, typer.Option("--check", help="build, run and compare with the IR")
     ] = False,
@@ -245,7 +234,7 @@ def build(
     _, g = _compile(spec, set_)
     mod = load_backend(backend)
     source = mod.emit(g)
-    _write(source, output)
+    _emit(source, output)
     if check_:
         results = mod.check(g, source)
         bad = 0
@@ -268,14 +257,20 @@ def export(
     set_: SetOpt = None,
     format: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.onnx,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="default: NAME.onnx")
+        str | None, typer.Option("--output", "-o", help="default: NAME.onnx", metavar="FILE")
     ] = None,
 ) -> None:
     """Export the emitted PyTorch model (ONNX, checked with onnx.checker)."""
+    from rescompile.files import atomic_output
+
     _, g = _compile(spec, set_)
-    mod = load_backend("torch")
-    out = output or Path(f"{g.name}.{format.value}")
-    typer.echo(f"wrote {mod.export(g, mod.emit(g), out, fmt=format.value)}", err=True)
+    out = output if output is not None else f"{g.name}.{format.value}"
+    if out == "-":
+        raise UserError("ONNX is binary and checked on disk: give -o FILE")
+    with atomic_output(out, parents=True) as tmp:  # checked before the (slow) export starts
+        mod = load_backend("torch")
+        mod.export(g, mod.emit(g), tmp, fmt=format.value)
+    typer.echo(f"wrote {out}", err=True)
 
 
 class GraphFormat(StrEnum):
@@ -290,12 +285,11 @@ def graph(
     set_: SetOpt = None,
     format: Annotated[GraphFormat, typer.Option("--format", "-f")] = GraphFormat.svg,
     depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.block,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+    output: OutOpt = None,
 ) -> None:
     """Draw the architecture: shapes on the edges, params and MACs per stage, block or layer.
 
-    SVG and PNG need Graphviz's `dot`; without it the DOT text is written instead (to FILE with
-    its suffix changed to .dot when -o FILE is given).
+    SVG and PNG need Graphviz's `dot`; without it they fail (exit 1) and --format dot still works.
     """
     from rescompile.passes import graphviz
 
@@ -303,32 +297,20 @@ def graph(
     dot = graphviz.to_dot(g, depth.value)
     if format is GraphFormat.png and output is None:
         raise UserError("PNG is binary: give -o FILE (or use --format svg or dot)")
+    if output not in (None, "-"):
+        from rescompile.files import check_target
+
+        check_target(output)  # before running dot
     try:
         data = graphviz.render(dot, format.value)
     except graphviz.GraphvizMissing as e:
-        typer.echo(f"warning: {e}; writing the DOT text instead", err=True)
-        _write(dot, output.with_suffix(".dot") if output is not None else None)
-        return
-    if format is GraphFormat.png:
-        _write_bytes(data, output)
-    else:
-        _write(data.decode(), output)
-
-
-def _write_bytes(data: bytes, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
-    typer.echo(f"wrote {out}", err=True)
+        raise UserError(f"{e} (--format dot writes it)") from None
+    _emit(data if format is GraphFormat.png else data.decode(), output)
 
 
 @app.command()
 def schema(
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+    output: OutOpt = None,
     docs: Annotated[
         bool, typer.Option("--docs", help="the Markdown reference instead of the JSON Schema")
     ] = False,
@@ -339,7 +321,7 @@ def schema(
     """
     from rescompile.spec.schema import reference_markdown, schema_text
 
-    _write(reference_markdown() if docs else schema_text(), output)
+    _emit(reference_markdown() if docs else schema_text(), output)
 
 
 def _opt(help_: str, *names: str, **kw):
@@ -420,6 +402,10 @@ def main() -> None:
         sys.exit(1)
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except OSError as e:  # a disk that filled up, a file-size limit, ... mid-way through a command
+        where = f"{one_line(str(e.filename))}: " if e.filename else ""
+        typer.echo(f"error: {where}{e.strerror or e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
