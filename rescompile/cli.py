@@ -26,7 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-SpecArg = Annotated[str, typer.Argument(help="path to a spec YAML file", metavar="SPEC")]
+SpecArg = Annotated[
+    str, typer.Argument(help="path to a spec YAML file (- for standard input)", metavar="SPEC")
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -69,14 +71,44 @@ def _compile(spec: str, overrides: list[str] | None, input_size: str | None = No
 
     sets = list(overrides or [])
     if input_size is not None:
-        sets.append(f"input.size={_parse_size(input_size)}")
-    return compile_spec(spec, sets)
+        from rescompile.spec.load import Override
+
+        sets.append(Override(f"input.size={_parse_size(input_size)}", f"--input {input_size}"))
+    if spec == "-":
+        from rescompile.compiler import analyse
+        from rescompile.spec.load import load_spec_text
+
+        resolved = load_spec_text(_read_stdin(), "<stdin>", sets)
+        g = analyse(resolved)
+    else:
+        resolved, g = compile_spec(spec, sets)
+    from rescompile.spec.lint import lint
+
+    for warning in lint(resolved):
+        typer.echo(f"warning: {warning}", err=True)
+    return resolved, g
+
+
+def _read_stdin() -> str:
+    """The spec on standard input (``rescompile report -``), read with the file limits."""
+    from rescompile.spec import yamlsafe
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError("SPEC is -, but standard input is a terminal: pipe a spec into it")
+    raw = sys.stdin.buffer.read(yamlsafe.MAX_BYTES + 1)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"<stdin>: the spec is not UTF-8 (byte {e.start})") from None
 
 
 def _parse_size(text: str) -> str:
     h, sep, w = text.lower().partition("x")
-    if not h.isdigit() or (sep and not w.isdigit()):
+    if not (h.isascii() and h.isdigit()) or (sep and not (w.isascii() and w.isdigit())):
         raise UserError(f"--input expects SIZE or HxW (e.g. 224 or 160x192), got {text!r}")
+    if max(len(h), len(w)) > 9:
+        raise UserError(f"--input {text}: sizes are at most 65536")
+    h, w = str(int(h)), str(int(w)) if sep else ""  # 0032 is 32 here: not YAML's octal
     return f"[{h}, {w}]" if sep else h
 
 
