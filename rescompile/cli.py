@@ -264,6 +264,8 @@ def build(
 ) -> None:
     """Emit a standalone model source file for a backend."""
     _, g = _compile(spec, set_)
+    if check_:
+        _check_fits_in_memory(g)
     mod = load_backend(backend)
     source = mod.emit(g)
     _emit(source, output)
@@ -277,6 +279,22 @@ def build(
             bad += not ok
         if bad:
             raise typer.Exit(1)
+
+
+MAX_CHECK_BYTES = 16 << 30  # build --check runs the model on a CPU: keep it to what one has
+
+
+def _check_fits_in_memory(g) -> None:
+    """Refuse ``build --check`` of a model whose run would need absurd memory, before trying."""
+    t = g.totals
+    # float32 weights, gradients and one optimiser-free copy; a batch of 2 kept for backward
+    need = 4 * (3 * t["params"] + t["buffers"]) + 2 * 3 * t["act_bytes"]
+    if need > MAX_CHECK_BYTES:
+        raise UserError(
+            f"--check would run {g.name} ({t['params']:,} parameters, {t['act_bytes']:,} bytes "
+            f"of activations per image): about {need / 2**30:,.1f} GiB, more than the "
+            f"{MAX_CHECK_BYTES / 2**30:.0f} GiB it allows; build without --check"
+        )
 
 
 class ExportFormat(StrEnum):

@@ -109,7 +109,7 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
         raise SpecError(Diagnostic(where, f"cyclic extends: {chain}", "extends"))
     if len(seen) >= MAX_EXTENDS:
         raise SpecError(Diagnostic(where, f"extends chain longer than {MAX_EXTENDS}", "extends"))
-    if target.is_dir():
+    if _is_file(target, ext, where, directory=True):
         raise SpecError(
             Diagnostic(where, f"base spec {_short(ext)} is a directory ({target})", "extends")
         )
@@ -129,6 +129,8 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
 
 def _path_error(what: str, e: Exception, where: SourcePos | None) -> SpecError:
     why = getattr(e, "strerror", None) or str(e)
+    if isinstance(e, RuntimeError):  # Python 3.11's Path.resolve on a loop
+        why = "a loop of symbolic links"
     return SpecError(Diagnostic(where, f"cannot use {_short(what)} as a path: {why}", "extends"))
 
 
@@ -139,9 +141,9 @@ def _resolve_path(parent: Path, ext: str, where: SourcePos | None) -> Path:
         raise _path_error(ext, e, where) from None
 
 
-def _is_file(target: Path, ext: str, where: SourcePos | None) -> bool:
+def _is_file(target: Path, ext: str, where: SourcePos | None, directory: bool = False) -> bool:
     try:
-        return target.is_file()
+        return target.is_dir() if directory else target.is_file()
     except (OSError, ValueError) as e:  # a name too long, ...
         raise _path_error(ext, e, where) from None
 
@@ -190,14 +192,10 @@ def apply_override(loc: yamlsafe.Located, assignment: str, index: int = 0) -> No
         where = SourcePos(f"--set {_cut(assignment)}", 1, len(key) + 2 if sep else 1)
     if not sep or not key.strip():
         raise SpecError(Diagnostic(where, f"expected KEY=VALUE, got {_short(assignment)}"))
-    if len(key) > MAX_KEY_CHARS or key.count(".") >= yamlsafe.MAX_DEPTH:
-        raise SpecError(
-            Diagnostic(
-                where,
-                f"key {_short(key)} is longer than {MAX_KEY_CHARS} characters or deeper than "
-                f"{yamlsafe.MAX_DEPTH} levels",
-            )
-        )
+    if len(key) > MAX_KEY_CHARS:
+        raise SpecError(Diagnostic(where, f"key longer than {MAX_KEY_CHARS} characters"))
+    if key.count(".") >= yamlsafe.MAX_DEPTH:
+        raise SpecError(Diagnostic(where, f"key deeper than {yamlsafe.MAX_DEPTH} levels"))
     parts: list[str | int] = [
         int(p) if p.isascii() and p.isdigit() and len(p) < 10 else p for p in key.strip().split(".")
     ]
@@ -403,6 +401,8 @@ def load_spec(
         real = p.resolve()
     except (OSError, ValueError, RuntimeError) as e:  # a NUL; a symlink loop (3.11: RuntimeError)
         why = getattr(e, "strerror", None) or str(e)
+        if isinstance(e, RuntimeError):
+            why = "a loop of symbolic links"
         raise SpecError(Diagnostic(None, f"{_short(display)}: not a usable path: {why}")) from None
     if roots is None:
         roots = [real.parent.parent, Path.cwd().resolve(), LIBRARY]
