@@ -22,9 +22,31 @@ app = typer.Typer(
     name="rescompile",
     help="Compile YAML residual-network specs to an analysable IR and to PyTorch / Flax code.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is plain text: it wraps cleanly at any width
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rescompile import __version__
+
+        typer.echo(f"rescompile {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Compile YAML residual-network specs to an analysable IR and to PyTorch / Flax code."""
+
 
 SpecArg = Annotated[
     str, typer.Argument(help="path to a spec YAML file (- for standard input)", metavar="SPEC")
@@ -57,6 +79,17 @@ class IRFormat(StrEnum):
 
 
 BACKENDS = ("torch", "flax")
+
+
+def _backend_names(incomplete: str = "") -> list[str]:
+    """The backends ``--backend`` accepts (built-in and registered), for completion and help."""
+    from importlib.metadata import entry_points
+
+    names = dict.fromkeys(
+        [*BACKENDS, *(ep.name for ep in entry_points(group="rescompile.backends"))]
+    )
+    return [n for n in names if n.startswith(incomplete)]
+
 
 OutOpt = Annotated[
     str | None,
@@ -192,7 +225,7 @@ def diff(
 
 @app.command()
 def check(
-    spec: Annotated[str | None, typer.Argument(metavar="[SPEC]", help="spec to audit")] = None,
+    spec: Annotated[str | None, typer.Argument(metavar="SPEC", help="spec to audit")] = None,
     all_: Annotated[bool, typer.Option("--all", help="audit every spec in the library")] = False,
     set_: SetOpt = None,
 ) -> None:
@@ -256,7 +289,15 @@ def load_backend(name: str):
 def build(
     spec: SpecArg,
     set_: SetOpt = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="torch | flax")] = "torch",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="torch | flax (or a registered one)",
+            autocompletion=_backend_names,
+        ),
+    ] = "torch",
     output: OutOpt = None,
     check_: Annotated[
         bool, typer.Option("--check", help="build, run and compare with the IR")
@@ -381,10 +422,13 @@ def _opt(help_: str, *names: str, **kw):
 @app.command()
 def train(
     spec: Annotated[
-        str | None, typer.Argument(metavar="[SPEC]", help="spec to train (omit with --resume)")
+        str | None, typer.Argument(metavar="SPEC", help="spec to train (omit with --resume)")
     ] = None,
     set_: SetOpt = None,
-    backend: Annotated[str | None, _opt("torch | flax (default torch)", "--backend", "-b")] = None,
+    backend: Annotated[
+        str | None,
+        _opt("torch | flax (default torch)", "--backend", "-b", autocompletion=_backend_names),
+    ] = None,
     data: Annotated[
         str | None,
         _opt("digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | cifar100:PATH", "--data"),

@@ -131,7 +131,7 @@ def to_markdown(g: Graph, depth: Depth) -> str:
         f"> {CONVENTION}",
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        "|---|---|---:|" + "---:|" * len(_COLS),  # numbers right-aligned, as in the table
     ]
     for r in rows(g, depth):
         cells = [r.name, r.kind, r.shape_str, *(f"{r.counts[c]:,}" for c in _COLS)]
