@@ -845,14 +845,20 @@ class _Session:
             )
             if bad is not None:  # a finite loss can still be followed by an overflowing update
                 self._diverged(step, float("nan"), f"tensor {bad}")
-            save_checkpoint(
-                self.run_dir,
-                tensors,
-                self.spec_json,
-                self.resolved.hash,
-                state,
-                keep=self.config.keep,
-            )
+            try:
+                save_checkpoint(
+                    self.run_dir,
+                    tensors,
+                    self.spec_json,
+                    self.resolved.hash,
+                    state,
+                    keep=self.config.keep,
+                )
+            except OSError as e:  # a full disk, a file-size limit: the last checkpoint stands
+                raise UserError(
+                    f"cannot write the checkpoint of step {step} in {self.run_dir}: "
+                    f"{e.strerror or e}; the run stopped (the checkpoints already written are kept)"
+                ) from None
         self.last_ckpt = step
 
     def _save_on_interrupt(self) -> None:
@@ -1080,6 +1086,8 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
         return train(resume=args["resume"], quiet=quiet)
     if not args.get("spec"):
         raise UserError("give a SPEC to train, or --resume RUN_DIR")
+    if args.get("out") == "":
+        raise UserError("--out needs a directory name (omit it for runs/NAME-BACKEND)")
     if not args.get("data"):
         raise UserError(
             "give the data to train on: --data digits | synthetic[:HxWxC[:CLASSES]] "

@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from rescompile.errors import UserError
 from rescompile.files import write_temp
 
 __all__ = ["METRICS_FILE", "MetricsLogger", "metrics_path", "read_metrics"]
@@ -116,8 +117,11 @@ class MetricsLogger:
             raise ValueError(f"{self.path} is closed")
         if not isinstance(record.get("step"), int | np.integer):
             raise ValueError(f"a metrics record needs an integer 'step', got {record!r}")
-        self._file.write(json.dumps(dict(record), default=_to_json) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(dict(record), default=_to_json) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk, a file-size limit
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def log_train(
         self,

@@ -343,3 +343,44 @@ def test_hostile_cifar_pickles_are_one_line(tmp_path, write_cifar, case):
         load_cifar(directory)
     assert time.process_time() - start < 10  # nothing petabyte-sized was touched
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_a_file_size_limit_mid_run_is_one_line(tmp_path, env):
+    """`ulimit -f`: the first checkpoint (about 600 kB) cannot be written."""
+    import resource
+
+    def limit() -> None:
+        os.umask(0o022)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+    run = tmp_path / "run"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rescompile",
+            "train",
+            *SMALL,
+            "--steps",
+            "20",
+            "--ckpt-every",
+            "10",
+            "--out",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=180,
+        preexec_fn=limit,
+    )
+    one_line(p, f"error: cannot write the checkpoint of step 10 in {run}: File too large")
+    assert not list(run.glob("ckpt-*")) and not list(run.glob(".*tmp"))  # no half-written file
+    assert (run / "config.json").is_file()
+
+
+def test_an_empty_out_is_refused(env):
+    p = cli("train", *SMALL, "--steps", "2", "--out", "", env=env)
+    one_line(p, "error: --out needs a directory name")
