@@ -155,3 +155,23 @@ def test_build_check_refuses_an_absurd_model_before_allocating(write_spec, tmp_p
     assert "more than the 16 GiB it allows" in r.stderr
     assert not out.exists()
     assert rescompile.cli.MAX_CHECK_BYTES == 16 << 30
+
+
+def test_process_substitution_is_read():
+    """`rescompile validate <(cat spec.yaml)`: the spec path is /dev/fd/N, an anonymous pipe."""
+    read, write = os.pipe()
+    os.write(write, (ROOT / "specs" / "paper" / "cifar-resnet20.yaml").read_bytes())
+    os.close(write)
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "rescompile", "validate", f"/dev/fd/{read}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            pass_fds=(read,),
+        )
+    finally:
+        os.close(read)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"/dev/fd/{read}: ok (cifar-resnet20, 9 blocks")

@@ -404,6 +404,8 @@ def load_spec(
         if isinstance(e, RuntimeError):
             why = "a loop of symbolic links"
         raise SpecError(Diagnostic(None, f"{_short(display)}: not a usable path: {why}")) from None
+    if not real.exists() and p.exists():  # /dev/fd/63 of <(...) resolves to "pipe:[...]"
+        real = p.absolute()
     if roots is None:
         roots = [real.parent.parent, Path.cwd().resolve(), LIBRARY]
     loc = _load_chain(real, display, [Path(r).resolve() for r in roots], [real])
