@@ -143,7 +143,8 @@ def _scalar(node: yaml.ScalarNode, file: str, problems: list[Diagnostic], path: 
 
 
 class _Builder:
-    def __init__(self, file: str, located: Located):
+    def __init__(self, file: str, located: Located, text: str = ""):
+        self.text = text
         self.file = file
         self.loc = located
         self.count = 0
@@ -190,13 +191,34 @@ class _Builder:
                     first = self.loc.key_positions[(*path, key)]
                     raise _fail(
                         self.file,
-                        knode.start_mark,
+                        self._alias_mark(knode, node, first) or knode.start_mark,
                         f"duplicate key {key!r} (first defined at line {first.line})",
                     )
                 self.loc.key_positions[(*path, key)] = _pos(self.file, knode.start_mark)
                 out[key] = self.build(vnode, (*path, key))
             return out
         raise _fail(self.file, node.start_mark, "unsupported YAML node")  # pragma: no cover
+
+    def _alias_mark(
+        self, knode: yaml.Node, mapping: yaml.Node, first: SourcePos
+    ) -> yaml.Mark | None:
+        """Where a key that came through an alias (``*k : 2``) was written. The composed node
+        is the anchored one, so its own mark is the anchor's; the alias is found in the events
+        (only when reporting a duplicate, so the second parse costs nothing otherwise)."""
+        anchor = None
+        start, end = mapping.start_mark.index, mapping.end_mark.index
+        for ev in yaml.parse(self.text, Loader=_Loader):
+            if isinstance(ev, yaml.ScalarEvent) and ev.start_mark.index == knode.start_mark.index:
+                anchor = ev.anchor
+            elif (
+                isinstance(ev, yaml.AliasEvent)
+                and anchor is not None
+                and ev.anchor == anchor
+                and start <= ev.start_mark.index <= end
+                and (ev.start_mark.line + 1, ev.start_mark.column + 1) > (first.line, first.col)
+            ):
+                return ev.start_mark
+        return None
 
 
 def load_text(text: str, file: str = "<string>") -> Located:
@@ -212,7 +234,7 @@ def load_text(text: str, file: str = "<string>") -> Located:
         raise _fail(file, docs[1].start_mark, "expected one YAML document, found several")
     located = Located(None, file)
     if docs and docs[0] is not None:
-        located.data = _Builder(file, located).build(docs[0], ())
+        located.data = _Builder(file, located, text).build(docs[0], ())
     return located
 
 
