@@ -391,7 +391,7 @@ def graph(
     if output not in (None, "-"):
         from rescompile.files import check_target
 
-        check_target(output)  # before running dot
+        check_target(output, stdout_hint=True)  # before running dot
     try:
         data = graphviz.render(dot, format.value)
     except graphviz.GraphvizMissing as e:

@@ -81,12 +81,14 @@ def _show(path: str | Path) -> str:
     return one_line(str(path))
 
 
-def check_target(path: str | Path) -> Path:
+def check_target(path: str | Path, *, stdout_hint: bool = False) -> Path:
     """``path`` as a Path, if a regular file may be (re)placed there; else a :class:`UserError`.
 
     Refused: an empty name, a name ending in a separator, an existing directory, device, FIFO
-    or socket, and a symbolic link (even one to a regular file).
+    or socket, and a symbolic link (even one to a regular file). ``stdout_hint`` adds that
+    ``-o -`` means standard output to the message (for a command's ``-o``).
     """
+    tip = "; -o - writes to standard output" if stdout_hint else ""
     text = os.fspath(path)
     if not text:
         raise UserError("cannot write to an empty file name")
@@ -108,11 +110,13 @@ def check_target(path: str | Path) -> Path:
             dest = "?"
         raise UserError(
             f"cannot write {_show(text)}: it is a symbolic link (to {_show(dest)}); "
-            "refusing to replace it or write through it"
+            f"refusing to replace it or write through it{tip}"
         )
     if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            tip = ""
         raise UserError(
-            f"cannot write {_show(text)}: it is {_kind(st.st_mode)}, not a regular file"
+            f"cannot write {_show(text)}: it is {_kind(st.st_mode)}, not a regular file{tip}"
         )
     return target
 
@@ -149,13 +153,15 @@ def _ensure_parent(target: Path, parents: bool) -> None:
             raise UserError(f"cannot write {_show(target)}: {e.strerror}") from None
 
 
-def write_file(path: str | Path, data: str | bytes, *, parents: bool = False) -> Path:
+def write_file(
+    path: str | Path, data: str | bytes, *, parents: bool = False, stdout_hint: bool = False
+) -> Path:
     """Atomically replace the regular file ``path`` with ``data`` (text is UTF-8).
 
     ``parents`` creates missing parent directories. Raises :class:`UserError` for a target that
     is not a regular file (see :func:`check_target`) and for any I/O failure.
     """
-    target = check_target(path)
+    target = check_target(path, stdout_hint=stdout_hint)
     _ensure_parent(target, parents)
     blob = data.encode("utf-8") if isinstance(data, str) else data
     try:
@@ -188,7 +194,7 @@ def write_output(data: str | bytes, path: str | Path | None) -> Path | None:
         else:
             sys.stdout.write(data)
         return None
-    return write_file(path, data)
+    return write_file(path, data, stdout_hint=True)
 
 
 @contextlib.contextmanager

@@ -91,7 +91,7 @@ def test_fifo_target_is_refused_without_blocking(kind, tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     r = _write(kind, fifo)
-    _refused(r, f"cannot write {fifo}: it is a FIFO, not a regular file")
+    _refused(r, f"cannot write {fifo}: it is a FIFO, not a regular file; -o - writes to standard")
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 

@@ -320,6 +320,8 @@ def load_checkpoint(
 
     tensor_file = _resolve(Path(path))
     meta = _read_sidecar(tensor_file.with_suffix(".json"))
+    if tensor_file.exists() and not tensor_file.is_file():  # a FIFO would block the read
+        raise CheckpointError(f"{tensor_file} is not a regular file")
     try:
         blob = tensor_file.read_bytes()
     except FileNotFoundError:

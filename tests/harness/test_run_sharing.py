@@ -384,3 +384,16 @@ def test_a_file_size_limit_mid_run_is_one_line(tmp_path, env):
 def test_an_empty_out_is_refused(env):
     p = cli("train", *SMALL, "--steps", "2", "--out", "", env=env)
     one_line(p, "error: --out needs a directory name")
+
+
+def test_a_fifo_in_place_of_a_checkpoint_is_skipped_not_waited_on(finished_run, tmp_path, env):
+    run = _copy(finished_run, tmp_path / "run")
+    (run / "summary.json").unlink()
+    tensors = run / "ckpt-000030.safetensors"
+    tensors.unlink()
+    os.mkfifo(tensors)
+    p = cli("train", "--resume", str(run), env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.startswith(
+        f"warning: skipped the damaged checkpoint ckpt-000030 ({tensors} is not a regular file)"
+    )
