@@ -12,6 +12,7 @@ import io
 import os
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -405,14 +406,42 @@ def schema(
     docs: Annotated[
         bool, typer.Option("--docs", help="the Markdown reference instead of the JSON Schema")
     ] = False,
+    install: Annotated[
+        bool,
+        typer.Option(
+            "--install",
+            help="write the schema to your data directory (or -o FILE) and print the modeline "
+            "that points editors at it from any folder",
+        ),
+    ] = False,
 ) -> None:
     """Print the JSON Schema of the spec language (or, with --docs, its reference).
 
-    The committed copies are specs/schema.json and docs/spec-language.md.
+    The committed copies are specs/schema.json and docs/spec-language.md. A spec's first line
+    `# yaml-language-server: $schema=../schema.json` works inside specs/; for a spec kept
+    anywhere else, `rescompile schema --install` prints a modeline with an absolute path.
     """
     from rescompile.spec.schema import reference_markdown, schema_text
 
+    if install:
+        if docs or output == "-":
+            raise UserError("--install writes the JSON Schema to a file: drop --docs and -o -")
+        target = Path(output) if output else _data_dir() / "schema.json"
+        from rescompile.files import write_file
+
+        written = write_file(target, schema_text(), parents=True, stdout_hint=True)
+        typer.echo(f"wrote {written}", err=True)
+        typer.echo(f"# yaml-language-server: $schema={written.resolve().as_uri()}")
+        return
     _emit(reference_markdown() if docs else schema_text(), output)
+
+
+def _data_dir() -> Path:
+    """Where ``schema --install`` puts the schema: $XDG_DATA_HOME/rescompile (or ~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(base) / "rescompile"
 
 
 def _opt(help_: str, *names: str, **kw):

@@ -248,3 +248,18 @@ def test_model_valid_implies_schema_valid(path, data, validator):
     except Exception:
         return
     assert _messages(validator, doc) == []
+
+
+def test_schema_has_an_id_and_installs_for_specs_kept_anywhere(tmp_path, monkeypatch):
+    assert json_schema()["$id"] == "urn:rescompile:spec-schema"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    r = run_cli("schema", "--install")
+    installed = tmp_path / "data" / "rescompile" / "schema.json"
+    assert r.code == 0 and r.stderr == f"wrote {installed}\n"
+    assert installed.read_text() == schema_text()
+    assert r.stdout == f"{SCHEMA_LINE}{installed.as_uri()}\n"  # absolute: works from any folder
+    out = tmp_path / "elsewhere" / "s.json"
+    r = run_cli("schema", "--install", "-o", str(out))
+    assert r.code == 0 and r.stdout == f"{SCHEMA_LINE}{out.as_uri()}\n"
+    r = run_cli("schema", "--install", "--docs")
+    assert r.code == 1 and r.stderr.startswith("error: --install writes the JSON Schema")

@@ -22,6 +22,7 @@ from rescompile.spec import models, yamlsafe
 from rescompile.spec.models import Spec
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID = "urn:rescompile:spec-schema"  # names the schema wherever a copy of it lives
 
 # Fields whose value may be a bare string meaning {kind: <string>}: (model, field) -> kind enum.
 SHORTHAND = {
@@ -238,6 +239,7 @@ def json_schema() -> dict[str, Any]:
     }
     out = {
         "$schema": DIALECT,
+        "$id": SCHEMA_ID,
         "title": "rescompile spec",
         "description": spec.pop("description") + " A rescompile spec file; see "
         "docs/spec-language.md.",
