@@ -263,3 +263,22 @@ def test_schema_has_an_id_and_installs_for_specs_kept_anywhere(tmp_path, monkeyp
     assert r.code == 0 and r.stdout == f"{SCHEMA_LINE}{out.as_uri()}\n"
     r = run_cli("schema", "--install", "--docs")
     assert r.code == 1 and r.stderr.startswith("error: --install writes the JSON Schema")
+
+
+def test_every_enum_value_has_its_own_description():
+    def enums(node):
+        if isinstance(node, dict):
+            if "enum" in node:
+                yield node
+            for v in node.values():
+                yield from enums(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from enums(v)
+
+    found = list(enums(json_schema()))
+    assert len(found) > 10
+    for node in found:
+        descriptions = node["enumDescriptions"]
+        assert len(descriptions) == len(node["enum"]) == len(set(descriptions)), node
+        assert all(d.strip() for d in descriptions)

@@ -251,7 +251,39 @@ def json_schema() -> dict[str, Any]:
         "else": {"required": required, "properties": strict_props},
         "$defs": dict(sorted(defs.items())),
     }
+    _describe_enum_values(out)
     return out
+
+
+# One description per value of each closed vocabulary, shown by editors as the value is picked
+# (`enumDescriptions`, the keyword VS Code's JSON and YAML language servers read).
+ENUM_DESCRIPTIONS: dict[str, str] = {
+    "imagenet": "7x7/2 conv + BN + ReLU + 3x3/2 max pool (the paper's ImageNet stem)",
+    "cifar": "3x3 conv + BN + ReLU (the paper's CIFAR stem)",
+    "deep": "three 3x3 convs, the first stride 2, + max pool (ResNet-C)",
+    "basic": "two 3x3 convs",
+    "bottleneck": "1x1, 3x3, 1x1 convs",
+    "A": "zero-padded identity shortcuts",
+    "B": "projection shortcuts where the shape changes, identity elsewhere",
+    "C": "projection shortcuts everywhere",
+    "none": "no shortcuts: a plain net",
+    "conv": "the projection is a strided 1x1 conv",
+    "avgpool": "the projection is an average pool, then a 1x1 conv (ResNet-D)",
+    "1x1": "a bottleneck strides its first 1x1 conv (the paper, v1)",
+    "3x3": "a bottleneck strides its 3x3 conv (torchvision, v1.5)",
+}
+
+
+def _describe_enum_values(node: Any) -> None:
+    if isinstance(node, dict):
+        values = node.get("enum")
+        if values and all(v in ENUM_DESCRIPTIONS for v in values):
+            node["enumDescriptions"] = [ENUM_DESCRIPTIONS[v] for v in values]
+        for v in node.values():
+            _describe_enum_values(v)
+    elif isinstance(node, list):
+        for v in node:
+            _describe_enum_values(v)
 
 
 def _refs(node: Any) -> list[str]:
