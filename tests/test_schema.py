@@ -170,7 +170,7 @@ def test_every_field_has_an_example_and_a_description():
         (lambda d: d.update(input={"size": [1, 2, 3]}), "is not valid under any"),
         (lambda d: d.update(paper={"table": "t\nimport os", "row": "r"}), "not valid under any"),
         (lambda d: d.update(norm={"eps": 0}), "less than or equal to the minimum of 0"),
-        (lambda d: d.update(stem={"width": 32}), "is not valid under any of the given schemas"),
+        (lambda d: d.update(stem={"width": 32}), "'kind' is a required property"),
     ],
 )
 def test_schema_rejects_what_the_models_reject(mutate, expected, validator):
@@ -282,3 +282,21 @@ def test_every_enum_value_has_its_own_description():
         descriptions = node["enumDescriptions"]
         assert len(descriptions) == len(node["enum"]) == len(set(descriptions)), node
         assert all(d.strip() for d in descriptions)
+
+
+def test_each_error_is_reported_once_and_each_field_declared_once(validator):
+    """No property is declared twice (editors would offer it twice; validators would report
+    its errors twice): the no-extends rules only add required keys, by name pattern."""
+    schema = json_schema()
+    assert "properties" not in schema["then"] and "properties" not in schema["else"]
+    for bad in (
+        {"stem": 5},
+        {"stem": {"width": 32}},
+        {"input": {}},
+        {"input": {"size": "x"}},
+        {"block": {"kind": "basik"}},
+        {"paper": {"table": "resnet2016.table1"}},
+    ):
+        data = {**_base(), **bad}
+        msgs = _messages(validator, data)
+        assert len(msgs) == 1, (bad, msgs)

@@ -183,6 +183,11 @@ def _kind_enum(defs: dict, model: str) -> dict:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a spec file."""
+    return _build()[0]
+
+
+def _build() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The schema, and the strict (no ``extends``) form of each deep-merged top-level field."""
     raw = Spec.model_json_schema(mode="validation")
     _strip_titles(raw)
     defs: dict[str, Any] = raw.pop("$defs")
@@ -248,11 +253,27 @@ def json_schema() -> dict[str, Any]:
         "properties": properties,
         "if": {"required": ["extends"]},
         "then": {},
-        "else": {"required": required, "properties": strict_props},
+        # Without extends the full models apply. Only what they add to the partial forms is
+        # checked here (required keys, when the value is a mapping), so an error is reported
+        # once; and by name patterns, so editors do not offer a field twice.
+        "else": {
+            "required": required,
+            "patternProperties": {
+                f"^{field}$": _required_only(prop, defs) for field, prop in strict_props.items()
+            },
+        },
         "$defs": dict(sorted(defs.items())),
     }
     _describe_enum_values(out)
-    return out
+    return out, strict_props
+
+
+def _required_only(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """The keys a strict field's mapping must have, checked only when the value is a mapping."""
+    (name,) = {
+        r.rsplit("/", 1)[1] for r in _refs(prop) if defs[r.rsplit("/", 1)[1]].get("required")
+    }
+    return {"if": {"type": "object"}, "then": {"required": defs[name]["required"]}}
 
 
 # One description per value of each closed vocabulary, shown by editors as the value is picked
@@ -407,7 +428,7 @@ def _cell(text: str) -> str:
 
 def reference_markdown() -> str:
     """The spec-language reference, ``docs/spec-language.md``."""
-    schema = json_schema()
+    schema, strict_props = _build()
     defs = schema["$defs"]
     lines = [
         "# The spec language",
@@ -469,7 +490,7 @@ def reference_markdown() -> str:
             )
         props = d["properties"]
         if name == "Spec":  # the strict (no extends) forms name the full models
-            props = {**props, **schema["else"]["properties"]}
+            props = {**props, **strict_props}
         for field in model.model_fields:
             s = props[field]
             ex = EXAMPLES.get((name, field))
