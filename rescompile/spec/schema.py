@@ -448,7 +448,9 @@ def reference_markdown() -> str:
         "# yaml-language-server: $schema=../schema.json",
         "```",
         "",
-        "(the path is relative to the spec). `rescompile schema -o FILE` writes the schema.",
+        "(the path is relative to the spec). `rescompile schema -o FILE` writes the schema; for a "
+        "spec kept outside `specs/`, `rescompile schema --install` writes it to your data "
+        "directory and prints a first line with its absolute path, which works from any folder.",
         "",
         "## Example",
         "",
