@@ -339,12 +339,12 @@ def train(
     resolved, graph = compile_spec(config.spec, config.overrides)
     if not rank0:  # rank 0 writes config.json only once every rank has joined: no race here
         run_dir = Path(config.out) if config.out else _auto_run_dir(graph.name, config.backend)
-        _refuse_a_finished_run(run_dir)
+        _refuse_an_existing_run(run_dir)
         return _train(config, None, resolved, graph, run_dir, quiet, on_step, session_start)
     run_dir, created = _claim_run_dir(config.out, graph.name, config.backend)
     try:
         with _lock(run_dir, rank0):
-            _refuse_a_finished_run(run_dir)
+            _refuse_an_existing_run(run_dir)
             return _train(config, None, resolved, graph, run_dir, quiet, on_step, session_start)
     except BaseException:
         if created:  # a run that failed before it began leaves no empty directory behind
@@ -356,7 +356,7 @@ def train(
 MAX_CONFIG_BYTES = 16 << 20  # a run's config.json is a few kB
 
 
-def _refuse_a_finished_run(run_dir: Path) -> None:
+def _refuse_an_existing_run(run_dir: Path) -> None:
     if (run_dir / CONFIG_FILE).exists():
         raise UserError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} "
