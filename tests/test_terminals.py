@@ -153,3 +153,12 @@ def test_markdown_tables_right_align_numbers():
     lines = r.stdout.splitlines()
     head = lines.index("| name | kind | output | params | MACs | FLOPs | act |")
     assert lines[head + 1] == "|---|---|---:|---:|---:|---:|---:|"
+
+
+def test_a_tiny_terminal_wraps_numbers_rather_than_cutting_them():
+    p = run("report", str(ROOT / "specs" / "paper" / "cifar-resnet20.yaml"), columns=20)
+    assert p.returncode == 0
+    assert "…" not in p.stdout
+    assert max(len(line) for line in p.stdout.splitlines()) <= 20
+    # the MACs total 40,551,040 is folded over two lines of its cell, all of its digits shown
+    assert "│ total  │ 40,551, │\n│        │     040 │" in p.stdout

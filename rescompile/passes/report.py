@@ -200,17 +200,19 @@ def print_table(
                 place([i])
     for n, cols in enumerate(tables):
         t = Table(title=title if n == 0 else None, show_footer=True)
-        for i in (label_idx if n == 0 else [0]) + cols:
+        shown = (label_idx if n == 0 else [0]) + cols
+        fits = span(shown) <= console.width  # else every cell may wrap (fold), none is cut
+        for i in shown:
             header, footer = columns[i]
             t.add_column(
                 header,
                 footer=footer,
                 justify="right" if i >= len(keys) or header == "output" else "left",
                 overflow="fold",
-                min_width=min(widths[i], max(1, console.width // 2)),
+                min_width=widths[i] if fits else None,
             )
         for row in body:
-            t.add_row(*(row[i] for i in (label_idx if n == 0 else [0]) + cols))
+            t.add_row(*(row[i] for i in shown))
         console.print(t)
     if caption:
         console.print(caption, highlight=False)
