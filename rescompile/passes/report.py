@@ -182,11 +182,17 @@ def print_table(
     tables: list[list[int]] = [[]]
 
     def place(cols: list[int]) -> bool:
+        """Add ``cols`` to the last table, or start a new one; False: too wide together."""
         lead = label_idx if len(tables) == 1 else [0]
-        if tables[-1] and span([*lead, *tables[-1], *cols]) > console.width:
-            lead = [0]
-            if span([*lead, *cols]) > console.width and len(cols) > 1:
-                return False
+        if span([*lead, *tables[-1], *cols]) <= console.width:
+            tables[-1].extend(cols)
+            return True
+        if tables[-1] and span([0, *cols]) <= console.width:
+            tables.append(list(cols))
+            return True
+        if len(cols) > 1:
+            return False
+        if tables[-1]:
             tables.append([])
         tables[-1].extend(cols)
         return True
