@@ -130,8 +130,8 @@ def write_temp(directory: str | Path, final_name: str, data: bytes) -> Path:
     fd, name = tempfile.mkstemp(dir=directory, prefix=f".{final_name}.", suffix=".tmp")
     tmp = Path(name)
     try:
-        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), file_mode())
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
