@@ -56,13 +56,40 @@ def _bytes(*args: Any) -> bytes:
     return bytes(*args)
 
 
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray`` in a pickle. numpy pickles an array as
+    ``_reconstruct(ndarray, (0,), b"b")`` and then sets its shape and bytes from data in the
+    file, so its memory is bounded by the file's size; calling ``ndarray(shape)`` directly
+    would allocate whatever shape a hostile file names, so that is refused."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickleError(
+            "refusing numpy.ndarray(...): arrays are accepted only as numpy pickles them"
+        )
+
+
+_NDARRAY = _NdarrayClass()
+
+
+def _checked_reconstruct(reconstruct: Callable[..., Any]) -> Callable[..., Any]:
+    def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+        if subtype is not _NDARRAY or shape != (0,):
+            raise UnsafePickleError(
+                "refusing an array reconstructed other than as numpy pickles one "
+                f"(shape {shape!r} before its data)"
+            )
+        return reconstruct(np.ndarray, shape, dtype)
+
+    return _reconstruct
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): _latin1_encode,
     }
-    reconstruct = _numpy_reconstruct()
+    reconstruct = _checked_reconstruct(_numpy_reconstruct())
     frombuffer = _numpy_frombuffer()
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct

@@ -320,6 +320,14 @@ HOSTILE = {
         b"cnumpy\nndarray\n((I1000000\nI1000000\nI1000000\ntU\x01BtR.",
         "CIFAR pickle",  # numpy refuses the size, or the allocation fails: either is named
     ),
+    "ndarray_9gb_of_cifar_shape": (  # (N, 3072) uint8: would pass the shape check, lazily
+        b"cnumpy\nndarray\n((I3000000\nI3072\ntU\x01BtR.",
+        "refusing numpy.ndarray(...)",
+    ),
+    "reconstruct_with_a_huge_shape": (
+        b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I1000000000000\ntU\x01btR.",
+        "refusing an array reconstructed other than as numpy pickles one",
+    ),
     "labels_10e30": (
         _batch_pickle(_uint8_array(2), b"(L" + str(10**30).encode() + b"L\nI1\nl"),
         "'labels' is not a list of integers",
