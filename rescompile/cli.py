@@ -8,6 +8,8 @@ that need them.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -15,20 +17,43 @@ from typing import Annotated
 
 import typer
 
-from rescompile.errors import SpecError, UserError
+from rescompile.errors import SpecError, UserError, one_line
 
 app = typer.Typer(
     name="rescompile",
     help="Compile YAML residual-network specs to an analysable IR and to PyTorch / Flax code.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is plain text: it wraps cleanly at any width
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rescompile import __version__
+
+        typer.echo(f"rescompile {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Compile YAML residual-network specs to an analysable IR and to PyTorch / Flax code."""
+
 
 SpecArg = Annotated[
     str,
     typer.Argument(
-        help="a spec YAML file, or a library spec's name (paper/resnet50; see `rescompile specs`)",
+        help="a spec file, - for standard input, or a library spec's name (paper/resnet50; "
+        "`rescompile specs` lists them)",
         metavar="SPEC",
     ),
 ]
@@ -62,39 +87,90 @@ class IRFormat(StrEnum):
 BACKENDS = ("torch", "flax")
 
 
+def _backend_names(incomplete: str = "") -> list[str]:
+    """The backends ``--backend`` accepts (built-in and registered), for completion and help."""
+    from importlib.metadata import entry_points
+
+    names = dict.fromkeys(
+        [*BACKENDS, *(ep.name for ep in entry_points(group="rescompile.backends"))]
+    )
+    return [n for n in names if n.startswith(incomplete)]
+
+
+OutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output", "-o", help="write to this file (- for standard output)", metavar="FILE"
+    ),
+]
+
+
 def _compile(spec: str, overrides: list[str] | None, input_size: str | None = None):
     from rescompile.compiler import compile_spec
 
     sets = list(overrides or [])
     if input_size is not None:
-        sets.append(f"input.size={_parse_size(input_size)}")
-    return compile_spec(spec, sets)
+        from rescompile.spec.load import Override
+
+        sets.append(Override(f"input.size={_parse_size(input_size)}", f"--input {input_size}"))
+    if spec == "-":
+        from rescompile.compiler import analyse
+        from rescompile.spec.load import load_spec_text
+
+        resolved = load_spec_text(_read_stdin(), "<stdin>", sets)
+        g = analyse(resolved)
+    else:
+        resolved, g = compile_spec(spec, sets)
+    from rescompile.spec.lint import lint
+
+    for warning in lint(resolved):
+        typer.echo(f"warning: {warning}", err=True)
+    return resolved, g
+
+
+def _read_stdin() -> str:
+    """The spec on standard input (``rescompile report -``), read with the file limits."""
+    from rescompile.spec import yamlsafe
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError("SPEC is -, but standard input is a terminal: pipe a spec into it")
+    raw = sys.stdin.buffer.read(yamlsafe.MAX_BYTES + 1)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"<stdin>: the spec is not UTF-8 (byte {e.start})") from None
 
 
 def _parse_size(text: str) -> str:
     h, sep, w = text.lower().partition("x")
-    if not h.isdigit() or (sep and not w.isdigit()):
+    if not (h.isascii() and h.isdigit()) or (sep and not (w.isascii() and w.isdigit())):
         raise UserError(f"--input expects SIZE or HxW (e.g. 224 or 160x192), got {text!r}")
+    if max(len(h), len(w)) > 9:
+        raise UserError(f"--input {text}: sizes are at most 65536")
+    h, w = str(int(h)), str(int(w)) if sep else ""  # 0032 is 32 here: not YAML's octal
     return f"[{h}, {w}]" if sep else h
 
 
-def _console(cls):
-    """A rich console; wide when writing to a pipe or file, so tables do not wrap."""
-    return cls() if sys.stdout.isatty() else cls(width=160)
+def _console(file=None):
+    """A rich console for tables. Its width is the terminal's, or $COLUMNS, or 160 when writing
+    to a pipe or file with no $COLUMNS (so wide tables do not wrap); no colour and no automatic
+    highlighting of numbers outside a terminal."""
+    from rich.console import Console
+
+    width = None
+    if file is not None or not sys.stdout.isatty():
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else 160
+    return Console(file=file, width=width, highlight=False)
 
 
-def _write(text: str, out: Path | None) -> None:
-    if out is None:
-        sys.stdout.write(text)
-        return
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
-    typer.echo(f"wrote {out}", err=True)
+def _emit(data: str | bytes, out: str | None) -> None:
+    """Write a command's output to ``out`` (atomically), or to standard output for none or -."""
+    from rescompile.files import write_output
+
+    written = write_output(data, out)
+    if written is not None:
+        typer.echo(f"wrote {written}", err=True)
 
 
 @app.command()
@@ -113,6 +189,7 @@ def report(
     input: Annotated[str | None, typer.Option("--input", help="input size: N or HxW")] = None,
     format: Annotated[ReportFormat, typer.Option("--format", "-f")] = ReportFormat.table,
     depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.stage,
+    output: OutOpt = None,
 ) -> None:
     """Output shapes, parameters, MACs, FLOPs and activations per stage, block or layer."""
     from rescompile.passes import report as rep
@@ -120,17 +197,20 @@ def report(
     _, g = _compile(spec, set_, input)
     d = depth.value
     if format is ReportFormat.table:
-        from rich.console import Console
-
-        rep.render_table(g, d, _console(Console))
-    else:
-        render = {
-            "json": rep.to_json,
-            "csv": rep.to_csv,
-            "markdown": rep.to_markdown,
-            "html": rep.to_html,
-        }
-        sys.stdout.write(render[format.value](g, d) + ("\n" if format is ReportFormat.json else ""))
+        if output in (None, "-"):
+            rep.render_table(g, d, _console())
+        else:
+            console = _console(file=io.StringIO())
+            rep.render_table(g, d, console)
+            _emit(console.file.getvalue(), output)
+        return
+    render = {
+        "json": rep.to_json,
+        "csv": rep.to_csv,
+        "markdown": rep.to_markdown,
+        "html": rep.to_html,
+    }
+    _emit(render[format.value](g, d) + ("\n" if format is ReportFormat.json else ""), output)
 
 
 @app.command()
@@ -141,43 +221,17 @@ def diff(
     depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.stage,
 ) -> None:
     """Two specs' figures side by side, with the differences."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from rescompile.passes.report import CONVENTION, diff_rows
+    from rescompile.passes.report import render_diff
 
     _, a = _compile(spec_a, set_)
     _, b = _compile(spec_b, set_)
-    t = Table(
-        title=f"{a.name} ({spec_a})  vs  {b.name} ({spec_b})",
-        caption=CONVENTION,
-        caption_justify="left",
-        show_footer=True,
-    )
-    t.add_column("name", footer="total")
-    totals = {k: (a.totals[k], b.totals[k]) for k in ("params", "macs")}
-    for key, label in (("params", "params"), ("macs", "MACs")):
-        ta, tb = totals[key]
-        t.add_column(f"{label} A", justify="right", footer=f"{ta:,}")
-        t.add_column(f"{label} B", justify="right", footer=f"{tb:,}")
-        t.add_column(f"Δ {label}", justify="right", footer=f"{tb - ta:+,}")
-    for name, ca, cb in diff_rows(a, b, depth.value):
-        if depth is Depth.layer and ca == cb:
-            continue
-        t.add_row(
-            name,
-            *(
-                x
-                for k in ("params", "macs")
-                for x in (f"{ca[k]:,}", f"{cb[k]:,}", f"{cb[k] - ca[k]:+,}")
-            ),
-        )
-    _console(Console).print(t)
+    title = f"{a.name} ({spec_a})  vs  {b.name} ({spec_b})"
+    render_diff(a, b, depth.value, title, _console())
 
 
 @app.command()
 def check(
-    spec: Annotated[str | None, typer.Argument(metavar="[SPEC]", help="spec to audit")] = None,
+    spec: Annotated[str | None, typer.Argument(metavar="SPEC", help="spec to audit")] = None,
     all_: Annotated[bool, typer.Option("--all", help="audit every spec in the library")] = False,
     set_: SetOpt = None,
 ) -> None:
@@ -260,17 +314,27 @@ def load_backend(name: str):
 def build(
     spec: SpecArg,
     set_: SetOpt = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="torch | flax")] = "torch",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="torch | flax (or a registered one)",
+            autocompletion=_backend_names,
+        ),
+    ] = "torch",
+    output: OutOpt = None,
     check_: Annotated[
         bool, typer.Option("--check", help="build, run and compare with the IR")
     ] = False,
 ) -> None:
     """Emit a standalone model source file for a backend."""
     _, g = _compile(spec, set_)
+    if check_:
+        _check_fits_in_memory(g)
     mod = load_backend(backend)
     source = mod.emit(g)
-    _write(source, output)
+    _emit(source, output)
     if check_:
         results = mod.check(g, source)
         bad = 0
@@ -283,6 +347,22 @@ def build(
             raise typer.Exit(1)
 
 
+MAX_CHECK_BYTES = 16 << 30  # build --check runs the model on a CPU: keep it to what one has
+
+
+def _check_fits_in_memory(g) -> None:
+    """Refuse ``build --check`` of a model whose run would need absurd memory, before trying."""
+    t = g.totals
+    # float32 weights, gradients and one optimiser-free copy; a batch of 2 kept for backward
+    need = 4 * (3 * t["params"] + t["buffers"]) + 2 * 3 * t["act_bytes"]
+    if need > MAX_CHECK_BYTES:
+        raise UserError(
+            f"--check would run {g.name} ({t['params']:,} parameters, {t['act_bytes']:,} bytes "
+            f"of activations per image): about {need / 2**30:,.1f} GiB, more than the "
+            f"{MAX_CHECK_BYTES / 2**30:.0f} GiB it allows; build without --check"
+        )
+
+
 class ExportFormat(StrEnum):
     onnx = "onnx"
 
@@ -293,14 +373,20 @@ def export(
     set_: SetOpt = None,
     format: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.onnx,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="default: NAME.onnx")
+        str | None, typer.Option("--output", "-o", help="default: NAME.onnx", metavar="FILE")
     ] = None,
 ) -> None:
     """Export the emitted PyTorch model (ONNX, checked with onnx.checker)."""
+    from rescompile.files import atomic_output
+
     _, g = _compile(spec, set_)
-    mod = load_backend("torch")
-    out = output or Path(f"{g.name}.{format.value}")
-    typer.echo(f"wrote {mod.export(g, mod.emit(g), out, fmt=format.value)}", err=True)
+    out = output if output is not None else f"{g.name}.{format.value}"
+    if out == "-":
+        raise UserError("ONNX is binary and checked on disk: give -o FILE")
+    with atomic_output(out, parents=True) as tmp:  # checked before the (slow) export starts
+        mod = load_backend("torch")
+        mod.export(g, mod.emit(g), tmp, fmt=format.value)
+    typer.echo(f"wrote {out}", err=True)
 
 
 class GraphFormat(StrEnum):
@@ -315,12 +401,11 @@ def graph(
     set_: SetOpt = None,
     format: Annotated[GraphFormat, typer.Option("--format", "-f")] = GraphFormat.svg,
     depth: Annotated[Depth, typer.Option("--depth", "-d")] = Depth.block,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+    output: OutOpt = None,
 ) -> None:
     """Draw the architecture: shapes on the edges, params and MACs per stage, block or layer.
 
-    SVG and PNG need Graphviz's `dot`; without it the DOT text is written instead (to FILE with
-    its suffix changed to .dot when -o FILE is given).
+    SVG and PNG need Graphviz's `dot`; without it they fail (exit 1) and --format dot still works.
     """
     from rescompile.passes import graphviz
 
@@ -328,43 +413,59 @@ def graph(
     dot = graphviz.to_dot(g, depth.value)
     if format is GraphFormat.png and output is None:
         raise UserError("PNG is binary: give -o FILE (or use --format svg or dot)")
+    if output not in (None, "-"):
+        from rescompile.files import check_target
+
+        check_target(output, stdout_hint=True)  # before running dot
     try:
         data = graphviz.render(dot, format.value)
     except graphviz.GraphvizMissing as e:
-        typer.echo(f"warning: {e}; writing the DOT text instead", err=True)
-        _write(dot, output.with_suffix(".dot") if output is not None else None)
-        return
-    if format is GraphFormat.png:
-        _write_bytes(data, output)
-    else:
-        _write(data.decode(), output)
-
-
-def _write_bytes(data: bytes, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
-    typer.echo(f"wrote {out}", err=True)
+        raise UserError(f"{e} (--format dot writes it)") from None
+    _emit(data if format is GraphFormat.png else data.decode(), output)
 
 
 @app.command()
 def schema(
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here")] = None,
+    output: OutOpt = None,
     docs: Annotated[
         bool, typer.Option("--docs", help="the Markdown reference instead of the JSON Schema")
+    ] = False,
+    install: Annotated[
+        bool,
+        typer.Option(
+            "--install",
+            help="write the schema to your data directory (or -o FILE) and print the modeline "
+            "that points editors at it from any folder",
+        ),
     ] = False,
 ) -> None:
     """Print the JSON Schema of the spec language (or, with --docs, its reference).
 
-    The committed copies are specs/schema.json and docs/spec-language.md.
+    The committed copies are specs/schema.json and docs/spec-language.md. A spec's first line
+    `# yaml-language-server: $schema=../schema.json` works inside specs/; for a spec kept
+    anywhere else, `rescompile schema --install` prints a modeline with an absolute path.
     """
     from rescompile.spec.schema import reference_markdown, schema_text
 
-    _write(reference_markdown() if docs else schema_text(), output)
+    if install:
+        if docs or output == "-":
+            raise UserError("--install writes the JSON Schema to a file: drop --docs and -o -")
+        target = Path(output) if output else _data_dir() / "schema.json"
+        from rescompile.files import write_file
+
+        written = write_file(target, schema_text(), parents=True, stdout_hint=True)
+        typer.echo(f"wrote {written}", err=True)
+        typer.echo(f"# yaml-language-server: $schema={written.resolve().as_uri()}")
+        return
+    _emit(reference_markdown() if docs else schema_text(), output)
+
+
+def _data_dir() -> Path:
+    """Where ``schema --install`` puts the schema: $XDG_DATA_HOME/rescompile (or ~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(base) / "rescompile"
 
 
 def _opt(help_: str, *names: str, **kw):
@@ -374,10 +475,13 @@ def _opt(help_: str, *names: str, **kw):
 @app.command()
 def train(
     spec: Annotated[
-        str | None, typer.Argument(metavar="[SPEC]", help="spec to train (omit with --resume)")
+        str | None, typer.Argument(metavar="SPEC", help="spec to train (omit with --resume)")
     ] = None,
     set_: SetOpt = None,
-    backend: Annotated[str | None, _opt("torch | flax (default torch)", "--backend", "-b")] = None,
+    backend: Annotated[
+        str | None,
+        _opt("torch | flax (default torch)", "--backend", "-b", autocompletion=_backend_names),
+    ] = None,
     data: Annotated[
         str | None,
         _opt("digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | cifar100:PATH", "--data"),
@@ -445,6 +549,10 @@ def main() -> None:
         sys.exit(1)
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except OSError as e:  # a disk that filled up, a file-size limit, ... mid-way through a command
+        where = f"{one_line(str(e.filename))}: " if e.filename else ""
+        typer.echo(f"error: {where}{e.strerror or e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -93,18 +93,19 @@ def test_graph_dot_to_stdout():
     assert r.stdout.startswith('digraph "cifar-resnet20"') and "16x32x32" in r.stdout
 
 
-def test_graph_without_graphviz_falls_back_to_dot(monkeypatch, tmp_path):
+def test_graph_without_graphviz_fails_and_writes_nothing(monkeypatch, tmp_path):
+    """Asked for SVG or PNG without Graphviz, graph exits 1 and writes no stand-in file."""
     monkeypatch.setattr(graphviz.shutil, "which", lambda name: None)
     r = run_cli("graph", C20, "--format", "svg")
-    assert r.code == 0
-    assert r.stderr.startswith("warning: Graphviz's `dot` is not installed")
-    assert "writing the DOT text instead" in r.stderr
-    assert r.stdout.startswith('digraph "cifar-resnet20"')
+    assert r.code == 1 and r.stdout == ""
+    assert r.stderr.startswith("error: Graphviz's `dot` is not installed")
+    assert r.stderr.endswith("(--format dot writes it)\n") and len(r.stderr_lines()) == 1
     out = tmp_path / "net.png"
     r = run_cli("graph", C20, "--format", "png", "-o", str(out))
-    assert r.code == 0 and r.stderr.splitlines()[-1] == f"wrote {tmp_path / 'net.dot'}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.dot"]
-    assert (tmp_path / "net.dot").read_text().startswith("digraph")
+    assert r.code == 1 and "no png can be drawn" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = run_cli("graph", C20, "--format", "dot", "-o", str(tmp_path / "net.dot"))
+    assert r.code == 0 and (tmp_path / "net.dot").read_text().startswith("digraph")
 
 
 def test_png_needs_an_output_file():

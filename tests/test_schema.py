@@ -170,7 +170,7 @@ def test_every_field_has_an_example_and_a_description():
         (lambda d: d.update(input={"size": [1, 2, 3]}), "is not valid under any"),
         (lambda d: d.update(paper={"table": "t\nimport os", "row": "r"}), "not valid under any"),
         (lambda d: d.update(norm={"eps": 0}), "less than or equal to the minimum of 0"),
-        (lambda d: d.update(stem={"width": 32}), "is not valid under any of the given schemas"),
+        (lambda d: d.update(stem={"width": 32}), "'kind' is a required property"),
     ],
 )
 def test_schema_rejects_what_the_models_reject(mutate, expected, validator):
@@ -248,3 +248,55 @@ def test_model_valid_implies_schema_valid(path, data, validator):
     except Exception:
         return
     assert _messages(validator, doc) == []
+
+
+def test_schema_has_an_id_and_installs_for_specs_kept_anywhere(tmp_path, monkeypatch):
+    assert json_schema()["$id"] == "urn:rescompile:spec-schema"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    r = run_cli("schema", "--install")
+    installed = tmp_path / "data" / "rescompile" / "schema.json"
+    assert r.code == 0 and r.stderr == f"wrote {installed}\n"
+    assert installed.read_text() == schema_text()
+    assert r.stdout == f"{SCHEMA_LINE}{installed.as_uri()}\n"  # absolute: works from any folder
+    out = tmp_path / "elsewhere" / "s.json"
+    r = run_cli("schema", "--install", "-o", str(out))
+    assert r.code == 0 and r.stdout == f"{SCHEMA_LINE}{out.as_uri()}\n"
+    r = run_cli("schema", "--install", "--docs")
+    assert r.code == 1 and r.stderr.startswith("error: --install writes the JSON Schema")
+
+
+def test_every_enum_value_has_its_own_description():
+    def enums(node):
+        if isinstance(node, dict):
+            if "enum" in node:
+                yield node
+            for v in node.values():
+                yield from enums(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from enums(v)
+
+    found = list(enums(json_schema()))
+    assert len(found) > 10
+    for node in found:
+        descriptions = node["enumDescriptions"]
+        assert len(descriptions) == len(node["enum"]) == len(set(descriptions)), node
+        assert all(d.strip() for d in descriptions)
+
+
+def test_each_error_is_reported_once_and_each_field_declared_once(validator):
+    """No property is declared twice (editors would offer it twice; validators would report
+    its errors twice): the no-extends rules only add required keys, by name pattern."""
+    schema = json_schema()
+    assert "properties" not in schema["then"] and "properties" not in schema["else"]
+    for bad in (
+        {"stem": 5},
+        {"stem": {"width": 32}},
+        {"input": {}},
+        {"input": {"size": "x"}},
+        {"block": {"kind": "basik"}},
+        {"paper": {"table": "resnet2016.table1"}},
+    ):
+        data = {**_base(), **bad}
+        msgs = _messages(validator, data)
+        assert len(msgs) == 1, (bad, msgs)

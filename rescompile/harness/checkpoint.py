@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from rescompile.errors import UserError
+from rescompile.files import write_temp
 
 __all__ = [
     "FORMAT",
@@ -40,6 +40,7 @@ __all__ = [
     "CheckpointError",
     "check_compatible",
     "checkpoint_name",
+    "committed_checkpoints",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -168,18 +169,9 @@ def _to_json(value: Any) -> Any:
 
 
 def _write_temp(directory: Path, final_name: str, data: bytes) -> Path:
-    """Write ``data`` to a fresh temporary file next to ``final_name`` and fsync it."""
-    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{final_name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+    """Write ``data`` to a fresh temporary file next to ``final_name`` (created exclusively,
+    with the umask's permissions) and fsync it."""
+    return write_temp(directory, final_name, data)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -260,6 +252,19 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def committed_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The ``.safetensors`` files of every ``ckpt-*`` checkpoint that has a sidecar, newest
+    step first, whether or not it is still intact (:func:`load_checkpoint` says). A tensor file
+    without a sidecar is the leftover of a save that never committed and is not listed."""
+    directory = Path(run_dir)
+    found = []
+    for sidecar in directory.glob("ckpt-*.json"):
+        match = _NAME_RE.fullmatch(sidecar.stem)
+        if match:
+            found.append((int(match.group(1)), sidecar.with_suffix(".safetensors")))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The ``.safetensors`` file of the run's latest committed checkpoint, or ``None``.
 
@@ -315,6 +320,8 @@ def load_checkpoint(
 
     tensor_file = _resolve(Path(path))
     meta = _read_sidecar(tensor_file.with_suffix(".json"))
+    if tensor_file.exists() and not tensor_file.is_file():  # a FIFO would block the read
+        raise CheckpointError(f"{tensor_file} is not a regular file")
     try:
         blob = tensor_file.read_bytes()
     except FileNotFoundError:

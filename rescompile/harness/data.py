@@ -372,6 +372,15 @@ def _parse_cifar_batch(
         raise DataError(
             f"{source} is not a valid CIFAR pickle (truncated or corrupt: {exc})"
         ) from exc
+    except (
+        MemoryError,
+        OverflowError,
+        RecursionError,
+    ) as exc:  # sizes or nesting of a hostile file
+        raise DataError(
+            f"{source} is not a plain CIFAR pickle: it asks for more memory or nesting than "
+            f"a CIFAR batch needs ({type(exc).__name__})"
+        ) from None
     if not isinstance(batch, dict):
         raise DataError(f"{source}: expected a dict of arrays, found {type(batch).__name__}")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -388,7 +397,7 @@ def _parse_cifar_batch(
         raise DataError(f"{source}: 'data' must be a uint8 array of shape (N, 3072), found {found}")
     try:
         y = np.asarray(batch[layout.label_key], dtype=np.int64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
         raise DataError(f"{source}: '{layout.label_key}' is not a list of integers") from exc
     if y.shape != (len(x),):
         raise DataError(f"{source}: {len(x)} images but '{layout.label_key}' has shape {y.shape}")
@@ -515,4 +524,20 @@ def _synthetic_from_spec(arg: str, spec: str) -> Dataset:
             "(e.g. synthetic:32x32x3:10)"
         )
     h, w, c = shape
+    images = 12_000  # synthetic()'s default train + test sizes
+    need = images * h * w * c
+    if min(h, w, c) > 0 and (need > MAX_SYNTHETIC_BYTES or num_classes > MAX_CLASSES):
+        raise DataError(
+            f"{_short(spec)} would need {need:,} bytes for {images:,} images of "
+            f"{h}x{w}x{c} and {num_classes:,} classes; the limits are "
+            f"{MAX_SYNTHETIC_BYTES:,} bytes and {MAX_CLASSES:,} classes"
+        )
     return synthetic((h, w, c), num_classes=num_classes)
+
+
+MAX_SYNTHETIC_BYTES = 16 << 30  # checked before anything is allocated
+MAX_CLASSES = 1 << 20
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")

@@ -27,12 +27,15 @@ from it is checkpointed, so the last checkpoint on disk is always a good one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -216,9 +219,9 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from rescompile.files import write_file
+
+    write_file(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,37 +324,151 @@ def train(
         TrainingDiverged: the loss became non-finite (a :class:`UserError`).
     """
     from rescompile.compiler import compile_spec
+
+    session_start = time.perf_counter()
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir} is not a run directory")
+        with _lock(run_dir, rank0):
+            config, saved, resolved, graph = _read_run(run_dir)
+            return _train(config, saved, resolved, graph, run_dir, quiet, on_step, session_start)
+    if config is None:
+        raise ValueError("give a config or a run directory to resume")
+    resolved, graph = compile_spec(config.spec, config.overrides)
+    if not rank0:  # rank 0 writes config.json only once every rank has joined: no race here
+        run_dir = Path(config.out) if config.out else _auto_run_dir(graph.name, config.backend)
+        _refuse_an_existing_run(run_dir)
+        return _train(config, None, resolved, graph, run_dir, quiet, on_step, session_start)
+    run_dir, created = _claim_run_dir(config.out, graph.name, config.backend)
+    try:
+        with _lock(run_dir, rank0):
+            _refuse_an_existing_run(run_dir)
+            return _train(config, None, resolved, graph, run_dir, quiet, on_step, session_start)
+    except BaseException:
+        if created:  # a run that failed before it began leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+
+
+MAX_CONFIG_BYTES = 16 << 20  # a run's config.json is a few kB
+
+
+def _refuse_an_existing_run(run_dir: Path) -> None:
+    if (run_dir / CONFIG_FILE).exists():
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+            "or choose another --out"
+        )
+
+
+def _lock(run_dir: Path, rank0: bool) -> Any:
+    """Hold the run directory for this process's life: a second train or --resume is refused."""
+    from rescompile.files import DirectoryLock
+
+    if not rank0:
+        return contextlib.nullcontext()
+    return DirectoryLock(
+        run_dir,
+        f"{run_dir} is in use by another rescompile process (a train or --resume is running "
+        "there); wait for it to end, or choose another --out",
+    )
+
+
+def _claim_run_dir(out: str | None, name: str, backend: str) -> tuple[Path, bool]:
+    """The new run's directory, created if needed; and whether this call created it."""
+    if not out:
+        while True:  # a fresh runs/NAME-BACKEND[-k]: mkdir claims it atomically
+            run_dir = _auto_run_dir(name, backend)
+            try:
+                run_dir.mkdir(parents=True)
+                return run_dir, True
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise UserError(
+                    f"cannot create the run directory {run_dir}: {e.strerror}"
+                ) from None
+    run_dir = Path(out)
+    try:
+        run_dir.mkdir(parents=True)
+        return run_dir, True
+    except FileExistsError:
+        if not run_dir.is_dir():
+            raise UserError(f"--out {out}: exists and is not a directory") from None
+        return run_dir, False
+    except OSError as e:  # a parent that is a file, no permission, ...
+        raise UserError(f"cannot create the run directory {out}: {e.strerror}") from None
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    """Whether JSON-loaded ``value`` has the (simple) type ``tp`` of a TrainConfig field."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if typing.get_origin(tp) is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _read_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], Any, Any]:
+    """A run directory's saved configuration and resolved spec, checked like user input."""
+    from rescompile.compiler import compile_spec
+
+    config_file = run_dir / CONFIG_FILE
+    if not config_file.is_file():
+        raise UserError(f"{run_dir} is not a run directory (it has no {CONFIG_FILE})")
+    try:
+        if config_file.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise ValueError("no 'config' mapping")
+        hints = typing.get_type_hints(TrainConfig)
+        for key, value in saved["config"].items():
+            if key in hints and not _conforms(value, hints[key]):
+                raise ValueError(f"config.{key} is not {hints[key]}: {_short(value)}")
+        config = TrainConfig.from_dict(saved["config"])
+    except RecursionError:
+        raise UserError(f"{config_file} is unreadable: nested too deeply") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{config_file} is unreadable: {_short(str(exc))}") from None
+    resolved, graph = compile_spec(run_dir / SPEC_FILE)
+    if resolved.hash != saved.get("spec_hash"):
+        raise UserError(
+            f"{run_dir / SPEC_FILE} hashes to {resolved.hash}, but the run was started "
+            f"with spec hash {_short(str(saved.get('spec_hash')))}"
+        )
+    return config, saved, resolved, graph
+
+
+def _short(text: Any, limit: int = 80) -> str:
+    text = text if isinstance(text, str) else repr(text)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _train(
+    config: TrainConfig,
+    saved: dict[str, Any] | None,
+    resolved: Any,
+    graph: Any,
+    run_dir: Path,
+    quiet: bool | None,
+    on_step: Callable[[int], None] | None,
+    session_start: float,
+) -> dict[str, Any]:
     from rescompile.harness.data import load_dataset
     from rescompile.harness.runtime import load_training_module
 
-    session_start = time.perf_counter()
-    saved: dict[str, Any] | None = None
-    if resume is not None:
-        run_dir = Path(resume)
-        config_file = run_dir / CONFIG_FILE
-        if not config_file.is_file():
-            raise UserError(f"{run_dir} is not a run directory (it has no {CONFIG_FILE})")
-        try:
-            saved = json.loads(config_file.read_text())
-            config = TrainConfig.from_dict(saved["config"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{config_file} is unreadable: {exc}") from None
-        resolved, graph = compile_spec(run_dir / SPEC_FILE)
-        if resolved.hash != saved.get("spec_hash"):
-            raise UserError(
-                f"{run_dir / SPEC_FILE} hashes to {resolved.hash}, but the run was started "
-                f"with spec hash {saved.get('spec_hash')}"
-            )
-    else:
-        if config is None:
-            raise ValueError("give a config or a run directory to resume")
-        resolved, graph = compile_spec(config.spec, config.overrides)
-        run_dir = Path(config.out) if config.out else _auto_run_dir(graph.name, config.backend)
-        if (run_dir / CONFIG_FILE).exists():
-            raise UserError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                "or choose another --out"
-            )
     if quiet is not None:
         config.quiet = quiet
 
@@ -461,24 +578,53 @@ class _Session:
             self.logger.close()
 
     def _restore(self) -> Path | None:
-        from rescompile.harness.checkpoint import latest_checkpoint, load_checkpoint
+        """Load the newest checkpoint that is intact. A damaged one is skipped with a warning
+        naming it and why; when every checkpoint is damaged the run is refused rather than
+        started over (which would overwrite its history)."""
+        from rescompile.harness.checkpoint import (
+            CheckpointError,
+            committed_checkpoints,
+            load_checkpoint,
+        )
 
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        skipped: list[str] = []
+        for ckpt in committed_checkpoints(self.run_dir):
+            try:
+                tensors, meta = load_checkpoint(ckpt)
+                state = _checked_state(meta.get("state"), self.total)
+            except CheckpointError as exc:
+                skipped.append(f"{ckpt.stem} ({exc})")
+                continue
+            if meta.get("spec_hash") != self.resolved.hash:
+                raise CheckpointError(
+                    f"{ckpt} was written for spec hash {meta.get('spec_hash')}, "
+                    f"but this run's spec hashes to {self.resolved.hash}"
+                )
+            break
+        else:
+            if skipped:
+                raise UserError(
+                    f"no usable checkpoint in {self.run_dir}: skipped {'; '.join(skipped)}. "
+                    "Refusing to start the run over, which would overwrite its history: move "
+                    "the damaged checkpoints away to do that, or start a new run with --out"
+                )
             return None
-        tensors, meta = load_checkpoint(ckpt, spec_hash=self.resolved.hash)
+        if self.rank0:
+            for what in skipped:
+                print(f"warning: skipped the damaged checkpoint {what}", file=sys.stderr)
         self.rt.load_state_dict(tensors)
-        self.step = self.last_ckpt = int(meta["state"]["step"])
-        self.clock = _Clock.from_state(meta["state"])
+        self.step = self.last_ckpt = state["step"]
+        self.clock = _Clock.from_state(state)
         return ckpt
 
     def _open_run_dir(self, new: bool) -> None:
+        from rescompile.files import write_file
         from rescompile.harness.metrics import MetricsLogger
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if new:
             _write_json(self.run_dir / SPEC_FILE, self.spec_json)
-            (self.run_dir / MODEL_FILE).write_text(self.source)
+            write_file(self.run_dir / MODEL_FILE, self.source)
             _write_json(
                 self.run_dir / CONFIG_FILE,
                 _config_record(
@@ -704,14 +850,20 @@ class _Session:
             )
             if bad is not None:  # a finite loss can still be followed by an overflowing update
                 self._diverged(step, float("nan"), f"tensor {bad}")
-            save_checkpoint(
-                self.run_dir,
-                tensors,
-                self.spec_json,
-                self.resolved.hash,
-                state,
-                keep=self.config.keep,
-            )
+            try:
+                save_checkpoint(
+                    self.run_dir,
+                    tensors,
+                    self.spec_json,
+                    self.resolved.hash,
+                    state,
+                    keep=self.config.keep,
+                )
+            except OSError as e:  # a full disk, a file-size limit: the last checkpoint stands
+                raise UserError(
+                    f"cannot write the checkpoint of step {step} in {self.run_dir}: "
+                    f"{e.strerror or e}; the run stopped (the checkpoints already written are kept)"
+                ) from None
         self.last_ckpt = step
 
     def _save_on_interrupt(self) -> None:
@@ -731,6 +883,21 @@ class _Session:
                 f"interrupted: saved a checkpoint at step {self.step}; "
                 f"continue with --resume {self.run_dir}"
             )
+
+
+def _checked_state(state: Any, total: int) -> dict[str, Any]:
+    """A checkpoint's training state, with the fields a resume uses checked."""
+    from rescompile.harness.checkpoint import CheckpointError
+
+    numbers = {"train_s": float, "wall_s": float, "timed_images": int, "first_step_s": float}
+    if not isinstance(state, dict) or not _conforms(state.get("step"), int):
+        raise CheckpointError("its sidecar has no integer state.step")
+    if not 0 <= state["step"] <= total:
+        raise CheckpointError(f"its step {state['step']} is outside this run's 0..{total}")
+    for key, tp in numbers.items():
+        if key in state and state[key] is not None and not _conforms(state[key], tp):
+            raise CheckpointError(f"its sidecar's state.{key} is not a number")
+    return state
 
 
 def _config_record(config, resolved, graph, dataset, p: _Plan, rt: Runtime) -> dict[str, Any]:
@@ -924,6 +1091,8 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
         return train(resume=args["resume"], quiet=quiet)
     if not args.get("spec"):
         raise UserError("give a SPEC to train, or --resume RUN_DIR")
+    if args.get("out") == "":
+        raise UserError("--out needs a directory name (omit it for runs/NAME-BACKEND)")
     if not args.get("data"):
         raise UserError(
             "give the data to train on: --data digits | synthetic[:HxWxC[:CLASSES]] "
@@ -950,9 +1119,17 @@ def plot_runs(
     runs: list[str], output: str, labels: list[str] | None = None, title: str | None = None
 ) -> Path:
     """``rescompile plot``: overlay the runs' training and test error in one figure."""
+    from rescompile.files import check_target
     from rescompile.harness.metrics import metrics_path
-    from rescompile.harness.plots import plot_curves
+    from rescompile.harness.plots import image_format, plot_curves
 
+    if output == "-":
+        raise UserError("a plot is an image file: give -o FILE.png, FILE.svg or FILE.pdf")
+    check_target(output)
+    try:
+        image_format(output)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     for run in runs:
         if not metrics_path(run).is_file():
             raise UserError(f"{run} is not a run directory (no {metrics_path(run).name})")

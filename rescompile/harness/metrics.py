@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,9 @@ from types import TracebackType
 from typing import IO, Any
 
 import numpy as np
+
+from rescompile.errors import UserError
+from rescompile.files import write_temp
 
 __all__ = ["METRICS_FILE", "MetricsLogger", "metrics_path", "read_metrics"]
 
@@ -101,17 +103,12 @@ class MetricsLogger:
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the file with ``records`` atomically, so a crash here loses nothing."""
-        fd, tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
+        text = "".join(json.dumps(r, default=_to_json) + "\n" for r in records)
+        tmp = write_temp(self.path.parent, self.path.name, text.encode("utf-8"))
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.writelines(json.dumps(r, default=_to_json) + "\n" for r in records)
-                out.flush()
-                os.fsync(out.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def log(self, record: Mapping[str, Any]) -> None:
@@ -120,8 +117,11 @@ class MetricsLogger:
             raise ValueError(f"{self.path} is closed")
         if not isinstance(record.get("step"), int | np.integer):
             raise ValueError(f"a metrics record needs an integer 'step', got {record!r}")
-        self._file.write(json.dumps(dict(record), default=_to_json) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(dict(record), default=_to_json) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk, a file-size limit
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def log_train(
         self,

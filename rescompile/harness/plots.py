@@ -7,13 +7,14 @@ so it works headless and never changes the process-wide matplotlib backend.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rescompile.harness.metrics import read_metrics
 
-__all__ = ["plot_curves"]
+__all__ = ["FORMATS", "image_format", "plot_curves"]
 
 Run = str | Path | Sequence[Mapping[str, Any]]
 
@@ -36,7 +37,8 @@ def plot_curves(
     Args:
         runs: a run directory, a ``metrics.jsonl`` path, a list of metric records (as
             :func:`rescompile.harness.metrics.read_metrics` returns), or a list of these.
-        out_png: the image to write; its parent directory is created.
+        out_png: the image to write (PNG, SVG or PDF, by its suffix), atomically; its parent
+            directory is created.
         labels: one legend label per run; defaults to the run directory names.
         title: an optional title.
         ylim: the error range in percent; defaults to 0 up to a margin above the highest point.
@@ -48,6 +50,8 @@ def plot_curves(
     from matplotlib.figure import Figure
     from matplotlib.ticker import ScalarFormatter
 
+    out = Path(out_png)
+    fmt = image_format(out)
     run_list = _as_run_list(runs)
     if not run_list:
         raise ValueError("no runs to plot")
@@ -92,10 +96,24 @@ def plot_curves(
         legend.set_title("dashed: train, bold: test", prop={"size": "small"})
     fig.tight_layout()
 
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    from rescompile.files import write_file
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt)
+    return write_file(out, buffer.getvalue(), parents=True)
+
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def image_format(path: str | Path) -> str:
+    """The image format a file name asks for (its suffix): png, svg or pdf."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ValueError(
+            f"cannot tell the image format of {str(path)!r}: name it .png, .svg or .pdf"
+        )
+    return fmt
 
 
 def _as_run_list(runs: Run | Sequence[Run]) -> list[Run]:

@@ -45,13 +45,51 @@ def _numpy_frombuffer() -> Callable[..., Any] | None:
     return reduced[0] if reduced[0].__name__ == "_frombuffer" else None
 
 
+MAX_BYTES_ARG = 1 << 20  # bytes(N) in a data file is only ever a small buffer
+
+
+def _bytes(*args: Any) -> bytes:
+    """Stand-in for ``bytes``: Python 3 writes ``b""`` as ``bytes()`` at protocol 2. A hostile
+    file could ask for ``bytes(10**15)``; a size that large is refused before it is allocated."""
+    if args and isinstance(args[0], int) and not 0 <= args[0] <= MAX_BYTES_ARG:
+        raise UnsafePickleError(f"refusing bytes({args[0]}): larger than {MAX_BYTES_ARG} bytes")
+    return bytes(*args)
+
+
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray`` in a pickle. numpy pickles an array as
+    ``_reconstruct(ndarray, (0,), b"b")`` and then sets its shape and bytes from data in the
+    file, so its memory is bounded by the file's size; calling ``ndarray(shape)`` directly
+    would allocate whatever shape a hostile file names, so that is refused."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickleError(
+            "refusing numpy.ndarray(...): arrays are accepted only as numpy pickles them"
+        )
+
+
+_NDARRAY = _NdarrayClass()
+
+
+def _checked_reconstruct(reconstruct: Callable[..., Any]) -> Callable[..., Any]:
+    def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+        if subtype is not _NDARRAY or shape != (0,):
+            raise UnsafePickleError(
+                "refusing an array reconstructed other than as numpy pickles one "
+                f"(shape {shape!r} before its data)"
+            )
+        return reconstruct(np.ndarray, shape, dtype)
+
+    return _reconstruct
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): _latin1_encode,
     }
-    reconstruct = _numpy_reconstruct()
+    reconstruct = _checked_reconstruct(_numpy_reconstruct())
     frombuffer = _numpy_frombuffer()
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
@@ -60,6 +98,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     for module in ("builtins", "__builtin__"):
         for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "bytes", "str"):
             allowed[(module, name)] = getattr(builtins, name)
+        allowed[(module, "bytes")] = _bytes
     return allowed
 
 
@@ -97,11 +136,13 @@ def safe_loads(data: bytes, *, encoding: str = "bytes") -> Any:
 
 
 def _reject_object_arrays(obj: Any) -> None:
-    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-        raise UnsafePickleError("refusing a numpy array of Python objects")
-    if isinstance(obj, dict):
-        for value in obj.values():
-            _reject_object_arrays(value)
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            _reject_object_arrays(value)
+    # Iterative: a hostile file may nest lists far deeper than Python's recursion limit.
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, np.ndarray) and item.dtype.hasobject:
+            raise UnsafePickleError("refusing a numpy array of Python objects")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)

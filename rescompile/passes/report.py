@@ -131,7 +131,7 @@ def to_markdown(g: Graph, depth: Depth) -> str:
         f"> {CONVENTION}",
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        "|---|---|---:|" + "---:|" * len(_COLS),  # numbers right-aligned, as in the table
     ]
     for r in rows(g, depth):
         cells = [r.name, r.kind, r.shape_str, *(f"{r.counts[c]:,}" for c in _COLS)]
@@ -147,36 +147,129 @@ def to_markdown(g: Graph, depth: Depth) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_table(g: Graph, depth: Depth, console) -> None:
-    """Rich table to ``console``."""
+def print_table(
+    console,
+    title: str,
+    keys: list[tuple[str, str]],
+    values: list[list[tuple[str, str]]],
+    body: list[list[str]],
+    caption: str = CONVENTION,
+) -> None:
+    """Print a table of label columns ``keys`` and right-aligned number columns ``values``
+    (``(header, footer)`` pairs, in groups that belong together; each body row holds the
+    labels, then the numbers), then ``caption``.
+
+    A number is never cut: when the table is wider than the console, the number columns are
+    split over several tables (whole groups where they fit), each repeating the first label
+    column; on a console too narrow for even one number column, cells wrap rather than end
+    in an ellipsis.
+    """
+    from rich.cells import cell_len
     from rich.table import Table
 
-    t = Table(
-        title=f"{g.name}: {g.input_shape[0]}x{g.input_shape[1]}x{g.input_shape[2]} input",
-        caption=CONVENTION,
-        caption_justify="left",
-        show_footer=True,
-    )
+    columns = [*keys, *(c for group in values for c in group)]
+    widths = [
+        max([cell_len(h), cell_len(f), *(cell_len(row[i]) for row in body)])
+        for i, (h, f) in enumerate(columns)
+    ]
+
+    def span(cols: list[int]) -> int:  # the default box: one rule per edge, padding 1 each side
+        return sum(widths[i] + 3 for i in cols) + 1
+
+    label_idx = list(range(len(keys)))
+    if len(columns) > len(keys) and span([*label_idx, len(keys)]) > console.width:
+        label_idx = [0]  # too narrow for every label: the name only
+    tables: list[list[int]] = [[]]
+
+    def place(cols: list[int]) -> bool:
+        """Add ``cols`` to the last table, or start a new one; False: too wide together."""
+        lead = label_idx if len(tables) == 1 else [0]
+        if span([*lead, *tables[-1], *cols]) <= console.width:
+            tables[-1].extend(cols)
+            return True
+        if tables[-1] and span([0, *cols]) <= console.width:
+            tables.append(list(cols))
+            return True
+        if len(cols) > 1:
+            return False
+        if tables[-1]:
+            tables.append([])
+        tables[-1].extend(cols)
+        return True
+
+    start = len(keys)
+    for group in values:
+        cols = list(range(start, start + len(group)))
+        start += len(group)
+        if not place(cols):  # a group wider than the console: its columns one by one
+            for i in cols:
+                place([i])
+    for n, cols in enumerate(tables):
+        t = Table(title=title if n == 0 else None, show_footer=True)
+        shown = (label_idx if n == 0 else [0]) + cols
+        fits = span(shown) <= console.width  # else every cell may wrap (fold), none is cut
+        for i in shown:
+            header, footer = columns[i]
+            t.add_column(
+                header,
+                footer=footer,
+                justify="right" if i >= len(keys) or header == "output" else "left",
+                overflow="fold",
+                min_width=widths[i] if fits else None,
+            )
+        for row in body:
+            t.add_row(*(row[i] for i in shown))
+        console.print(t)
+    if caption:
+        console.print(caption, highlight=False)
+
+
+def render_table(g: Graph, depth: Depth, console) -> None:
+    """The report as a rich table (or several, on a narrow console) to ``console``."""
     tot = g.totals
-    t.add_column("name", footer="total")
-    if depth == "stage":
-        t.add_column("paper")
-    if depth != "stage":
-        t.add_column("kind")
-    t.add_column("output", justify="right", footer="x".join(map(str, g[g.output].meta["shape"])))
-    for c, label in (("params", "params"), ("macs", "MACs"), ("flops", "FLOPs"), ("act", "act")):
-        t.add_column(label, justify="right", footer=f"{tot[c]:,}")
-    for r in rows(g, depth):
-        cells = [r.name, *([r.paper] if depth == "stage" else [r.kind]), r.shape_str]
-        t.add_row(*cells, *(f"{r.counts[c]:,}" for c in _COLS))
-    console.print(t)
+    label = "paper" if depth == "stage" else "kind"
+    out_shape = "x".join(map(str, g[g.output].meta["shape"]))
+    keys = [("name", "total"), (label, ""), ("output", out_shape)]
+    labels = (("params", "params"), ("macs", "MACs"), ("flops", "FLOPs"), ("act", "act"))
+    values = [[(name, f"{tot[c]:,}")] for c, name in labels]
+    body = [
+        [r.name, r.paper if depth == "stage" else r.kind, r.shape_str]
+        + [f"{r.counts[c]:,}" for c in _COLS]
+        for r in rows(g, depth)
+    ]
+    c, h, w = g.input_shape
+    print_table(console, f"{g.name}: {c}x{h}x{w} input", keys, values, body)
     console.print(
         f"MACs {_human(tot['macs'])} · FLOPs {_human(tot['flops'])} · "
         f"params {_human(tot['params'])} (+{tot['buffers']:,} BN buffers) · "
         f"BN elems {tot['bn']:,} · ReLU {tot['relu']:,} · "
         f"add {tot['add']:,} · pool {tot['pool']:,} · activations "
-        f"{tot['act_bytes'] / 2**20:.1f} MiB/image (float32)"
+        f"{tot['act_bytes'] / 2**20:.1f} MiB/image (float32)",
+        highlight=False,
     )
+
+
+def render_diff(a: Graph, b: Graph, depth: Depth, title: str, console) -> None:
+    """Two graphs' params and MACs side by side, with the differences, to ``console``."""
+    values: list[list[tuple[str, str]]] = []
+    for key, label in (("params", "params"), ("macs", "MACs")):
+        ta, tb = a.totals[key], b.totals[key]
+        values.append(
+            [(f"{label} A", f"{ta:,}"), (f"{label} B", f"{tb:,}"), (f"Δ {label}", f"{tb - ta:+,}")]
+        )
+    body = []
+    for name, ca, cb in diff_rows(a, b, depth):
+        if depth == "layer" and ca == cb:
+            continue
+        body.append(
+            [name]
+            + [
+                x
+                for k in ("params", "macs")
+                for x in (f"{ca[k]:,}", f"{cb[k]:,}", f"{cb[k] - ca[k]:+,}")
+            ]
+        )
+    print_table(console, title, [("name", "total")], values, body)
 
 
 def diff_rows(a: Graph, b: Graph, depth: Depth) -> list[tuple[str, dict[str, int], dict[str, int]]]:

@@ -10,6 +10,7 @@ import copy
 import difflib
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from rescompile.spec import yamlsafe
 from rescompile.spec.models import Spec
 
 MAX_EXTENDS = 16
+MAX_KEY_CHARS = 1000  # a --set key: real ones are a few dozen characters
 MAX_DIAGNOSTICS = 100  # beyond this many problems, the rest are counted rather than listed
 _SHORTHAND = {"block", "stem"}  # fields that accept a bare string for {kind: ...}
 
@@ -110,6 +112,10 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
         raise SpecError(Diagnostic(where, f"cyclic extends: {chain}", "extends"))
     if len(seen) >= MAX_EXTENDS:
         raise SpecError(Diagnostic(where, f"extends chain longer than {MAX_EXTENDS}", "extends"))
+    if _is_file(target, ext, where, directory=True):
+        raise SpecError(
+            Diagnostic(where, f"base spec {_short(ext)} is a directory ({target})", "extends")
+        )
     if not _is_file(target, ext, where):
         raise SpecError(
             Diagnostic(where, f"base spec {_short(ext)} not found ({target})", "extends")
@@ -126,19 +132,21 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
 
 def _path_error(what: str, e: Exception, where: SourcePos | None) -> SpecError:
     why = getattr(e, "strerror", None) or str(e)
+    if isinstance(e, RuntimeError):  # Python 3.11's Path.resolve on a loop
+        why = "a loop of symbolic links"
     return SpecError(Diagnostic(where, f"cannot use {_short(what)} as a path: {why}", "extends"))
 
 
 def _resolve_path(parent: Path, ext: str, where: SourcePos | None) -> Path:
     try:
         return (parent / ext).resolve()
-    except (OSError, ValueError) as e:  # an embedded NUL, a symlink loop, ...
+    except (OSError, ValueError, RuntimeError) as e:  # an embedded NUL, a symlink loop, ...
         raise _path_error(ext, e, where) from None
 
 
-def _is_file(target: Path, ext: str, where: SourcePos | None) -> bool:
+def _is_file(target: Path, ext: str, where: SourcePos | None, directory: bool = False) -> bool:
     try:
-        return target.is_file()
+        return target.is_dir() if directory else target.is_file()
     except (OSError, ValueError) as e:  # a name too long, ...
         raise _path_error(ext, e, where) from None
 
@@ -156,6 +164,23 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
 
 
+def _cut(text: str, limit: int = 200) -> str:
+    """``text`` cut to about ``limit`` characters for a position label."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+class Override(str):
+    """A ``key=value`` override that came from another option (``--input 160x192``): its
+    diagnostics are positioned at ``shown``, the option as the user typed it."""
+
+    shown: str
+
+    def __new__(cls, assignment: str, shown: str) -> Override:
+        self = super().__new__(cls, assignment)
+        self.shown = shown
+        return self
+
+
 def _display(p: Path) -> str:
     try:
         return str(p.relative_to(Path.cwd()))
@@ -170,13 +195,21 @@ def _display(p: Path) -> str:
 def apply_override(loc: yamlsafe.Located, assignment: str, index: int = 0) -> None:
     """Apply ``key.path=value`` to ``loc`` in place; the value is parsed as a YAML scalar/flow."""
     key, sep, text = assignment.partition("=")
-    where = SourcePos(f"--set {assignment}", 1, len(key) + 2 if sep else 1)
+    shown = getattr(assignment, "shown", None)  # an override made from another option
+    if shown is not None:
+        where = SourcePos(shown, 1, shown.find(" ") + 2)
+    else:
+        where = SourcePos(f"--set {_cut(assignment)}", 1, len(key) + 2 if sep else 1)
     if not sep or not key.strip():
-        raise SpecError(Diagnostic(where, f"expected KEY=VALUE, got {assignment!r}"))
+        raise SpecError(Diagnostic(where, f"expected KEY=VALUE, got {_short(assignment)}"))
+    if len(key) > MAX_KEY_CHARS:
+        raise SpecError(Diagnostic(where, f"key longer than {MAX_KEY_CHARS} characters"))
+    if key.count(".") >= yamlsafe.MAX_DEPTH:
+        raise SpecError(Diagnostic(where, f"key deeper than {yamlsafe.MAX_DEPTH} levels"))
     parts: list[str | int] = [
         int(p) if p.isascii() and p.isdigit() and len(p) < 10 else p for p in key.strip().split(".")
     ]
-    parsed = yamlsafe.load_text(text, f"--set {key}")
+    parsed = yamlsafe.load_text(text, shown or f"--set {_cut(key)}")
     if parsed.problems:
         raise SpecError(parsed.problems)
     value = parsed.data
@@ -290,7 +323,12 @@ def _convert(err: ValidationError, loc: yamlsafe.Located | Resolved) -> tuple[li
         raw = e["loc"]
         path = _field_path(raw, loc.data, e["type"])
         typ, msg, value = e["type"], e["msg"], e.get("input")
-        if typ == "int_type" and isinstance(value, list | tuple) and len(raw) > len(path):
+        if (
+            typ == "int_type"
+            and isinstance(value, list | tuple)
+            and len(raw) > len(path)
+            and isinstance(raw[-1], str)
+        ):
             continue  # `size: [..]` is not meant as an int: the list member's errors say more
         if typ == "extra_forbidden":
             model = _model_at(path[:-1])
@@ -323,6 +361,11 @@ def _convert(err: ValidationError, loc: yamlsafe.Located | Resolved) -> tuple[li
                 out[path] = Diagnostic(prev.pos, f"{prev.message}; or {msg}", dotted)
             continue
         out.setdefault(path if len(raw) != len(path) else raw, Diagnostic(pos, msg, dotted))
+    if not out and errors:  # never "0 errors": fall back to pydantic's first error as it is
+        e = errors[0]
+        path = _field_path(e["loc"], loc.data, e["type"])
+        dotted = ".".join(map(str, path))
+        out[path] = Diagnostic(_pos(loc, path), e["msg"].removeprefix("Value error, "), dotted)
     return _sorted(list(out.values())), max(0, len(errors) - MAX_DIAGNOSTICS)
 
 
@@ -362,7 +405,9 @@ def load_spec(
     """
     p = Path(path)
     display = str(path)
-    if not _exists(p):
+    if not display:
+        raise SpecError(Diagnostic(None, "'': an empty path; give a spec file"))
+    if not _exists(p) and not os.path.lexists(p):  # (a dangling link or loop is reported below)
         named = library.find(display)
         if named is None:
             hint = "; nor a library spec (`rescompile specs` lists them)" if p.suffix == "" else ""
@@ -371,9 +416,13 @@ def load_spec(
         display = _display(named.resolve())
     try:
         real = p.resolve()
-    except (OSError, ValueError) as e:  # an embedded NUL, a symlink loop, ...
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL; a symlink loop (3.11: RuntimeError)
         why = getattr(e, "strerror", None) or str(e)
+        if isinstance(e, RuntimeError):
+            why = "a loop of symbolic links"
         raise SpecError(Diagnostic(None, f"{_short(display)}: not a usable path: {why}")) from None
+    if not real.exists() and p.exists():  # /dev/fd/63 of <(...) resolves to "pipe:[...]"
+        real = p.absolute()
     if roots is None:
         roots = [real.parent.parent, Path.cwd().resolve(), library.root()]
     loc = _load_chain(real, display, [Path(r).resolve() for r in roots], [real])

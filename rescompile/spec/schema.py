@@ -22,6 +22,7 @@ from rescompile.spec import models, yamlsafe
 from rescompile.spec.models import Spec
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID = "urn:rescompile:spec-schema"  # names the schema wherever a copy of it lives
 
 # Fields whose value may be a bare string meaning {kind: <string>}: (model, field) -> kind enum.
 SHORTHAND = {
@@ -183,6 +184,11 @@ def _kind_enum(defs: dict, model: str) -> dict:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a spec file."""
+    return _build()[0]
+
+
+def _build() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The schema, and the strict (no ``extends``) form of each deep-merged top-level field."""
     raw = Spec.model_json_schema(mode="validation")
     _strip_titles(raw)
     defs: dict[str, Any] = raw.pop("$defs")
@@ -239,6 +245,7 @@ def json_schema() -> dict[str, Any]:
     }
     out = {
         "$schema": DIALECT,
+        "$id": SCHEMA_ID,
         "title": "rescompile spec",
         "description": spec.pop("description") + " A rescompile spec file; see "
         "docs/spec-language.md.",
@@ -247,10 +254,58 @@ def json_schema() -> dict[str, Any]:
         "properties": properties,
         "if": {"required": ["extends"]},
         "then": {},
-        "else": {"required": required, "properties": strict_props},
+        # Without extends the full models apply. Only what they add to the partial forms is
+        # checked here (required keys, when the value is a mapping), so an error is reported
+        # once; and by name patterns, so editors do not offer a field twice.
+        "else": {
+            "required": required,
+            "patternProperties": {
+                f"^{field}$": _required_only(prop, defs) for field, prop in strict_props.items()
+            },
+        },
         "$defs": dict(sorted(defs.items())),
     }
-    return out
+    _describe_enum_values(out)
+    return out, strict_props
+
+
+def _required_only(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """The keys a strict field's mapping must have, checked only when the value is a mapping."""
+    (name,) = {
+        r.rsplit("/", 1)[1] for r in _refs(prop) if defs[r.rsplit("/", 1)[1]].get("required")
+    }
+    return {"if": {"type": "object"}, "then": {"required": defs[name]["required"]}}
+
+
+# One description per value of each closed vocabulary, shown by editors as the value is picked
+# (`enumDescriptions`, the keyword VS Code's JSON and YAML language servers read).
+ENUM_DESCRIPTIONS: dict[str, str] = {
+    "imagenet": "7x7/2 conv + BN + ReLU + 3x3/2 max pool (the paper's ImageNet stem)",
+    "cifar": "3x3 conv + BN + ReLU (the paper's CIFAR stem)",
+    "deep": "three 3x3 convs, the first stride 2, + max pool (ResNet-C)",
+    "basic": "two 3x3 convs",
+    "bottleneck": "1x1, 3x3, 1x1 convs",
+    "A": "zero-padded identity shortcuts",
+    "B": "projection shortcuts where the shape changes, identity elsewhere",
+    "C": "projection shortcuts everywhere",
+    "none": "no shortcuts: a plain net",
+    "conv": "the projection is a strided 1x1 conv",
+    "avgpool": "the projection is an average pool, then a 1x1 conv (ResNet-D)",
+    "1x1": "a bottleneck strides its first 1x1 conv (the paper, v1)",
+    "3x3": "a bottleneck strides its 3x3 conv (torchvision, v1.5)",
+}
+
+
+def _describe_enum_values(node: Any) -> None:
+    if isinstance(node, dict):
+        values = node.get("enum")
+        if values and all(v in ENUM_DESCRIPTIONS for v in values):
+            node["enumDescriptions"] = [ENUM_DESCRIPTIONS[v] for v in values]
+        for v in node.values():
+            _describe_enum_values(v)
+    elif isinstance(node, list):
+        for v in node:
+            _describe_enum_values(v)
 
 
 def _refs(node: Any) -> list[str]:
@@ -374,7 +429,7 @@ def _cell(text: str) -> str:
 
 def reference_markdown() -> str:
     """The spec-language reference, ``docs/spec-language.md``."""
-    schema = json_schema()
+    schema, strict_props = _build()
     defs = schema["$defs"]
     lines = [
         "# The spec language",
@@ -394,7 +449,9 @@ def reference_markdown() -> str:
         "# yaml-language-server: $schema=../schema.json",
         "```",
         "",
-        "(the path is relative to the spec). `rescompile schema -o FILE` writes the schema.",
+        "(the path is relative to the spec). `rescompile schema -o FILE` writes the schema; for a "
+        "spec kept outside `specs/`, `rescompile schema --install` writes it to your data "
+        "directory and prints a first line with its absolute path, which works from any folder.",
         "",
         "## Example",
         "",
@@ -436,7 +493,7 @@ def reference_markdown() -> str:
             )
         props = d["properties"]
         if name == "Spec":  # the strict (no extends) forms name the full models
-            props = {**props, **schema["else"]["properties"]}
+            props = {**props, **strict_props}
         for field in model.model_fields:
             s = props[field]
             ex = EXAMPLES.get((name, field))

@@ -13,7 +13,10 @@ module rather than by PyYAML's constructors, so that:
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,8 @@ _FALSE = {"false", "False", "FALSE"}
 _INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 _LEADING_ZERO = re.compile(r"[-+]?0[0-9]+")
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+)([eE][-+]?[0-9]+)?")
+
+_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # YAML 1.1 line breaks (PyYAML's reader)
 
 Path_ = tuple[str | int, ...]
 
@@ -90,8 +95,8 @@ def _prescan(text: str, file: str) -> None:
         at = e.position
         if _Loader is not yaml.SafeLoader:  # libyaml counts UTF-8 bytes, not characters
             at = len(text.encode()[:at].decode(errors="ignore"))
-        line = text.count("\n", 0, at) + 1
-        col = at - (text.rfind("\n", 0, at) + 1) + 1
+        lines = _BREAK.split(text[:at])  # CR, LF, CRLF and YAML's other breaks, as the parser
+        line, col = len(lines), len(lines[-1]) + 1
         char = chr(e.character) if isinstance(e.character, int) else e.character
         raise SpecError(
             Diagnostic(SourcePos(file, line, col), f"invalid YAML: character {char!r}: {e.reason}")
@@ -138,7 +143,8 @@ def _scalar(node: yaml.ScalarNode, file: str, problems: list[Diagnostic], path: 
 
 
 class _Builder:
-    def __init__(self, file: str, located: Located):
+    def __init__(self, file: str, located: Located, text: str = ""):
+        self.text = text
         self.file = file
         self.loc = located
         self.count = 0
@@ -185,13 +191,34 @@ class _Builder:
                     first = self.loc.key_positions[(*path, key)]
                     raise _fail(
                         self.file,
-                        knode.start_mark,
+                        self._alias_mark(knode, node, first) or knode.start_mark,
                         f"duplicate key {key!r} (first defined at line {first.line})",
                     )
                 self.loc.key_positions[(*path, key)] = _pos(self.file, knode.start_mark)
                 out[key] = self.build(vnode, (*path, key))
             return out
         raise _fail(self.file, node.start_mark, "unsupported YAML node")  # pragma: no cover
+
+    def _alias_mark(
+        self, knode: yaml.Node, mapping: yaml.Node, first: SourcePos
+    ) -> yaml.Mark | None:
+        """Where a key that came through an alias (``*k : 2``) was written. The composed node
+        is the anchored one, so its own mark is the anchor's; the alias is found in the events
+        (only when reporting a duplicate, so the second parse costs nothing otherwise)."""
+        anchor = None
+        start, end = mapping.start_mark.index, mapping.end_mark.index
+        for ev in yaml.parse(self.text, Loader=_Loader):
+            if isinstance(ev, yaml.ScalarEvent) and ev.start_mark.index == knode.start_mark.index:
+                anchor = ev.anchor
+            elif (
+                isinstance(ev, yaml.AliasEvent)
+                and anchor is not None
+                and ev.anchor == anchor
+                and start <= ev.start_mark.index <= end
+                and (ev.start_mark.line + 1, ev.start_mark.column + 1) > (first.line, first.col)
+            ):
+                return ev.start_mark
+        return None
 
 
 def load_text(text: str, file: str = "<string>") -> Located:
@@ -207,8 +234,37 @@ def load_text(text: str, file: str = "<string>") -> Located:
         raise _fail(file, docs[1].start_mark, "expected one YAML document, found several")
     located = Located(None, file)
     if docs and docs[0] is not None:
-        located.data = _Builder(file, located).build(docs[0], ())
+        located.data = _Builder(file, located, text).build(docs[0], ())
     return located
+
+
+FIFO_WAIT_S = 5.0  # how long a named pipe may stay silent before a spec read gives up
+
+
+def _read_fifo(path: Path, name: str) -> bytes:
+    """Read at most ``MAX_BYTES + 1`` bytes from a named pipe without hanging: opening it
+    non-blocking never waits for a writer, and each read waits at most ``FIFO_WAIT_S``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        chunks, size = [], 0
+        while size <= MAX_BYTES:
+            if not poller.poll(FIFO_WAIT_S * 1000):
+                raise _fail(
+                    name,
+                    None,
+                    f"is a FIFO and nothing {'more ' if size else ''}was written to it "
+                    f"for {FIFO_WAIT_S:g} s",
+                )
+            chunk = os.read(fd, min(1 << 16, MAX_BYTES + 1 - size))
+            if not chunk:  # the writer closed it
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def load_file(path: str | Path, display: str | None = None) -> Located:
@@ -219,8 +275,11 @@ def load_file(path: str | Path, display: str | None = None) -> Located:
         size = p.stat().st_size
         if size > MAX_BYTES:
             raise _fail(name, None, f"file is larger than {MAX_BYTES} bytes; refusing to parse it")
-        with p.open("rb") as f:  # bounded: a device or a FIFO has no meaningful size
-            raw = f.read(MAX_BYTES + 1)
+        if stat.S_ISFIFO(p.stat().st_mode):  # a named pipe may never be written to
+            raw = _read_fifo(p, name)
+        else:
+            with p.open("rb") as f:  # bounded: a device has no meaningful size
+                raw = f.read(MAX_BYTES + 1)
         if len(raw) > MAX_BYTES:
             raise _fail(name, None, f"file is larger than {MAX_BYTES} bytes; refusing to parse it")
     except FileNotFoundError:
