@@ -35,14 +35,12 @@ def _suite(tmp_path, *steps: str) -> tuple[str, list[dict]]:
 
 
 def test_smoke_training_steps(tmp_path):
-    log, summaries = _suite(tmp_path, "cifar20-64k", "r20")
-    assert re.findall(r"=== (\S+): exit (\d+)", log) == [
-        ("cifar20-64k", "0"), ("r20-torch", "0"), ("r20-flax", "0")]
+    """The harness's training runs through the suite, both backends (every step: -m slow)."""
+    log, summaries = _suite(tmp_path, "r20")
+    assert re.findall(r"=== (\S+): exit (\d+)", log) == [("r20-torch", "0"), ("r20-flax", "0")]
     assert [(s["name"], s["backend"], s["status"]) for s in summaries] == [
-        ("cifar20-64k", "torch", "completed"), ("r20-torch", "torch", "completed"),
-        ("r20-flax", "flax", "completed")]
+        ("r20-torch", "torch", "completed"), ("r20-flax", "flax", "completed")]
     assert all(s["images_per_s"] > 0 and s["first_step_s"] > 0 for s in summaries)
-    assert (tmp_path / "out" / "cifar20-64k-metrics.jsonl").exists()
     assert not (tmp_path / "runs").exists()  # run directories are not left behind
 
 
@@ -59,3 +57,4 @@ def test_smoke_every_step(tmp_path):
     assert torchvision in ("0", "1") and set(exits.values()) == {"0"}, log
     assert {s["name"] for s in summaries} == {"r50-torch", "cifar20-64k", "r50-flax", "r20-torch",
                                               "r20-flax"}
+    assert (tmp_path / "out" / "cifar20-64k-metrics.jsonl").exists()
