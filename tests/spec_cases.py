@@ -80,3 +80,22 @@ def variant_path(v: tuple[str, tuple[str, ...]]) -> Path:
 
 def variant_id(v: tuple[str, tuple[str, ...]]) -> str:
     return f"{v[0]}[{','.join(v[1])}]"
+
+
+# The deepest and widest library specs cost the most where a test executes every spec; their block
+# designs are covered by smaller specs (cifar-resnet110, resnet50/101, resnext50_32x4d,
+# wide_resnet50_2), so tests that run a model per spec run these under -m slow only.
+HEAVY = {
+    "paper/cifar-resnet1202",
+    "paper/resnet152",
+    "torchvision/resnet152",
+    "torchvision/resnext101_32x8d",
+    "torchvision/wide_resnet101_2",
+}
+
+
+def executed(paths: list[Path]) -> list:
+    """``paths`` as pytest parameters, the heavy ones marked slow."""
+    import pytest
+
+    return [pytest.param(p, marks=pytest.mark.slow) if spec_id(p) in HEAVY else p for p in paths]

@@ -24,6 +24,7 @@ from flax_cases import (
     variant_id,
     variant_path,
 )
+from spec_cases import executed
 
 jax = pytest.importorskip("jax")
 nnx = pytest.importorskip("flax.nnx")
@@ -139,7 +140,7 @@ def _lowered_forward(path, overrides=()):
         return g, jax.jit(forward).lower(state, jax.ShapeDtypeStruct((1, h, w, c), jnp.float32))
 
 
-@pytest.mark.parametrize("path", SPECS, ids=spec_id)
+@pytest.mark.parametrize("path", executed(SPECS), ids=spec_id)
 def test_xla_flops_match_the_ir(path):
     g, lowered = _lowered_forward(path)
     flops = lowered.cost_analysis()["flops"]
