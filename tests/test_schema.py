@@ -124,6 +124,14 @@ _PARENT = {
     "NormSpec": ("norm",),
     "InitSpec": ("init",),
     "PaperRef": ("paper",),
+    "AttentionSpec": ("block", "attention"),
+    "DownsampleSpec": ("downsample",),
+}
+# The mapping an example of a field is placed into, where the field needs a particular kind.
+_SIBLINGS = {
+    "AttentionSpec": {"kind": "se"},
+    "DownsampleSpec": {"kind": "conv"},
+    ("AttentionSpec", "kernel_size"): {"kind": "eca"},
 }
 
 
@@ -138,6 +146,7 @@ def test_every_field_example_validates_in_place(key, validator):
         elif isinstance(node, dict) and part not in node:
             node[part] = {}  # head, norm, init: all defaults
         node = node[part]
+    node.update(copy.deepcopy(_SIBLINGS.get(key, _SIBLINGS.get(model, {}))))
     node[field] = copy.deepcopy(EXAMPLES[key])
     Spec.model_validate(data)
     assert _messages(validator, data) == []

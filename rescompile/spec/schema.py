@@ -28,9 +28,13 @@ SHORTHAND = {
     ("Spec", "block"): "BlockSpec",
     ("Spec", "stem"): "StemSpec",
     ("StageSpec", "block"): "BlockSpec",
+    ("Spec", "downsample"): "DownsampleSpec",
+    ("StageSpec", "downsample"): "DownsampleSpec",
+    ("BlockSpec", "attention"): "AttentionSpec",
+    ("StageSpec", "attention"): "AttentionSpec",
 }
 # Mapping-valued fields that ``extends`` deep-merges with the base spec's (lists are replaced).
-MERGED = ("input", "stem", "block", "head", "norm", "init", "paper")
+MERGED = ("input", "stem", "block", "downsample", "head", "norm", "init", "paper")
 
 EXTENDS_DESCRIPTION = (
     "path of a base spec (.yaml), relative to this file; this spec's fields are deep-merged over "
@@ -51,6 +55,8 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("Spec", "shortcut"): "B",
     ("Spec", "downsample"): "avgpool",
     ("Spec", "stride_on"): "3x3",
+    ("Spec", "anti_alias"): "blur",
+    ("Spec", "drop_path"): 0.05,
     ("Spec", "stages"): [{"depth": 3, "width": 64}, {"depth": 4, "width": 128, "stride": 2}],
     ("Spec", "head"): {"dropout": 0.2},
     ("Spec", "norm"): {"eps": 1.0e-3, "momentum": 0.01},
@@ -60,10 +66,15 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("InputSpec", "size"): [160, 192],
     ("StemSpec", "kind"): "deep",
     ("StemSpec", "width"): 32,
+    ("StemSpec", "widths"): [24, 32, 64],
+    ("StemSpec", "pool"): "conv",
     ("BlockSpec", "kind"): "bottleneck",
     ("BlockSpec", "expansion"): 4,
     ("BlockSpec", "groups"): 32,
     ("BlockSpec", "width_per_group"): 128,
+    ("BlockSpec", "attention"): "se",
+    ("BlockSpec", "reduce_first"): 2,
+    ("BlockSpec", "dropout"): 0.3,
     ("StageSpec", "depth"): 6,
     ("StageSpec", "width"): 256,
     ("StageSpec", "stride"): 2,
@@ -71,7 +82,17 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("StageSpec", "shortcut"): "C",
     ("StageSpec", "downsample"): "avgpool",
     ("StageSpec", "stride_on"): "1x1",
+    ("StageSpec", "attention"): "none",
+    ("StageSpec", "anti_alias"): "none",
+    ("AttentionSpec", "kind"): "se",
+    ("AttentionSpec", "rd_ratio"): 0.25,
+    ("AttentionSpec", "rd_divisor"): 8,
+    ("AttentionSpec", "kernel_size"): 5,
+    ("DownsampleSpec", "kind"): "conv",
+    ("DownsampleSpec", "kernel_size"): 3,
     ("HeadSpec", "dropout"): 0.5,
+    ("NormSpec", "kind"): "group",
+    ("NormSpec", "groups"): 32,
     ("NormSpec", "eps"): 1.0e-3,
     ("NormSpec", "momentum"): 0.01,
     ("InitSpec", "zero_init_residual"): True,
@@ -120,6 +141,15 @@ CHECKS = [
     "The input must be large enough for every stride: a stride may not exceed the feature map it "
     "applies to, and no feature map may shrink to zero.",
     "`rescompile check` needs `paper`, naming a table and row it knows.",
+    "`stem.widths` only with a `deep` stem; `stem.width`, if given too, must equal its last "
+    "entry.",
+    "`norm.groups` only with `norm.kind: group`, and the groups must divide every normalised "
+    "width (stem, blocks, projections).",
+    "`block.reduce_first` must leave at least one channel, a multiple of the 3x3 conv's groups.",
+    "`anti_alias`, `attention` and a `conv` stem pool need post-activation blocks (`preact: "
+    "false`); `drop_path` needs residual blocks (no stage with `shortcut: none`).",
+    "`attention`: `rd_ratio` and `rd_divisor` only with `se`, `kernel_size` (odd) only with "
+    "`eca`; `downsample.kernel_size: 3` only with `kind: conv`.",
 ]
 
 _ORDER = [
@@ -127,7 +157,9 @@ _ORDER = [
     "InputSpec",
     "StemSpec",
     "BlockSpec",
+    "AttentionSpec",
     "StageSpec",
+    "DownsampleSpec",
     "HeadSpec",
     "NormSpec",
     "InitSpec",
