@@ -244,6 +244,9 @@ def build(
     """Emit a standalone model source file for a backend."""
     _, g = _compile(spec, set_)
     mod = load_backend(backend)
+    from rescompile.ir.features import require_backend_support
+
+    require_backend_support(g, mod, backend)
     source = mod.emit(g)
     _write(source, output)
     if check_:
@@ -274,6 +277,9 @@ def export(
     """Export the emitted PyTorch model (ONNX, checked with onnx.checker)."""
     _, g = _compile(spec, set_)
     mod = load_backend("torch")
+    from rescompile.ir.features import require_backend_support
+
+    require_backend_support(g, mod, "torch")
     out = output or Path(f"{g.name}.{format.value}")
     typer.echo(f"wrote {mod.export(g, mod.emit(g), out, fmt=format.value)}", err=True)
 

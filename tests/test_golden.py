@@ -7,7 +7,7 @@ formulas written in this file, never from rescompile's own output.
 from __future__ import annotations
 
 import pytest
-from spec_cases import ROOT, SPECS, spec_id
+from spec_cases import LIBRARY_SPECS, ROOT, spec_id
 
 from rescompile import compile_spec
 from rescompile.passes.audit import FAIL, NOTE, audit
@@ -145,7 +145,7 @@ def test_resnet50_v1_vs_v15_difference():
 # The whole library.
 
 
-@pytest.mark.parametrize("path", SPECS, ids=spec_id)
+@pytest.mark.parametrize("path", LIBRARY_SPECS, ids=spec_id)
 def test_library_audit_has_no_failures(path):
     resolved, g = compile_spec(path)
     assert g[g.output].meta["shape"] == (resolved.spec.num_classes,)
@@ -157,7 +157,7 @@ def test_library_audit_has_no_failures(path):
         assert findings and not [f for f in findings if f.status == FAIL]
 
 
-@pytest.mark.parametrize("path", SPECS, ids=spec_id)
+@pytest.mark.parametrize("path", LIBRARY_SPECS, ids=spec_id)
 def test_buffers_are_bn_running_stats(path):
     _, g = compile_spec(path)
     bn_channels = sum(n.attrs["channels"] for n in g if n.op == "batchnorm")

@@ -92,6 +92,7 @@ class Graph:
     g: nx.DiGraph = field(default_factory=nx.DiGraph)
     blocks: list[Block] = field(default_factory=list)
     stem: str = "imagenet"
+    stem_pool: str = "max"  # "max" | "conv" | "none"
     preact: bool = False
     zero_init_residual: bool = False
     output: str = ""

@@ -59,6 +59,7 @@ class _Lowerer:
             num_classes=s.num_classes,
             spec_hash=r.hash,
             stem=s.stem.kind,
+            stem_pool=s.stem.pool_,
             preact=s.preact,
             zero_init_residual=s.init.zero_init_residual,
         )

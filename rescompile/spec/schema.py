@@ -141,8 +141,7 @@ CHECKS = [
     "The input must be large enough for every stride: a stride may not exceed the feature map it "
     "applies to, and no feature map may shrink to zero.",
     "`rescompile check` needs `paper`, naming a table and row it knows.",
-    "`stem.widths` only with a `deep` stem; `stem.width`, if given too, must equal its last "
-    "entry.",
+    "`stem.widths` only with a `deep` stem; `stem.width`, if given too, must equal its last entry.",
     "`norm.groups` only with `norm.kind: group`, and the groups must divide every normalised "
     "width (stem, blocks, projections).",
     "`block.reduce_first` must leave at least one channel, a multiple of the 3x3 conv's groups.",
