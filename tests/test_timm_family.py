@@ -59,7 +59,8 @@ def test_fixture_layout_decoding_matches_its_counts():
     # lost nothing that the counts can see.
     for name, e in fixture()["models"].items():
         layout = decode_layout(e["state_dict"])
-        running = sum(math.prod(s) for k, s in layout if k.endswith(("running_mean", "running_var")))
+        stats = ("running_mean", "running_var")
+        running = sum(math.prod(s) for k, s in layout if k.endswith(stats))
         others = sum(
             math.prod(s)
             for k, s in layout
