@@ -38,6 +38,10 @@ def to_json(g: Graph) -> str:
                 "stride",
                 "stride_on",
                 "groups",
+                "attention",
+                "anti_alias",
+                "drop_path",
+                "dropout",
             )
         }
         for b in g.blocks
