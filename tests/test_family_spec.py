@@ -213,10 +213,18 @@ def test_gate_and_scale_elements_are_listed_apart():
     )
 
 
-def test_existing_library_specs_use_no_family_feature():
-    for sub in ("paper", "torchvision", "variants"):
+# The specs outside specs/timm that use family features (audit rows of the follow-up papers).
+FAMILY_PAPER_SPECS = {
+    "se-resnet50": ["attention_se"],
+    "wrn-28-10": ["block_dropout"],
+}
+
+
+def test_library_features_outside_timm():
+    for sub in ("paper", "torchvision", "variants", "followup"):
         for p in sorted((ROOT / "specs" / sub).glob("*.yaml")):
-            assert features(analyse(load_spec(p))) == [], p
+            want = FAMILY_PAPER_SPECS.get(p.stem, [])
+            assert features(analyse(load_spec(p))) == want, p
 
 
 # -- backends that do not emit a feature refuse it cleanly ----------------------------------------
@@ -231,3 +239,16 @@ def test_build_refuses_a_feature_the_backend_does_not_declare(tmp_path):
         "squeeze-and-excitation attention (attention: se) (rescompile report, check and graph "
         "do)\n"
     )
+
+
+def test_projection_padding_at_odd_strides():
+    # A 1x1 projection never pads (torchvision's conv1x1), whatever the stride; a 3x3 one takes
+    # timm's get_padding: ((stride - 1) + (3 - 1)) // 2 = 2 at stride 3.
+    text = BASE.replace("{depth: 2, width: 32, stride: 2}", "{depth: 2, width: 32, stride: 3}")
+    assert graph(text)["layer2.0.downsample.0"].attrs["padding"] == 0
+    g = graph(text + "downsample: {kind: conv, kernel_size: 3}\n")
+    a = g["layer2.0.downsample.0"].attrs
+    assert (a["kernel"], a["stride"], a["padding"]) == (3, 3, 2)
+    # anti-aliasing applies to stride-2 blocks only, as timm's use_aa
+    g = graph(text + "anti_alias: blur\n")
+    assert "layer2.0.aa" not in g.g and g["layer2.0.conv2"].attrs["stride"] == 3

@@ -183,7 +183,7 @@ FOLLOW_UP = {
 @pytest.mark.parametrize("name", FOLLOW_UP)
 def test_follow_up_papers_exact_counts(name):
     params, macs = FOLLOW_UP[name]
-    resolved, g = compile_spec(ROOT / "specs" / "paper" / f"{name}.yaml")
+    resolved, g = compile_spec(ROOT / "specs" / "followup" / f"{name}.yaml")
     assert g.totals["params"] == params
     if macs is not None:
         assert g.totals["macs"] == macs
@@ -191,7 +191,7 @@ def test_follow_up_papers_exact_counts(name):
 
 
 def test_resnet1001_printed_params_leave_out_bn():
-    resolved, g = compile_spec(ROOT / "specs" / "paper" / "preact-resnet1001.yaml")
+    resolved, g = compile_spec(ROOT / "specs" / "followup" / "preact-resnet1001.yaml")
     bn = sum(n.attrs["channels"] for n in g if n.op == "batchnorm")
     assert g.totals["params"] - 2 * bn == 10_178_490  # REFERENCE.md: rounds to the printed 10.2M
     (f,) = [f for f in audit(resolved, g) if f.figure.startswith("parameters")]
@@ -199,7 +199,7 @@ def test_resnet1001_printed_params_leave_out_bn():
 
 
 def test_se_resnet50_printed_flops_count_squeeze_and_scale():
-    _, se = compile_spec(ROOT / "specs" / "paper" / "se-resnet50.yaml")
+    _, se = compile_spec(ROOT / "specs" / "followup" / "se-resnet50.yaml")
     _, plain = compile_spec(ROOT / "specs" / "paper" / "resnet50.yaml")
     # SE's convs: per block 2 x C x C/16 for C = 256 (x3), 512 (x4), 1024 (x6), 2048 (x3)
     se_macs = sum(n * 2 * c * (c // 16) for n, c in ((3, 256), (4, 512), (6, 1024), (3, 2048)))

@@ -282,7 +282,7 @@ class _Lowerer:
             self.error("attention needs post-activation blocks", *path)
         if cfg.anti_alias != "none" and self.s.preact and st.anti_alias:
             self.error("anti_alias needs post-activation blocks", "stages", i, "anti_alias")
-        aa = cfg.anti_alias if stride > 1 and not self.s.preact else "none"
+        aa = cfg.anti_alias if stride == 2 and not self.s.preact else "none"  # as timm
         drop_path = 0.0
         if self.n_blocks > 1:
             drop_path = self.s.drop_path * self.block_index / (self.n_blocks - 1)
@@ -391,7 +391,7 @@ class _Lowerer:
                     cout,
                     k,
                     conv_stride,
-                    padding=_padding(k, conv_stride),
+                    padding=0 if k == 1 else _padding(k, conv_stride),  # 1x1: as ever
                     **kw,
                 )
                 if not self.s.preact:

@@ -304,7 +304,8 @@ class Spec(_Model):
     )
     anti_alias: AntiAlias = Field(
         "none",
-        description="none; blur: a stride-2 block runs its strided conv at stride 1, then a "
+        description="none; blur: a stride-2 block (only those, as in timm) runs its strided conv "
+        "at stride 1, then a "
         "[1,2,1]x[1,2,1] depthwise blur (reflect padding) at stride 2, and the stem's max pool "
         "runs at stride 1 before a blur (timm's BlurPool2d); avgpool: the same with a 2x2 average "
         "pool (floor mode), the stem's max pool replaced by it (timm's aa_layer=AvgPool2d)",
