@@ -252,3 +252,116 @@ def test_projection_padding_at_odd_strides():
     # anti-aliasing applies to stride-2 blocks only, as timm's use_aa
     g = graph(text + "anti_alias: blur\n")
     assert "layer2.0.aa" not in g.g and g["layer2.0.conv2"].attrs["stride"] == 3
+
+
+# -- every combination either compiles consistently or fails with a positioned error ---------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rescompile.errors import UserError  # noqa: E402
+from rescompile.passes.layout import state_layout  # noqa: E402
+
+_FAMILY = {
+    "stem": st.sampled_from(
+        [
+            "imagenet",
+            "cifar",
+            "deep",
+            {"kind": "deep", "widths": [6, 8, 16]},
+            {"kind": "deep", "pool": "conv"},
+            {"kind": "imagenet", "pool": "none"},
+            {"kind": "cifar", "pool": "max"},
+            {"kind": "cifar", "widths": [4, 4, 8]},
+        ]
+    ),
+    "block": st.sampled_from(
+        [
+            "basic",
+            "bottleneck",
+            {"kind": "bottleneck", "attention": "se", "groups": 2, "width_per_group": 32},
+            {"kind": "bottleneck", "attention": {"kind": "se", "rd_ratio": 0.25}},
+            {"kind": "basic", "attention": {"kind": "eca", "kernel_size": 5}, "dropout": 0.2},
+            {"kind": "bottleneck", "attention": "eca", "reduce_first": 2},
+            {"kind": "bottleneck", "groups": 4, "reduce_first": 3},
+        ]
+    ),
+    "anti_alias": st.sampled_from(["none", "blur", "avgpool"]),
+    "downsample": st.sampled_from(["conv", "avgpool", {"kind": "conv", "kernel_size": 3}]),
+    "norm": st.sampled_from([{}, {"kind": "group", "groups": 4}, {"kind": "group"}]),
+    "drop_path": st.sampled_from([0.0, 0.1]),
+    "preact": st.sampled_from([False, False, False, True]),
+    "shortcut": st.sampled_from(["A", "B", "C", "none"]),
+    "size": st.sampled_from([16, 33, 64, [40, 57]]),
+    "stage_attention": st.sampled_from([None, "none", "se", "eca"]),
+    "stage_aa": st.sampled_from([None, "none", "blur"]),
+}
+
+
+@settings(
+    max_examples=300,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(**_FAMILY)
+def test_family_combinations_compile_consistently_or_fail_cleanly(
+    stem,
+    block,
+    anti_alias,
+    downsample,
+    norm,
+    drop_path,
+    preact,
+    shortcut,
+    size,
+    stage_attention,
+    stage_aa,
+):
+    stage1 = {"depth": 2, "width": 16, "stride": 2}
+    if stage_attention is not None:
+        stage1["attention"] = stage_attention
+    if stage_aa is not None:
+        stage1["anti_alias"] = stage_aa
+    doc = {
+        "name": "net",
+        "input": {"channels": 3, "size": size},
+        "num_classes": 10,
+        "stem": stem,
+        "block": block,
+        "stride_on": "3x3",
+        "preact": preact,
+        "shortcut": shortcut,
+        "anti_alias": anti_alias,
+        "downsample": downsample,
+        "norm": norm,
+        "drop_path": drop_path,
+        "stages": [{"depth": 1, "width": 8, "stride": 1}, stage1],
+    }
+    import yaml
+
+    try:
+        g = graph(yaml.safe_dump(doc, sort_keys=False))
+    except SpecError as e:
+        assert e.diagnostics and all(d.pos is not None for d in e.diagnostics), str(e)
+        return
+    except UserError as e:  # pragma: no cover - lowering raises SpecError only
+        raise AssertionError(f"unexpected user error {e}") from None
+    t = g.totals
+    for key in ("params", "buffers", "macs", "gate", "scale"):
+        assert sum(n.meta[key] for n in g) == t[key]
+    layout = state_layout(g)
+    stats = ("running_mean", "running_var")
+    assert sum(_numel(s) for k, s in layout if k.endswith(stats)) == t["buffers"]
+    trainable = [s for k, s in layout if not k.endswith((*stats, "num_batches_tracked"))]
+    assert sum(_numel(s) for s in trainable) == t["params"]
+    assert len({k for k, _ in layout}) == len(layout)  # unique state_dict keys
+    assert g[g.output].meta["shape"] == (10,)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
