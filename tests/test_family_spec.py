@@ -365,3 +365,39 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         out *= d
     return out
+
+
+def test_block_widths_are_checked_per_stage():
+    text = BASE.replace(
+        "{depth: 2, width: 32, stride: 2}",
+        "{depth: 2, width: 32, stride: 2, out_channels: 40, block_widths: [[20, 12]]}",
+    )
+    (err,) = errors(text)
+    assert err.startswith("s.yaml:9:") and "stages.1.block_widths: 1 entries for 2 blocks" in err
+    text = BASE.replace(
+        "{depth: 2, width: 32, stride: 2}",
+        "{depth: 2, width: 32, stride: 2, block_widths: [[20, 12], [7]]}",
+    )
+    (err,) = errors(text)
+    assert "a bottleneck block takes 2 widths per entry ([first, inner]); entry 1 has 1" in err
+    text = BASE.replace("block: bottleneck", "block: {kind: bottleneck, groups: 4}").replace(
+        "{depth: 2, width: 32, stride: 2}",
+        "{depth: 2, width: 32, stride: 2, block_widths: [[20, 12], [8, 6]]}",
+    )
+    (err,) = errors(text)
+    assert "stages.1.block_widths.1: block 1: the 3x3 conv's 4 groups do not divide 8 -> 6" in err
+
+
+def test_pruned_widths_shape_the_block():
+    text = BASE.replace(
+        "{depth: 2, width: 32, stride: 2}",
+        "{depth: 2, width: 32, stride: 2, out_channels: 40, block_widths: [[20, 12], [9, 5]]}",
+    )
+    g = graph(text.replace("block: bottleneck", "block: {kind: bottleneck, attention: eca}"))
+    a = [g[f"layer2.1.conv{k}"].attrs for k in (1, 2, 3)]
+    assert [(x["in_channels"], x["out_channels"]) for x in a] == [(40, 9), (9, 5), (5, 40)]
+    assert g["layer2.0.downsample.0"].attrs["out_channels"] == 40
+    assert g["fc"].attrs["in_features"] == 40
+    # ECA's kernel follows the unpruned width 32 x 4 = 128: t = int((7 + 1) / 2) = 4 -> 5
+    assert g["layer2.1.se.conv"].attrs["kernel"] == 5
+    assert "block_widths" in features(g)

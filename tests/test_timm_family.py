@@ -22,8 +22,8 @@ from rescompile.errors import SpecError
 from rescompile.passes.layout import state_layout
 
 FIXTURE = ROOT / "tests" / "fixtures" / "timm" / "resnet.json"
-# timm's per-block-width models: a spec field of their own (the stretch goal).
-NOT_EXPRESSIBLE = {"ecaresnet50d_pruned", "ecaresnet101d_pruned"}
+# Models of timm.models.resnet that no spec expresses (none since the pruned ones have one).
+NOT_EXPRESSIBLE: set[str] = set()
 
 
 @functools.cache

@@ -27,6 +27,7 @@ FEATURES: dict[str, str] = {
     "block_dropout": "dropout inside blocks (block.dropout)",
     "drop_path": "stochastic depth (drop_path)",
     "downsample_kernel": "a 3x3 projection conv (downsample: {kernel_size: 3})",
+    "block_widths": "widths given block by block (stages' block_widths / out_channels)",
 }
 
 
@@ -39,6 +40,8 @@ def features(g: Graph) -> list[str]:
             used.add(f"attention_{b.attention}")
         if b.dropout > 0:
             used.add("block_dropout")
+        if b.pruned:
+            used.add("block_widths")
         conv1 = g[f"{b.name}.conv1"]
         if conv1.attrs["out_channels"] != b.width:
             used.add("reduce_first")

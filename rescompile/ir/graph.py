@@ -78,6 +78,7 @@ class Block:
     anti_alias: str = "none"  # "none" | "blur" | "avgpool" (only where the block strides)
     drop_path: float = 0.0
     dropout: float = 0.0
+    pruned: bool = False  # widths given per block (block_widths / out_channels)
 
 
 @dataclass

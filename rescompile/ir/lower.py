@@ -119,8 +119,11 @@ class _Lowerer:
             return self.node(name, Op.BLUR, attrs, [x], **kw)
         return self.node(name, Op.AA_AVGPOOL, dict(kernel=stride, stride=stride), [x], **kw)
 
-    def attention(self, prefix, x, c, att: AttentionSpec, *, src, stage, block) -> str:
-        """timm's SEModule / EcaModule on a ``c``-channel map, named ``{prefix}.fc1`` etc."""
+    def attention(
+        self, prefix, x, c, att: AttentionSpec, *, nominal: int, src, stage, block
+    ) -> str:
+        """timm's SEModule / EcaModule on a ``c``-channel map, named ``{prefix}.fc1`` etc.;
+        ECA's default kernel follows the ``nominal`` (unpruned) channel count."""
         kw = dict(src=src, stage=stage, block=block)
         pooled = self.node(f"{prefix}.pool", Op.GLOBAL_AVGPOOL, {}, [x], **kw)
         if att.kind == "se":
@@ -129,7 +132,7 @@ class _Lowerer:
             h = self.relu(f"{prefix}.act", h, **kw)
             h = self.conv(f"{prefix}.fc2", h, rd, c, 1, bias=True, **kw)
         else:
-            k = att.kernel_size if att.kernel_size is not None else eca_kernel(c)
+            k = att.kernel_size if att.kernel_size is not None else eca_kernel(nominal)
             attrs = dict(kernel=k, padding=(k - 1) // 2)
             h = self.node(f"{prefix}.conv", Op.CHANNEL_CONV, attrs, [pooled], **kw)
         gate = self.node(f"{prefix}.gate", Op.SIGMOID, {}, [h], **kw)
@@ -240,7 +243,8 @@ class _Lowerer:
         src = self.pos("stages", i) if j == 0 else self.pos("stages", i, "depth")
         stride = st.stride if j == 0 else 1
         exp = b.expansion_
-        cout = st.width * exp
+        nominal = st.width * exp
+        cout = st.out_channels or nominal
         block_path = ("stages", i, "block") if st.block else ("block",)
         if b.kind == "basic":
             if b.groups != 1 or b.width_per_group != 64:
@@ -255,7 +259,38 @@ class _Lowerer:
                 )
             inner = (st.width * b.width_per_group // 64) * b.groups
         first = inner // b.reduce_first  # timm's first_planes
-        if first < 1 or (b.kind == "bottleneck" and first % b.groups):
+        custom = st.block_widths is not None and j < len(st.block_widths)
+        if st.block_widths is not None and j == 0:
+            want = 1 if b.kind == "basic" else 2
+            if len(st.block_widths) != st.depth:
+                self.error(
+                    f"{len(st.block_widths)} entries for {st.depth} blocks",
+                    "stages",
+                    i,
+                    "block_widths",
+                )
+            bad = [k for k, w in enumerate(st.block_widths) if len(w) != want]
+            if bad:
+                self.error(
+                    f"a {b.kind} block takes {want} width{'s' if want > 1 else ''} per entry "
+                    f"([first{', inner' if want > 1 else ''}]); entry {bad[0]} has "
+                    f"{len(st.block_widths[bad[0]])}",
+                    "stages",
+                    i,
+                    "block_widths",
+                )
+        if custom and len(st.block_widths[j]) == (1 if b.kind == "basic" else 2):
+            first, inner = (st.block_widths[j] * 2)[:2] if b.kind == "basic" else st.block_widths[j]
+            if b.kind == "bottleneck" and (first % b.groups or inner % b.groups):
+                self.error(
+                    f"block {j}: the 3x3 conv's {b.groups} groups do not divide {first} -> "
+                    f"{inner} channels",
+                    "stages",
+                    i,
+                    "block_widths",
+                    j,
+                )
+        elif first < 1 or (b.kind == "bottleneck" and first % b.groups):
             self.error(
                 f"reduce_first {b.reduce_first} leaves {first} channels from an inner width of "
                 f"{inner}, which the 3x3 conv's {b.groups} groups do not divide",
@@ -306,6 +341,7 @@ class _Lowerer:
             anti_alias=aa,
             drop_path=drop_path if sc != "none" else 0.0,
             dropout=b.dropout,
+            pruned=st.block_widths is not None or st.out_channels is not None,
         )
         self.g.blocks.append(blk)
         first_node = len(self.g)
@@ -346,7 +382,7 @@ class _Lowerer:
                 h = self.conv(f"{name}.conv{k}", h, ci, co, ks, 1 if strided else s_, gr, **kw)
                 h = self.bn(f"{name}.bn{k}", h, co, zero_init=zero_init and k == last, **kw)
                 if k == last and att.kind != "none":
-                    h = self.attention(f"{name}.se", h, co, att, **kw)
+                    h = self.attention(f"{name}.se", h, co, att, nominal=nominal, **kw)
                 if k < last or sc == "none":
                     h = self.relu(f"{name}.relu{k}", h, **kw)
                 if strided:

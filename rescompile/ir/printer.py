@@ -42,6 +42,7 @@ def to_json(g: Graph) -> str:
                 "anti_alias",
                 "drop_path",
                 "dropout",
+                "pruned",
             )
         }
         for b in g.blocks

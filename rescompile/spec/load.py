@@ -78,6 +78,8 @@ _LATER_DEFAULTS = {
     ("block", "dropout"): 0.0,
     ("stage", "attention"): None,
     ("stage", "anti_alias"): None,
+    ("stage", "out_channels"): None,
+    ("stage", "block_widths"): None,
     ("norm", "kind"): "batch",
     ("norm", "groups"): None,
 }

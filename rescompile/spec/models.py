@@ -210,6 +210,24 @@ class StageSpec(_Model):
         None, description="override of the block's attention in this stage"
     )
     anti_alias: AntiAlias | None = Field(None, description="override of the model's anti_alias")
+    out_channels: PosInt | None = Field(
+        None,
+        description="the blocks' output channels; default width x expansion (set by pruned "
+        "models, with block_widths)",
+    )
+    block_widths: (
+        Annotated[
+            list[Annotated[list[PosInt], Field(min_length=1, max_length=2)]],
+            Field(max_length=MAX_BLOCKS),
+        ]
+        | None
+    ) = Field(
+        None,
+        description="per block, the output channels of its convs before the last: [first, "
+        "inner] (bottleneck) or [first] (basic); default from width, groups, width_per_group "
+        "and reduce_first (timm's pruned models give them one by one). ECA's kernel still "
+        "follows width x expansion, as in timm's pruned models",
+    )
 
     _block = field_validator("block", "downsample", "attention", mode="before")(
         lambda v: _shorthand(v)

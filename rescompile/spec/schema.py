@@ -84,6 +84,8 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("StageSpec", "stride_on"): "1x1",
     ("StageSpec", "attention"): "none",
     ("StageSpec", "anti_alias"): "none",
+    ("StageSpec", "out_channels"): 19,
+    ("StageSpec", "block_widths"): [[47, 18], [52, 22], [64, 35]],
     ("AttentionSpec", "kind"): "se",
     ("AttentionSpec", "rd_ratio"): 0.25,
     ("AttentionSpec", "rd_divisor"): 8,
@@ -147,6 +149,8 @@ CHECKS = [
     "`block.reduce_first` must leave at least one channel, a multiple of the 3x3 conv's groups.",
     "`anti_alias`, `attention` and a `conv` stem pool need post-activation blocks (`preact: "
     "false`); `drop_path` needs residual blocks (no stage with `shortcut: none`).",
+    "A stage's `block_widths` has one entry per block, `[first, inner]` for a bottleneck "
+    "(both multiples of its groups) or `[first]` for a basic block.",
     "`attention`: `rd_ratio` and `rd_divisor` only with `se`, `kernel_size` (odd) only with "
     "`eca`; `downsample.kernel_size: 3` only with `kind: conv`.",
 ]
