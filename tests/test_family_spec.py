@@ -401,3 +401,26 @@ def test_pruned_widths_shape_the_block():
     # ECA's kernel follows the unpruned width 32 x 4 = 128: t = int((7 + 1) / 2) = 4 -> 5
     assert g["layer2.1.se.conv"].attrs["kernel"] == 5
     assert "block_widths" in features(g)
+
+
+def test_train_refuses_a_feature_the_backend_does_not_declare(tmp_path):
+    digits = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
+    out = tmp_path / "run"
+    r = run_cli(
+        "train",
+        digits,
+        "--set",
+        "block={kind: basic, attention: se}",
+        "--data",
+        "digits",
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--out",
+        str(out),
+    )
+    assert r.code == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: the torch backend cannot emit digits-resnet20 yet")
+    assert not out.exists()  # refused before the run directory is made
