@@ -384,6 +384,22 @@ def _yaml_value(v: Any) -> str:
     return str(v)
 
 
+# What a field left out (None) means, where that is not "none".
+_NONE_DEFAULTS = {
+    ("BlockSpec", "expansion"): "1 (basic) or 4 (bottleneck)",
+    ("StemSpec", "width"): "the first stage's width",
+    ("StemSpec", "widths"): "[w/2, w/2, w] for width w",
+    ("StemSpec", "pool"): "`max` (`none` for cifar)",
+    ("AttentionSpec", "rd_ratio"): "1/16",
+    ("AttentionSpec", "rd_divisor"): "8",
+    ("AttentionSpec", "kernel_size"): "from the channel count",
+    ("NormSpec", "groups"): "32",
+    ("StageSpec", "attention"): "the block's",
+    ("StageSpec", "out_channels"): "width x expansion",
+    ("StageSpec", "block_widths"): "from width and the block",
+}
+
+
 def _default(model: type[BaseModel], field: str) -> str:
     f = model.model_fields[field]
     if f.is_required():
@@ -392,10 +408,8 @@ def _default(model: type[BaseModel], field: str) -> str:
     if isinstance(value, BaseModel):
         return "`" + _yaml_value(value.model_dump()) + "`"
     if value is None:
-        if (model.__name__, field) == ("BlockSpec", "expansion"):
-            return "1 (basic) or 4 (bottleneck)"
-        if (model.__name__, field) == ("StemSpec", "width"):
-            return "the first stage's width"
+        if (model.__name__, field) in _NONE_DEFAULTS:
+            return _NONE_DEFAULTS[model.__name__, field]
         if model is models.StageSpec:
             return "the model's"
         return "none"
