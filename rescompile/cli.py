@@ -25,7 +25,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-SpecArg = Annotated[str, typer.Argument(help="path to a spec YAML file", metavar="SPEC")]
+SpecArg = Annotated[
+    str,
+    typer.Argument(
+        help="a spec YAML file, or a library spec's name (paper/resnet50; see `rescompile specs`)",
+        metavar="SPEC",
+    ),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -176,16 +182,18 @@ def check(
     set_: SetOpt = None,
 ) -> None:
     """Audit computed figures against the published row the spec names."""
+    from rescompile import library
     from rescompile.passes.audit import FAIL, audit
-    from rescompile.spec.load import LIBRARY
 
     if all_ == (spec is not None):
         raise UserError("give either SPEC or --all")
     if all_:
-        specs = [str(p) for p in sorted(LIBRARY.rglob("*.yaml"))]
+        specs = library.names()
+        if not specs:
+            raise UserError(f"no specs in the library ({library.root()}): a broken installation")
     else:
         specs = [spec]
-    failed = 0
+    failed = audited = 0
     for path in specs:
         resolved, g = _compile(path, set_)
         if resolved.spec.paper is None:
@@ -199,9 +207,26 @@ def check(
             if f.note:
                 typer.echo(f"        {f.status.lower()}: {f.note}")
             failed += f.status == FAIL
+        audited += 1
+    if all_ and not audited:
+        raise UserError(f"none of the {len(specs)} library specs names a paper row to audit")
     if failed:
         typer.echo(f"{failed} figure(s) FAIL", err=True)
         raise typer.Exit(1)
+
+
+@app.command("specs")
+def specs_() -> None:
+    """List the spec library: every name any command (and ``extends:``) accepts as a spec."""
+    from rescompile import library
+
+    for path in library.paths():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        about = next(
+            (x[1:].strip() for x in lines if x.startswith("#") and "yaml-language-server" not in x),
+            "",
+        )
+        typer.echo(f"{library.name_of(path):34s} {about}".rstrip())
 
 
 @app.command()

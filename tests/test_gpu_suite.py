@@ -25,7 +25,7 @@ def _suite(tmp_path, *steps: str) -> tuple[str, list[dict]]:
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "RUNS": str(tmp_path / "runs"),
            "OMP_NUM_THREADS": "1", "RESCOMPILE_JAX_CACHE": str(tmp_path / "jax-cache")}
     r = subprocess.run(["bash", str(SUITE), "--smoke", *steps], env=env, cwd=tmp_path,
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=1800)  # a hang check
     log = (out / "suite.log").read_text()
     assert r.returncode == 0, r.stdout + r.stderr
     train = out / "train.jsonl"

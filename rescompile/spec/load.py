@@ -17,13 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from rescompile import library
 from rescompile.errors import Diagnostic, SourcePos, SpecError
 from rescompile.spec import yamlsafe
 from rescompile.spec.models import Spec
 
 MAX_EXTENDS = 16
 MAX_DIAGNOSTICS = 100  # beyond this many problems, the rest are counted rather than listed
-LIBRARY = Path(__file__).resolve().parents[2] / "specs"  # the built-in spec library (checkout)
 # fields that accept a bare string for {kind: ...}
 _SHORTHAND = {"block", "stem", "downsample", "attention"}
 
@@ -143,6 +143,8 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
     if not isinstance(ext, str):
         raise SpecError(Diagnostic(where, "must be a path to another spec", "extends"))
     target = _resolve_path(path.parent, ext, where)
+    if not _is_file(target, ext, where) and (named := library.find(ext)) is not None:
+        target = named.resolve()  # no such file beside the spec: the library spec of that name
     if target.suffix not in (".yaml", ".yml"):
         raise SpecError(Diagnostic(where, f"must name a .yaml file, got {_short(ext)}", "extends"))
     if not _allowed(target, roots):
@@ -190,6 +192,13 @@ def _is_file(target: Path, ext: str, where: SourcePos | None) -> bool:
         return target.is_file()
     except (OSError, ValueError) as e:  # a name too long, ...
         raise _path_error(ext, e, where) from None
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except (OSError, ValueError):  # a name too long, an embedded NUL: reported by the caller
+        return False
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -397,20 +406,27 @@ def load_spec(
     *,
     roots: typing.Sequence[Path] | None = None,
 ) -> Resolved:
-    """Load, merge, override and validate a spec file.
+    """Load, merge, override and validate a spec file, or the library spec named ``path``.
 
     ``roots`` are the directories that ``extends`` may reach: by default the spec's own directory's
     parent, the current directory and the built-in library.
     """
     p = Path(path)
     display = str(path)
+    if not _exists(p):
+        named = library.find(display)
+        if named is None:
+            hint = "; nor a library spec (`rescompile specs` lists them)" if p.suffix == "" else ""
+            raise SpecError(Diagnostic(None, f"{_short(display)[1:-1]}: no such file{hint}"))
+        p = named  # not a file: the library spec of that name
+        display = _display(named.resolve())
     try:
         real = p.resolve()
     except (OSError, ValueError) as e:  # an embedded NUL, a symlink loop, ...
         why = getattr(e, "strerror", None) or str(e)
         raise SpecError(Diagnostic(None, f"{_short(display)}: not a usable path: {why}")) from None
     if roots is None:
-        roots = [real.parent.parent, Path.cwd().resolve(), LIBRARY]
+        roots = [real.parent.parent, Path.cwd().resolve(), library.root()]
     loc = _load_chain(real, display, [Path(r).resolve() for r in roots], [real])
     loc = yamlsafe.Located(
         copy.deepcopy(loc.data), loc.file, loc.positions, loc.key_positions, loc.problems

@@ -37,10 +37,11 @@ SHORTHAND = {
 MERGED = ("input", "stem", "block", "downsample", "head", "norm", "init", "paper")
 
 EXTENDS_DESCRIPTION = (
-    "path of a base spec (.yaml), relative to this file; this spec's fields are deep-merged over "
-    "the base's (mappings merge, lists such as stages are replaced). It must stay inside the "
-    "spec's parent directory, the current directory or the built-in library; chains are limited "
-    "to 16 files and may not form a cycle."
+    "path of a base spec (.yaml), relative to this file, or the name of a library spec "
+    "(paper/resnet50; `rescompile specs` lists them), looked up when no such file exists; this "
+    "spec's fields are deep-merged over the base's (mappings merge, lists such as stages are "
+    "replaced). It must stay inside the spec's parent directory, the current directory or the "
+    "built-in library; chains are limited to 16 files and may not form a cycle."
 )
 
 # One example value per field, shown in the reference and as the schema's "examples".
@@ -265,9 +266,9 @@ def json_schema() -> dict[str, Any]:
     properties = {
         "extends": {
             "type": "string",
-            "pattern": r"\.ya?ml$",
+            "pattern": r"\.ya?ml$|^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
             "description": EXTENDS_DESCRIPTION,
-            "examples": ["../paper/resnet50.yaml"],
+            "examples": ["../paper/resnet50.yaml", "torchvision/resnet50"],
         },
         **spec.pop("properties"),
     }

@@ -1,0 +1,1 @@
+"""The spec library: YAML specs shipped as package data (see ``rescompile.library``)."""
