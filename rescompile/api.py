@@ -8,7 +8,7 @@
     >>> small.totals["macs"] < graph.totals["macs"]
     True
     >>> print(rescompile.report(graph, "csv").splitlines()[1])
-    stem,stem,conv1,64x56x56,9536,128,118013952,236027904,802816,802816,0,802816,2609152,10436608
+    stem,stem,conv1,64x56x56,9536,128,118013952,236027904,802816,802816,0,802816,0,0,2609152,10436608
     >>> [f.status for f in rescompile.audit(spec, graph)].count("FAIL")
     0
     >>> source = rescompile.emit(graph, "torch")                  # a str; imports no framework

@@ -333,6 +333,9 @@ def build(
     if check_:
         _check_fits_in_memory(g)
     mod = load_backend(backend)
+    from rescompile.ir.features import require_backend_support
+
+    require_backend_support(g, mod, backend)
     source = mod.emit(g)
     _emit(source, output)
     if check_:
@@ -383,8 +386,11 @@ def export(
     out = output if output is not None else f"{g.name}.{format.value}"
     if out == "-":
         raise UserError("ONNX is binary and checked on disk: give -o FILE")
+    from rescompile.ir.features import require_backend_support
+
     with atomic_output(out, parents=True) as tmp:  # checked before the (slow) export starts
         mod = load_backend("torch")
+        require_backend_support(g, mod, "torch")
         mod.export(g, mod.emit(g), tmp, fmt=format.value)
     typer.echo(f"wrote {out}", err=True)
 

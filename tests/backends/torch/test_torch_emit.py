@@ -59,7 +59,8 @@ def test_byte_identical_across_processes_and_hash_seeds():
         "from rescompile import compile_spec\n"
         "from rescompile.backends.torch import emit\n"
         "for p in sorted(pathlib.Path('specs').rglob('*.yaml')):\n"
-        "    print(p, hashlib.sha256(emit(compile_spec(p)[1]).encode()).hexdigest())\n"
+        "    if p.parent.name not in ('timm', 'followup'):  # spec_cases.SPECS\n"
+        "        print(p, hashlib.sha256(emit(compile_spec(p)[1]).encode()).hexdigest())\n"
     )
     outputs = []
     for seed in ("1", "2"):
