@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .codegen import EmitError
-from .emitter import emit
+from rescompile.errors import EmitError
+
+from .render import emit
 
 if TYPE_CHECKING:
     from pathlib import Path

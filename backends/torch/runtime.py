@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rescompile.emit.names import ident
 from rescompile.ir.graph import Graph, Op
 
-from .codegen import ident
-from .emitter import emit
+from .render import emit
 
 Row = tuple[str, str, str, bool]
 _loaded = itertools.count()
