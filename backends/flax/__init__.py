@@ -20,7 +20,9 @@ that ``torch_state_dict_to_nnx`` can fill without running any initialiser.
 
 from __future__ import annotations
 
-from rescompile.backends.flax.emit import EmitError, emit
+from rescompile.backends.flax.render import emit
+
+from rescompile.errors import EmitError
 
 NAME = "flax"
 SUFFIX = ".py"

@@ -997,7 +997,8 @@ def header(plan: Plan, backend: str, notes: str) -> str:
     )
     kinds = ", ".join(f"{len(cl.members)} x {cl.name}" for cl in plan.classes)
     return (
-        f"ResNet ``{g.name}`` for {backend}, emitted by rescompile from its graph IR.\n\n"
+        f"{plan.model}: the ResNet ``{g.name}`` for {backend}, emitted by rescompile from its "
+        "graph IR.\n\n"
         f"Regenerate it rather than editing it: ``rescompile build SPEC --backend {backend}``, "
         f"where SPEC is the spec file (and ``--set`` overrides) that resolves to sha256 "
         f"{g.spec_hash or '-'}.\n\n"
