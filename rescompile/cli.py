@@ -53,9 +53,6 @@ class IRFormat(StrEnum):
     dot = "dot"
 
 
-BACKENDS = ("torch", "flax")
-
-
 def _compile(spec: str, overrides: list[str] | None, input_size: str | None = None):
     from rescompile.compiler import compile_spec
 
@@ -217,20 +214,6 @@ def ir(
     sys.stdout.write(printer.to_json(g) + "\n" if format is IRFormat.json else printer.to_dot(g))
 
 
-def load_backend(name: str):
-    """The backend module for ``name``: built-in, or registered under ``rescompile.backends``."""
-    import importlib
-
-    if name in BACKENDS:
-        return importlib.import_module(f"rescompile.backends.{name}")
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="rescompile.backends"):
-        if ep.name == name:
-            return ep.load()
-    raise UserError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-
-
 @app.command()
 def build(
     spec: SpecArg,
@@ -242,6 +225,8 @@ def build(
     ] = False,
 ) -> None:
     """Emit a standalone model source file for a backend."""
+    from rescompile.backends import load_backend
+
     _, g = _compile(spec, set_)
     mod = load_backend(backend)
     source = mod.emit(g)
@@ -272,10 +257,13 @@ def export(
     ] = None,
 ) -> None:
     """Export the emitted PyTorch model (ONNX, checked with onnx.checker)."""
+    from rescompile.backends import load_backend
+
     _, g = _compile(spec, set_)
-    mod = load_backend("torch")
+    torch = load_backend("torch")
     out = output or Path(f"{g.name}.{format.value}")
-    typer.echo(f"wrote {mod.export(g, mod.emit(g), out, fmt=format.value)}", err=True)
+    path = torch.module.export(g, torch.emit(g), out, fmt=format.value)
+    typer.echo(f"wrote {path}", err=True)
 
 
 class GraphFormat(StrEnum):

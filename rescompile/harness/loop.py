@@ -320,6 +320,7 @@ def train(
         UserError: bad data, a spec that does not fit the data, a bad run directory, ...
         TrainingDiverged: the loss became non-finite (a :class:`UserError`).
     """
+    from rescompile.backends import load_backend
     from rescompile.compiler import compile_spec
     from rescompile.harness.data import load_dataset
     from rescompile.harness.runtime import load_training_module
@@ -365,7 +366,7 @@ def train(
             "backend uses every local device from a single process: run it without torchrun"
         )
     p = _make_plan(config, graph, dataset, world)
-    source = sys.modules[training.__name__.rpartition(".")[0]].emit(graph)
+    source = load_backend(config.backend).emit(graph)
     options = RuntimeOptions(
         seed=config.seed,
         momentum=p.recipe.momentum,
@@ -847,6 +848,7 @@ def evaluate_checkpoint(
     """
     import tempfile
 
+    from rescompile.backends import load_backend
     from rescompile.compiler import compile_spec
     from rescompile.harness.checkpoint import load_checkpoint
     from rescompile.harness.data import load_dataset
@@ -860,7 +862,7 @@ def evaluate_checkpoint(
     dataset = load_dataset(data)
     _check_fit(graph, dataset, data)
     training = load_training_module(backend)
-    source = sys.modules[training.__name__.rsplit(".", 1)[0]].emit(graph)
+    source = load_backend(backend).emit(graph)
     options = RuntimeOptions(precision="fp32", compile=False, device=device)
     rt = training.make_runtime(graph, source, options)
     try:

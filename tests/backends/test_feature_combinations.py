@@ -26,6 +26,7 @@ import sys
 
 import pytest
 import yaml
+from emitted_classes import assert_same_definitions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spec_cases import ROOT
@@ -131,6 +132,7 @@ def _emit_and_check(tmp_path, spec: dict) -> None:
     VALID.append(spec)
 
     sources = {"torch": torch_backend.emit(g), "flax": flax_backend.emit(g)}
+    assert_same_definitions(sources["torch"], sources["flax"])  # one plan, one design
     rows = torch_backend.check(g, sources["torch"])
     assert all(ok for *_, ok in rows), [r for r in rows if not r[-1]]
     rows = flax_backend.check(g, sources["flax"])
