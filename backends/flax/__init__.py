@@ -44,10 +44,10 @@ __all__ = [
 ]
 
 _RUNTIME = {
-    "abstract_model": "rescompile.backends.flax.runtime",
-    "check": "rescompile.backends.flax.runtime",
-    "linear_tracing": "rescompile.backends.flax.runtime",
-    "load_module": "rescompile.backends.flax.runtime",
+    "abstract_model": "rescompile.backends.flax.tools",
+    "check": "rescompile.backends.flax.tools",
+    "linear_tracing": "rescompile.backends.flax.tools",
+    "load_module": "rescompile.backends.flax.tools",
     "nnx_to_torch_state_dict": "rescompile.backends.flax.convert",
     "torch_state_dict_to_nnx": "rescompile.backends.flax.convert",
     "torch_shapes": "rescompile.backends.flax.convert",

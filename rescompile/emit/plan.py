@@ -378,6 +378,21 @@ def _literal(name: str, n: Node) -> Layer:
     return Layer(name, n.op, tuple((k, n.attrs[k]) for k in _CHECKED.get(n.op, ())))
 
 
+def _conv(name: str, n: Node, cin: Param, cout: Param, stride: object, groups: object = 1) -> Layer:
+    """A convolution whose channels (and stride, groups) may be parameters; the rest from ``n``."""
+    a = n.attrs
+    return Layer(name, Op.CONV2D, (
+        ("in_channels", cin), ("out_channels", cout), ("kernel", a["kernel"]), ("stride", stride),
+        ("padding", a["padding"]), ("groups", groups), ("bias", a["bias"]),
+    ))  # fmt: skip
+
+
+def _bn(name: str, n: Node, channels: Param) -> Layer:
+    return Layer(name, Op.BATCHNORM, (
+        ("channels", channels), ("eps", n.attrs["eps"]), ("momentum", n.attrs["momentum"]),
+    ))  # fmt: skip
+
+
 def _kxk(n: Node) -> str:
     return f"{n.attrs['kernel']}x{n.attrs['kernel']}"
 
@@ -473,34 +488,12 @@ def _fill_class(
         if n.op is Op.CONV2D:
             k += 1
             out_role = "out_channels" if k == len(convs) else width
-            c.layers.append(
-                Layer(
-                    local,
-                    n.op,
-                    (
-                        ("in_channels", Param(role)),
-                        ("out_channels", Param(out_role)),
-                        ("kernel", n.attrs["kernel"]),
-                        ("stride", Param("stride") if local == stride_conv and c.stride else 1),
-                        ("padding", n.attrs["padding"]),
-                        ("groups", Param("groups") if local == group_conv and c.groups else 1),
-                        ("bias", n.attrs["bias"]),
-                    ),
-                )
-            )
+            stride = Param("stride") if local == stride_conv and c.stride else 1
+            groups = Param("groups") if local == group_conv and c.groups else 1
+            c.layers.append(_conv(local, n, Param(role), Param(out_role), stride, groups))
             role = out_role
         elif n.op is Op.BATCHNORM:
-            c.layers.append(
-                Layer(
-                    local,
-                    n.op,
-                    (
-                        ("channels", Param(role)),
-                        ("eps", n.attrs["eps"]),
-                        ("momentum", n.attrs["momentum"]),
-                    ),
-                )
-            )
+            c.layers.append(_bn(local, n, Param(role)))
     names = {m.name for m in c.layers}
     for m in (*names, "downsample", "shortcut", "relu"):
         attr_name(m, "block module name")
@@ -662,33 +655,12 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
             layers = []
             for (i, op), n in zip(ops, bi.short[len(bi.short) - len(ops) :], strict=True):
                 if op is Op.CONV2D:
+                    stride = Param("stride") if conv_index == 0 else 1
                     layers.append(
-                        Layer(
-                            str(i),
-                            op,
-                            (
-                                ("in_channels", Param("in_channels")),
-                                ("out_channels", Param("out_channels")),
-                                ("kernel", n.attrs["kernel"]),
-                                ("stride", Param("stride") if conv_index == 0 else 1),
-                                ("padding", n.attrs["padding"]),
-                                ("groups", 1),
-                                ("bias", n.attrs["bias"]),
-                            ),
-                        )
+                        _conv(str(i), n, Param("in_channels"), Param("out_channels"), stride)
                     )
                 elif op is Op.BATCHNORM:
-                    layers.append(
-                        Layer(
-                            str(i),
-                            op,
-                            (
-                                ("channels", Param("out_channels")),
-                                ("eps", n.attrs["eps"]),
-                                ("momentum", n.attrs["momentum"]),
-                            ),
-                        )
-                    )
+                    layers.append(_bn(str(i), n, Param("out_channels")))
                 else:
                     raise EmitError(f"IR node {n.name!r}: {op} in a projection shortcut")
             name = "projection" if conv_index == 0 else "avgpool_projection"

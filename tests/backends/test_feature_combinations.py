@@ -44,7 +44,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from rescompile.backends import flax as flax_backend  # noqa: E402
 from rescompile.backends import torch as torch_backend  # noqa: E402
-from rescompile.backends.flax.runtime import abstract_model, linear_tracing  # noqa: E402
+from rescompile.backends.flax.tools import abstract_model, linear_tracing  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 RUFF = [sys.executable, "-m", "ruff"]

@@ -30,7 +30,7 @@ nnx = pytest.importorskip("flax.nnx")
 import jax.numpy as jnp  # noqa: E402
 from rescompile.backends.flax import check  # noqa: E402
 from rescompile.backends.flax.convert import module_paths  # noqa: E402
-from rescompile.backends.flax.runtime import (  # noqa: E402
+from rescompile.backends.flax.tools import (  # noqa: E402
     count,
     ir_param_names,
     linear_tracing,
