@@ -10,12 +10,14 @@ indexed like PyTorch's, an ``AvgPool`` in ceil mode. It never imports jax or fla
 from __future__ import annotations
 
 from rescompile.emit.layout import (
+    INDENT,
     Call,
     Kw,
     Repeat,
     call_lines,
     def_lines,
     docstring,
+    fits,
     join_parts,
     statements,
 )
@@ -93,19 +95,10 @@ class _Renderer:
         a = dict(m.args)
         if m.op is Op.CONV2D:
             c = self.p.conv(a["kernel"])
+            stride = [] if a["stride"] == 1 else [_v(a["stride"])]
             groups = [] if a["groups"] == 1 else [Kw("groups", _v(a["groups"]))]
-            if c is not None:
-                stride = [] if a["stride"] == 1 else [_v(a["stride"])]
-                return Call(
-                    c.name, (_v(a["in_channels"]), _v(a["out_channels"]), *stride, *groups, RNGS)
-                )
-            return self.conv_call(
-                a["kernel"],
-                _v(a["in_channels"]),
-                _v(a["out_channels"]),
-                _v(a["stride"]),
-                _v(a["groups"]),
-            )
+            args = (_v(a["in_channels"]), _v(a["out_channels"]), *stride, *groups, RNGS)
+            return Call(c.name, args)
         if m.op is Op.BATCHNORM:
             init = [Kw("zero_init", "True")] if zero else []
             return Call(self.n["BatchNorm"], (_v(a["channels"]), *init, RNGS))
@@ -161,7 +154,27 @@ class _Renderer:
         return [""]
 
     def forward(self, steps: list[Step]) -> list[str]:
-        body = [line for s in steps for line in self.step(s)]
+        """Statements; a conv, BatchNorm and ReLU feeding each other are one nested call (where
+        it fits), and a block's groups of them are not set apart by blank lines."""
+        body: list[str] = []
+        chain: Step | None = None  # the group's layers so far: one step with a nested source
+        for i, s in enumerate(steps):
+            unit = s.kind == "layer" and s.op in (Op.CONV2D, Op.BATCHNORM, Op.RELU)
+            if chain and unit and s.src == s.out == chain.out:
+                src = self.inline(chain.op, chain.module, chain.src)
+                nested = Step("layer", s.out, src, s.module, s.op)
+                if fits(f"{INDENT * 2}{self.step(nested)[0]}"):
+                    chain = nested
+                    continue
+            body += self.step(chain) if chain else []
+            chain = s if unit else None
+            if s.kind == "blank" and 0 < i < len(steps) - 1:
+                around = (steps[i - 1], steps[i + 1])
+                if all(t.kind == "layer" and t.out == "out" for t in around):
+                    continue  # one line per conv group in a block
+            if chain is None:
+                body += self.step(s)
+        body += self.step(chain) if chain else []
         return ["    def __call__(self, x: jax.Array) -> jax.Array:", *statements(body, 2)]
 
     # -- helpers -------------------------------------------------------------------------------

@@ -86,20 +86,7 @@ class _Renderer:
             return [] if type(x) is type(default) and x == default else [Kw(name, _v(x))]
 
         if m.op is Op.CONV2D:
-            c, k = self.p.conv(a["kernel"]), a["kernel"]
-            if c is None:
-                return Call(
-                    "nn.Conv2d",
-                    (
-                        _v(a["in_channels"]),
-                        _v(a["out_channels"]),
-                        Kw("kernel_size", _v(k)),
-                        *kw("stride", "stride", 1),
-                        *kw("padding", "padding", 0),
-                        *kw("groups", "groups", 1),
-                        Kw("bias", "False"),
-                    ),
-                )
+            c = self.p.conv(a["kernel"])
             stride = [] if a["stride"] == 1 else [_v(a["stride"])]
             return Call(
                 c.name,

@@ -205,8 +205,8 @@ class Plan:
     eps: set[float] = field(default_factory=set)
     momentum: set[float] = field(default_factory=set)
 
-    def conv(self, kernel: int) -> ConvHelper | None:
-        return next((c for c in self.convs if c.kernel == kernel), None)
+    def conv(self, kernel: int) -> ConvHelper:
+        return next(c for c in self.convs if c.kernel == kernel)
 
     @property
     def stages(self) -> list[Stage]:
@@ -785,8 +785,6 @@ class _Planner:
         convs = [m for m in layers if m.op is Op.CONV2D]
         for k in sorted({m["kernel"] for m in convs}, reverse=True):
             same = [m for m in convs if m["kernel"] == k]
-            if len(same) < 2:  # a helper where it shortens the code
-                continue
             plan.convs.append(
                 ConvHelper(
                     ns.create(f"conv{k}x{k}", "helper name"),
