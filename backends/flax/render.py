@@ -109,8 +109,6 @@ class _Renderer:
         if m.op is Op.DROPOUT:
             return Call("nnx.Dropout", (_v(a["p"]), RNGS))
         if m.op is Op.LINEAR:
-            if a["bias"] is not True:
-                raise EmitError("the classifier is expected to have a bias")
             return Call(self.n["linear"], (_v(a["in_features"]), "num_classes", RNGS))
         raise EmitError(f"no flax module for {m.op}")  # pragma: no cover
 

@@ -127,8 +127,6 @@ class _Renderer:
         if m.op is Op.DROPOUT:
             return Call("nn.Dropout", (Kw("p", _v(a["p"])),))
         if m.op is Op.LINEAR:
-            if a["bias"] is not True:
-                raise EmitError("the classifier is expected to have a bias")
             return Call("nn.Linear", (_v(a["in_features"]), "num_classes"))
         raise EmitError(f"no PyTorch module for {m.op}")  # pragma: no cover
 

@@ -371,6 +371,8 @@ def _verify(layer: Layer, params: dict[str, int], node: Node) -> None:
             f"IR node {node.name!r}: only bias-free, kernel // 2 padded convolutions "
             f"(bias={node.attrs['bias']!r}, padding={node.attrs['padding']!r})"
         )
+    if node.op is Op.LINEAR and node.attrs["bias"] is not True:
+        raise EmitError(f"IR node {node.name!r}: the classifier is expected to have a bias")
 
 
 def _literal(name: str, n: Node) -> Layer:
