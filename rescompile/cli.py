@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from rescompile.backends import BUILTIN as BACKENDS
+from rescompile.backends import load_backend
 from rescompile.errors import SpecError, UserError, one_line
 
 app = typer.Typer(
@@ -82,9 +84,6 @@ class ReportFormat(StrEnum):
 class IRFormat(StrEnum):
     json = "json"
     dot = "dot"
-
-
-BACKENDS = ("torch", "flax")
 
 
 def _backend_names(incomplete: str = "") -> list[str]:
@@ -296,20 +295,6 @@ def ir(
     sys.stdout.write(printer.to_json(g) + "\n" if format is IRFormat.json else printer.to_dot(g))
 
 
-def load_backend(name: str):
-    """The backend module for ``name``: built-in, or registered under ``rescompile.backends``."""
-    import importlib
-
-    if name in BACKENDS:
-        return importlib.import_module(f"rescompile.backends.{name}")
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="rescompile.backends"):
-        if ep.name == name:
-            return ep.load()
-    raise UserError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-
-
 @app.command()
 def build(
     spec: SpecArg,
@@ -389,9 +374,9 @@ def export(
     from rescompile.ir.features import require_backend_support
 
     with atomic_output(out, parents=True) as tmp:  # checked before the (slow) export starts
-        mod = load_backend("torch")
-        require_backend_support(g, mod, "torch")
-        mod.export(g, mod.emit(g), tmp, fmt=format.value)
+        torch = load_backend("torch")
+        require_backend_support(g, torch, "torch")
+        torch.module.export(g, torch.emit(g), tmp, fmt=format.value)
     typer.echo(f"wrote {out}", err=True)
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.backends import load_backend
 from rescompile.errors import UserError
 from rescompile.harness.runtime import Batch, Runtime, RuntimeOptions, TrainData
 from rescompile.ir.features import require_backend_support
@@ -483,7 +484,7 @@ def _train(
             "backend uses every local device from a single process: run it without torchrun"
         )
     p = _make_plan(config, graph, dataset, world)
-    backend = sys.modules[training.__name__.rpartition(".")[0]]
+    backend = load_backend(config.backend)
     require_backend_support(graph, backend, config.backend)
     source = backend.emit(graph)
     options = RuntimeOptions(
@@ -1030,7 +1031,7 @@ def evaluate_checkpoint(
     dataset = load_dataset(data)
     _check_fit(graph, dataset, data)
     training = load_training_module(backend)
-    module = sys.modules[training.__name__.rsplit(".", 1)[0]]
+    module = load_backend(backend)
     require_backend_support(graph, module, backend)
     source = module.emit(graph)
     options = RuntimeOptions(precision="fp32", compile=False, device=device)

@@ -66,7 +66,8 @@ def features(g: Graph) -> list[str]:
 
 def unsupported(g: Graph, backend: Any) -> list[str]:
     """The features of ``g`` that ``backend`` (a module) does not declare in ``FEATURES``."""
-    declared = getattr(backend, "FEATURES", frozenset())
+    module = getattr(backend, "module", backend)  # a registry Backend, or the package itself
+    declared = getattr(module, "FEATURES", frozenset())
     return [f for f in features(g) if f not in declared]
 
 

@@ -26,6 +26,7 @@ import sys
 
 import pytest
 import yaml
+from emitted_classes import assert_same_definitions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spec_cases import ROOT
@@ -43,7 +44,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from rescompile.backends import flax as flax_backend  # noqa: E402
 from rescompile.backends import torch as torch_backend  # noqa: E402
-from rescompile.backends.flax.runtime import abstract_model, linear_tracing  # noqa: E402
+from rescompile.backends.flax.tools import abstract_model, linear_tracing  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 RUFF = [sys.executable, "-m", "ruff"]
@@ -131,6 +132,7 @@ def _emit_and_check(tmp_path, spec: dict) -> None:
     VALID.append(spec)
 
     sources = {"torch": torch_backend.emit(g), "flax": flax_backend.emit(g)}
+    assert_same_definitions(sources["torch"], sources["flax"])  # one plan, one design
     rows = torch_backend.check(g, sources["torch"])
     assert all(ok for *_, ok in rows), [r for r in rows if not r[-1]]
     rows = flax_backend.check(g, sources["flax"])

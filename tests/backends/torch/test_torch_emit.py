@@ -412,4 +412,4 @@ def test_emitted_ir_nodes_match_graph_ops():
     _, g = compiled(CIFAR20)
     src = _src(CIFAR20)
     assert g["layer2.0.shortcut"].op is Op.PAD_CHANNELS and "self.shortcut = shortcut" in src
-    assert "self.conv1 = nn.Conv2d(3, 16, kernel_size=3, padding=1, bias=False)" in src
+    assert "self.conv1 = conv3x3(3, 16)" in src

@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from rescompile.backends.torch.runtime import onnx_max_abs_diff  # noqa: E402
+from rescompile.backends.torch.tools import onnx_max_abs_diff  # noqa: E402
 
 RTOL = 1e-4
 CASES = {

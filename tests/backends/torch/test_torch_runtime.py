@@ -88,18 +88,19 @@ def test_params_shapes_and_flops_measured_directly(name):
 def test_check_reports_a_model_that_disagrees_with_the_ir():
     _, g = compiled(CIFAR20)
     src = emitted(CIFAR20)
-    bad = src.replace("nn.Conv2d(3, 16, kernel_size=3, padding=1, bias=False)",
-                      "nn.Conv2d(3, 16, kernel_size=5, padding=2, bias=False)")
+    bad = src.replace("self.conv1 = conv3x3(3, 16)",
+                      "self.conv1 = nn.Conv2d(3, 16, kernel_size=5, padding=2, bias=False)")
     assert bad != src
     failed = {r[0] for r in _failures(check(g, bad))}
     assert {"parameters (trainable)", "state_dict keys and shapes", "state_dict conv1.weight",
             "FLOPs, forward, batch 2 (2 x MACs x batch)"} <= failed
-    wrong_shape = src.replace("nn.Conv2d(3, 16, kernel_size=3, padding=1, bias=False)",
-                              "nn.Conv2d(3, 16, kernel_size=3, padding=2, bias=False)")
+    wrong_shape = src.replace("self.conv1 = conv3x3(3, 16)",
+                              "self.conv1 = nn.Conv2d(3, 16, kernel_size=3, padding=2, bias=False)")
     failed = {r[0] for r in _failures(check(g, wrong_shape))}
     assert {"intermediate shapes", "shape of conv1", "shape of layer1.0.conv1"} <= failed
     assert "parameters (trainable)" not in failed
-    broken = src.replace("BasicBlock(32, 64, stride=2,", "BasicBlock(32, 64, stride=1,")
+    broken = src.replace("BasicBlock(32, 64, 2,", "BasicBlock(32, 64, 1,")
+    assert broken != src
     (row,) = check(g, broken)
     assert row[0] == "forward pass" and not row[3] and "RuntimeError" in row[2]
 
