@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rescompile.emit.names import IMPORTS, Namespace
+from rescompile.emission.names import IMPORTS, Namespace
 from rescompile.errors import EmitError
 
 

@@ -1,6 +1,6 @@
 """The emission plan -> flax.nnx source: one self-contained file importing only jax and flax.
 
-The plan (:mod:`rescompile.emit.plan`) decides the block classes, their parameters, the stages
+The plan (:mod:`rescompile.emission.plan`) decides the block classes, their parameters, the stages
 and every name, so this file defines the same classes with the same constructor parameters as
 the PyTorch file (plus flax's ``rngs``). This module spells them in flax.nnx, NHWC, with the
 few pieces flax lacks written out: a ``BatchNorm`` with PyTorch's semantics, a ``Sequential``
@@ -9,7 +9,7 @@ indexed like PyTorch's, an ``AvgPool`` in ceil mode. It never imports jax or fla
 
 from __future__ import annotations
 
-from rescompile.emit.layout import (
+from rescompile.emission.layout import (
     INDENT,
     Call,
     Kw,
@@ -21,8 +21,8 @@ from rescompile.emit.layout import (
     join_parts,
     statements,
 )
-from rescompile.emit.names import num
-from rescompile.emit.plan import (
+from rescompile.emission.names import num
+from rescompile.emission.plan import (
     BlockCall,
     BlockClass,
     ConvHelper,

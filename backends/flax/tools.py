@@ -10,7 +10,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from rescompile.emit.state import tensor_owners
+from rescompile.emission.state import tensor_owners
 from rescompile.ir.graph import Graph
 
 

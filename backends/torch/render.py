@@ -1,13 +1,13 @@
 """The emission plan -> PyTorch source: one self-contained file importing only torch.
 
 Everything structural (block classes, their parameters, stages, names, verification) is decided
-by :mod:`rescompile.emit.plan`; this module only spells plan elements as ``torch.nn`` code, in
+by :mod:`rescompile.emission.plan`; this module only spells plan elements as ``torch.nn`` code, in
 the shape of torchvision's resnet.py. It never imports torch.
 """
 
 from __future__ import annotations
 
-from rescompile.emit.layout import (
+from rescompile.emission.layout import (
     Call,
     Kw,
     Repeat,
@@ -17,8 +17,8 @@ from rescompile.emit.layout import (
     join_parts,
     statements,
 )
-from rescompile.emit.names import num
-from rescompile.emit.plan import (
+from rescompile.emission.names import num
+from rescompile.emission.plan import (
     BN_EPS,
     BN_MOMENTUM,
     BlockCall,

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rescompile.emit.names import ident
-from rescompile.emit.state import state_dict_layout as expected_state_dict
+from rescompile.emission.names import ident
+from rescompile.emission.state import state_dict_layout as expected_state_dict
 from rescompile.ir.graph import Graph, Op
 
 from .render import emit

@@ -13,7 +13,7 @@ nnx = pytest.importorskip("flax.nnx")
 
 from rescompile.backends import flax as fb  # noqa: E402
 
-from rescompile.emit.state import state_dict_layout as expected_state_dict  # noqa: E402
+from rescompile.emission.state import state_dict_layout as expected_state_dict  # noqa: E402
 from rescompile.harness.checkpoint import CheckpointError  # noqa: E402
 
 DEEP = ROOT / "specs/variants/resnet50-d.yaml", ("input.size=40",)  # deep stem, avg-pool, B

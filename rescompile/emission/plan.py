@@ -7,7 +7,7 @@ groups, the shortcut module); the stem and head into the model's own modules; ev
 runs of identical constructor calls. It then verifies that every module the plan builds, with
 each block's arguments, has exactly the attributes of the IR node of the same name, so every
 number a renderer writes comes from the IR and module paths are IR node names (= state_dict
-keys). Names come from one :class:`~rescompile.emit.names.Namespace`.
+keys). Names come from one :class:`~rescompile.emission.names.Namespace`.
 
 A renderer (``rescompile.backends.<name>.render``) only spells the plan in its framework.
 """
