@@ -6,7 +6,8 @@ tags or raw garbage in it, adds ``--set`` overrides), writes it to a fresh direc
 ``validate``, then ``report``, ``check``, ``graph`` and ``build`` (torch, when the backend is
 importable) in-process through the real entry point. Every outcome must be exit 0, or exit 1 with
 every stderr line a positioned diagnostic or an ``error:`` line; never an uncaught exception,
-never a hang (``CPU_LIMIT_S``/``WALL_LIMIT_S`` per command), and never a file anywhere but the requested output.
+never a hang (``CPU_LIMIT_S``/``WALL_LIMIT_S`` per command), and never a file anywhere but the
+requested output.
 Emitted sources are parsed with ``ast`` and may contain only the expected imports and constructs.
 
 The default run makes about 1,100 cases (``derandomize=True``: the same ones every run, no
