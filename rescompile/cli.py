@@ -524,6 +524,56 @@ def train(
     run_from_cli(locals())
 
 
+class EvalFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN|CHECKPOINT",
+            help="a run directory (its latest checkpoint) or a ckpt-NNNNNN.safetensors file",
+        ),
+    ],
+    data: Annotated[
+        str | None, _opt("data with the run's classes (default: the run's)", "--data")
+    ] = None,
+    split: Annotated[str, _opt("test | train", "--split")] = "test",
+    backend: Annotated[
+        str | None,
+        _opt("torch | flax (default: the run's)", "--backend", "-b", autocompletion=_backend_names),
+    ] = None,
+    batch_size: Annotated[int | None, _opt("evaluation batch size", "--batch-size")] = None,
+    device: Annotated[str | None, _opt("cpu | cuda | gpu", "--device")] = None,
+    precision: Annotated[
+        str | None, _opt("fp32 | bf16 (default: the run's)", "--precision")
+    ] = None,
+    format: Annotated[EvalFormat, typer.Option("--format", "-f")] = EvalFormat.table,
+    output: OutOpt = None,
+) -> None:
+    """Evaluate a checkpoint: loss, top-1 and top-5 error and images/s, with either backend."""
+    import json
+
+    from rescompile.harness.evaluate import evaluate, render_table
+
+    result = evaluate(
+        target,
+        data=data,
+        backend=backend,
+        split=split,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+    )
+    if format is EvalFormat.json:
+        _emit(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n", output)
+    else:
+        _emit(render_table(result) + "\n", output)
+
+
 @app.command()
 def plot(
     runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="run directories")],

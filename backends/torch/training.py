@@ -20,7 +20,7 @@ the data. The driver asks it for steps, evaluations and state; see
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -245,6 +245,24 @@ class TorchRuntime:
             dist.all_reduce(totals)
         loss, correct, count = totals.tolist()
         return loss, int(correct), int(count)
+
+    @torch.no_grad()
+    def predict(self, split: str, batch_size: int) -> Iterator[np.ndarray]:
+        """The float32 logits of a whole split, batch by batch in the split's order, in
+        evaluation mode (a compiled model gets its last batch padded, the padding dropped)."""
+        assert self.data is not None, "set_data() first"
+        n = len(self.data.split(split)[1])
+        size = max(1, min(batch_size, n))
+        self.model.eval()
+        for start in range(0, n, size):
+            index = np.arange(start, min(start + size, n))
+            count = len(index)
+            if self.compiled and count < size:
+                index = np.concatenate([index, np.full(size - count, index[0])])
+            x, _ = self._inputs(Batch(-1, index), split)
+            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.eval_net(x).float()[:count]
+            yield logits.cpu().numpy()
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""After training: `rescompile eval`, `rescompile export` and `rescompile weights` on tiny runs
+made here (digits ResNet-8, a few steps, both backends), as a user runs them.
+
+Golden values are the run's own records (summary.json and metrics.jsonl, written by the
+training loop's evaluation, not by the commands under test) and independent torch computations
+on the run's own model.py (torch.topk, nn.Module.load_state_dict, torch forward passes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
+TINY = ["--set", "stages.0.depth=1", "--set", "stages.1.depth=1", "--set", "stages.2.depth=1"]
+# 12 steps, evaluated and checkpointed at steps 6 and 12
+RUN = [DIGITS, *TINY, "--data", "digits", "--batch-size", "32", "--steps", "12",
+       "--eval-every", "6", "--ckpt-every", "6", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+             RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")))
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rescompile", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, env) -> dict[str, Path]:
+    """One tiny run per backend."""
+    base = tmp_path_factory.mktemp("runs")
+    out = {}
+    for backend in ("torch", "flax"):
+        run = base / backend
+        p = cli("train", *RUN, "--backend", backend, "--out", str(run), env=env)
+        assert p.returncode == 0, p.stderr
+        out[backend] = run
+    return out
+
+
+def evaluation(*args: str, env: dict[str, str]) -> dict:
+    p = cli("eval", *args, "--format", "json", env=env)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def trained_torch_model(run: Path, ckpt: str = "ckpt-000012"):
+    """The run's own model.py with the checkpoint's model tensors, independently of rescompile's
+    loaders (safetensors + nn.Module.load_state_dict)."""
+    from rescompile.backends.torch.runtime import load_module
+    from safetensors.torch import load_file
+
+    config = json.loads((run / "config.json").read_text())
+    model = load_module((run / "model.py").read_text(), config["class_name"])()
+    tensors = load_file(run / f"{ckpt}.safetensors")
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optim/")},
+                          strict=True)
+    return model.eval()
+
+
+# -- rescompile eval --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_eval_of_a_run_equals_its_own_final_evaluation(runs, env, backend):
+    """Same backend, same data, same batches: the test error is the same count of mistakes
+    and the loss the same up to float32 summation order (the loop sums per-batch float32
+    losses, eval sums float64 ones): relative 1e-5."""
+    run = runs[backend]
+    summary = json.loads((run / "summary.json").read_text())
+    e = evaluation(str(run), env=env)
+    assert e["backend"] == backend and e["step"] == 12 and e["split"] == "test"
+    assert e["checkpoint"].endswith("ckpt-000012.safetensors")
+    assert e["top1_error"] == pytest.approx(summary["final_test_error"], abs=1e-12)
+    assert e["loss"] == pytest.approx(summary["final_test_loss"], rel=1e-5)
+    assert 0 <= e["top5_error"] <= e["top1_error"] <= 1
+    assert e["images"] == 450 and e["images_per_s"] > 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_eval_of_an_older_checkpoint_equals_its_logged_evaluation(runs, env, backend):
+    run = runs[backend]
+    logged = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                  if r["kind"] == "eval" and r["step"] == 6)
+    e = evaluation(str(run / "ckpt-000006.safetensors"), env=env)
+    assert e["step"] == 6
+    assert e["top1_error"] == pytest.approx(logged["test_error"], abs=1e-12)
+    assert e["loss"] == pytest.approx(logged["test_loss"], rel=1e-5)
+
+
+def test_top5_error_matches_torch_topk_on_the_runs_model(runs, env):
+    """An independent computation: the run's model.py with the checkpoint's weights, the digits
+    test split normalised with the training split's statistics, torch.topk."""
+    from rescompile.harness.data import load_dataset, normalize
+
+    run = runs["torch"]
+    model = trained_torch_model(run)
+    d = load_dataset("digits")
+    x = torch.from_numpy(normalize(d.x_test, d.mean, d.std)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        logits = model(x)
+    y = torch.from_numpy(d.y_test).long()
+    top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(dim=1).float().mean().item()
+    top1 = (logits.argmax(1) == y).float().mean().item()
+    loss = torch.nn.functional.cross_entropy(logits.double(), y).item()
+    e = evaluation(str(run), env=env)
+    assert e["top5_error"] == pytest.approx(1 - top5, abs=1e-6)
+    assert e["top1_error"] == pytest.approx(1 - top1, abs=1e-6)
+    assert e["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_either_backend_evaluates_the_others_checkpoint(runs, env):
+    """Cross-backend: different kernels, float32: the loss within 1e-4 relative, at most one
+    of 450 near-tie predictions may flip."""
+    for trained, other in (("torch", "flax"), ("flax", "torch")):
+        own = evaluation(str(runs[trained]), env=env)
+        cross = evaluation(str(runs[trained]), "--backend", other, env=env)
+        assert cross["backend"] == other
+        assert cross["loss"] == pytest.approx(own["loss"], rel=1e-4)
+        assert abs(cross["top1_error"] - own["top1_error"]) <= 1 / 450 + 1e-12
+
+
+def test_eval_table_and_a_checkpoint_outside_its_run(runs, env, tmp_path):
+    run = runs["torch"]
+    p = cli("eval", str(run), env=env)
+    assert p.returncode == 0, p.stderr
+    for word in ("top-1 error", "top-5 error", "images/s", "ckpt-000012"):
+        assert word in p.stdout
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(run / f"ckpt-000012{suffix}", tmp_path / f"ckpt-000012{suffix}")
+    alone = str(tmp_path / "ckpt-000012.safetensors")
+    p = cli("eval", alone, env=env)
+    assert p.returncode == 1 and "--data" in p.stderr and "Traceback" not in p.stderr
+    e = evaluation(alone, "--data", "digits", "--batch-size", "256", env=env)
+    summary = json.loads((run / "summary.json").read_text())
+    assert e["top1_error"] == pytest.approx(summary["final_test_error"], abs=1e-12)
+    e = evaluation(alone, "--data", "digits", "--split", "train", env=env)
+    assert e["split"] == "train" and e["top1_error"] == pytest.approx(
+        summary["final_train_error"], abs=1e-12)
+
+
+def test_eval_bad_input_is_one_line(tmp_path, env):
+    for args in ([str(tmp_path)], [str(tmp_path / "nothing.safetensors")]):
+        p = cli("eval", *args, env=env)
+        assert p.returncode == 1 and "Traceback" not in p.stderr
+        assert p.stderr.strip().count("\n") == 0, p.stderr
+
