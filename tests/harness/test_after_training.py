@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -23,22 +24,44 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
 TINY = ["--set", "stages.0.depth=1", "--set", "stages.1.depth=1", "--set", "stages.2.depth=1"]
 # 12 steps, evaluated and checkpointed at steps 6 and 12
-RUN = [DIGITS, *TINY, "--data", "digits", "--batch-size", "32", "--steps", "12",
-       "--eval-every", "6", "--ckpt-every", "6", "--quiet"]
+RUN = [
+    DIGITS,
+    *TINY,
+    "--data",
+    "digits",
+    "--batch-size",
+    "32",
+    "--steps",
+    "12",
+    "--eval-every",
+    "6",
+    "--ckpt-every",
+    "6",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     e = dict(os.environ)
-    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-             RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")))
+    e.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")),
+    )
     e.pop("WORLD_SIZE", None)
     return e
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rescompile", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "rescompile", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +83,32 @@ def evaluation(*args: str, env: dict[str, str]) -> dict:
     return json.loads(p.stdout)
 
 
-def trained_torch_model(run: Path, ckpt: str = "ckpt-000012"):
-    """The run's own model.py with the checkpoint's model tensors, independently of rescompile's
-    loaders (safetensors + nn.Module.load_state_dict)."""
+def torch_model(run: Path):
+    """The PyTorch model of the run: its own model.py for a torch run; for a flax run, the
+    PyTorch source emitted from the run's resolved spec (spec.json)."""
+    from rescompile.backends.torch import emit
     from rescompile.backends.torch.runtime import load_module
-    from safetensors.torch import load_file
+
+    from rescompile import compile_spec
 
     config = json.loads((run / "config.json").read_text())
-    model = load_module((run / "model.py").read_text(), config["class_name"])()
+    if config["backend"] == "torch":
+        source = (run / "model.py").read_text()
+    else:
+        source = emit(compile_spec(run / "spec.json")[1])
+    return load_module(source, config["class_name"])()
+
+
+def trained_torch_model(run: Path, ckpt: str = "ckpt-000012"):
+    """The run's PyTorch model with the checkpoint's model tensors, independently of
+    rescompile's loaders (safetensors + nn.Module.load_state_dict)."""
+    from safetensors.torch import load_file
+
+    model = torch_model(run)
     tensors = load_file(run / f"{ckpt}.safetensors")
-    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optim/")},
-                          strict=True)
+    model.load_state_dict(
+        {k: v for k, v in tensors.items() if not k.startswith("optim/")}, strict=True
+    )
     return model.eval()
 
 
@@ -96,8 +134,11 @@ def test_eval_of_a_run_equals_its_own_final_evaluation(runs, env, backend):
 @pytest.mark.parametrize("backend", ["torch", "flax"])
 def test_eval_of_an_older_checkpoint_equals_its_logged_evaluation(runs, env, backend):
     run = runs[backend]
-    logged = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                  if r["kind"] == "eval" and r["step"] == 6)
+    logged = next(
+        r
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "eval" and r["step"] == 6
+    )
     e = evaluation(str(run / "ckpt-000006.safetensors"), env=env)
     assert e["step"] == 6
     assert e["top1_error"] == pytest.approx(logged["test_error"], abs=1e-12)
@@ -152,7 +193,8 @@ def test_eval_table_and_a_checkpoint_outside_its_run(runs, env, tmp_path):
     assert e["top1_error"] == pytest.approx(summary["final_test_error"], abs=1e-12)
     e = evaluation(alone, "--data", "digits", "--split", "train", env=env)
     assert e["split"] == "train" and e["top1_error"] == pytest.approx(
-        summary["final_train_error"], abs=1e-12)
+        summary["final_train_error"], abs=1e-12
+    )
 
 
 def test_eval_bad_input_is_one_line(tmp_path, env):
@@ -161,3 +203,96 @@ def test_eval_bad_input_is_one_line(tmp_path, env):
         assert p.returncode == 1 and "Traceback" not in p.stderr
         assert p.stderr.strip().count("\n") == 0, p.stderr
 
+
+# -- rescompile export ------------------------------------------------------------------------
+
+
+def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def digits_test_inputs(n: int = 64) -> np.ndarray:
+    from rescompile.harness.data import load_dataset, normalize
+
+    d = load_dataset("digits")
+    return np.ascontiguousarray(normalize(d.x_test[:n], d.mean, d.std).transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_export_of_a_run_carries_its_trained_weights(runs, env, tmp_path, backend):
+    """onnxruntime on the exported file vs PyTorch on the run's model.py loaded (here, with
+    safetensors + load_state_dict) with the latest checkpoint, on 64 digits test images.
+    onnxruntime folds BatchNorm and reorders float32 sums: 1e-4 relative to the largest logit.
+    A randomly initialised model is nowhere near (checked, so the comparison can fail)."""
+    pytest.importorskip("onnxruntime")
+    run, out = runs[backend], tmp_path / "model.onnx"
+    p = cli("export", str(run), "-o", str(out), env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()]  # one line: no exporter noise
+    assert "ckpt-000012" in p.stderr and p.stdout == ""
+    x = digits_test_inputs()
+    with torch.no_grad():
+        want = trained_torch_model(run)(torch.from_numpy(x)).numpy()
+    got = onnx_logits(out, x)
+    bound = 1e-4 * max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - want).max() <= bound
+    random = tmp_path / "random.onnx"
+    p = cli("export", str(run / "spec.json"), "-o", str(random), env=env)
+    assert p.returncode == 0 and "randomly initialised" in p.stderr
+    assert np.abs(onnx_logits(random, x) - want).max() > 100 * bound
+
+
+def test_export_a_spec_with_a_checkpoint_and_refusals(runs, env, tmp_path):
+    pytest.importorskip("onnxruntime")
+    run, out = runs["torch"], tmp_path / "m.onnx"
+    older = run / "ckpt-000006.safetensors"
+    p = cli(
+        "export",
+        str(run / "spec.json"),
+        "--checkpoint",
+        str(older),
+        "-o",
+        str(out),
+        "--opset",
+        "17",
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr
+    x = digits_test_inputs(16)
+    with torch.no_grad():
+        want = trained_torch_model(run, "ckpt-000006")(torch.from_numpy(x)).numpy()
+    assert np.abs(onnx_logits(out, x) - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    # a checkpoint of another spec, --set on a run, a missing checkpoint: one line, exit 1
+    for args in (
+        [str(run / "spec.json"), "--set", "stages.0.width=8", "--checkpoint", str(older)],
+        [str(run), "--set", "num_classes=3"],
+        [str(run), "--checkpoint", str(tmp_path / "none.safetensors")],
+    ):
+        p = cli("export", *args, "-o", str(tmp_path / "bad.onnx"), env=env)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().splitlines()[-1].startswith("error:")
+        assert not (tmp_path / "bad.onnx").exists()
+
+
+# -- rescompile weights -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_weights_is_a_plain_state_dict_for_the_runs_model(runs, env, tmp_path, backend):
+    from safetensors.numpy import load_file as load_numpy
+    from safetensors.torch import load_file
+
+    run, out = runs[backend], tmp_path / "model.safetensors"
+    p = cli("weights", str(run), "-o", str(out), env=env)
+    assert p.returncode == 0, p.stderr
+    model = torch_model(run)  # a torch run's own model.py
+    state = load_file(out)
+    model.load_state_dict(state, strict=True)  # raises on a missing or an unexpected key
+    ckpt = load_numpy(run / "ckpt-000012.safetensors")
+    assert any(k.startswith("optim/") for k in ckpt)
+    assert sorted(state) == sorted(k for k in ckpt if not k.startswith("optim/"))
+    for key, value in state.items():
+        assert np.array_equal(value.numpy(), ckpt[key]), key
