@@ -408,6 +408,12 @@ def export(
             raise UserError(f"export needs {e.name}: install rescompile[torch]") from None
         except ValueError as e:
             raise UserError(f"the export of {g.name} is wrong: {e}") from None
+    if tensors is None:
+        typer.echo(
+            f"warning: {spec} is a spec and no --checkpoint was given: the weights are "
+            "randomly initialised (seed 0)",
+            err=True,
+        )
     typer.echo(
         f"wrote {out} ({where}; onnxruntime agrees with PyTorch within {diff:.1e})", err=True
     )
@@ -428,11 +434,6 @@ def _weights_to_export(spec: str, overrides: list[str] | None, checkpoint: str |
     else:
         resolved, g = _compile(spec, overrides)
         if checkpoint is None:
-            typer.echo(
-                f"warning: {spec} is a spec and no --checkpoint was given: the weights are "
-                "randomly initialised (seed 0)",
-                err=True,
-            )
             return None, "random weights, seed 0", g
         ckpt, _ = find_checkpoint(checkpoint)
         tensors, meta = load_checkpoint(ckpt)
