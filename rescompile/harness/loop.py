@@ -66,6 +66,7 @@ MODEL_FILE = "model.py"
 CURVES_FILE = "curves.png"
 PROGRESS_POINTS = 200  # training-curve points logged per run, by default
 EVAL_POINTS = 50  # evaluations per run, by default
+MIN_EVAL_EVERY = 10  # by default a short run evaluates and checkpoints every 10 steps, not each
 
 
 class TrainingDiverged(UserError):
@@ -201,7 +202,7 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
         value = getattr(config, what)
         if value is not None and value <= 0:
             raise UserError(f"--{what.replace('_', '-')} must be positive, got {value}")
-    eval_every = config.eval_every or max(1, total // EVAL_POINTS)
+    eval_every = config.eval_every or max(MIN_EVAL_EVERY, total // EVAL_POINTS)
     ckpt_every = config.ckpt_every or eval_every
     log_every = config.log_every or max(1, min(eval_every, total // PROGRESS_POINTS))
     augment = dataset.augment == "pad_crop_flip" if config.augment is None else config.augment
@@ -220,8 +221,9 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
 
 def _write_json(path: Path, data: Any) -> None:
     from rescompile.files import write_file
+    from rescompile.harness.metrics import dumps
 
-    write_file(path, json.dumps(data, indent=2, default=str) + "\n")
+    write_file(path, dumps(data, indent=2) + "\n")  # strict JSON: a NaN is the string "NaN"
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,6 +540,8 @@ class _Session:
         self.window_correct: list[int] = []
         self.window_timed = 0  # steps of the window that count towards images/s
         self.last_train_error = float("nan")
+        self.last_ips = 0.0
+        self.loop_start, self.loop_start_step = 0.0, 0
         self.timer = 0.0
         self.step = 0
         self.last_ckpt = -1
@@ -660,6 +664,7 @@ class _Session:
         self.pending_from = self.step
         first = True
         self.timer = time.perf_counter()
+        self.loop_start, self.loop_start_step = self.timer, self.step
         while self.step < self.total:
             epoch, index = divmod(self.step, self.spe)
             if epoch != order_epoch:
@@ -789,6 +794,7 @@ class _Session:
         images = len(self.window_loss) * self.bs
         timed = self.window_timed * self.bs
         ips = timed / elapsed if elapsed > 0 and timed else 0.0
+        self.last_ips = ips or self.last_ips
         self.clock.train_s += elapsed if timed else 0.0
         self.clock.timed_images += timed
         loss = float(np.mean(self.window_loss))
@@ -821,8 +827,19 @@ class _Session:
             shown = "  n/a " if math.isnan(train_err) else f"{100 * train_err:5.1f}%"
             self.reporter.say(
                 f"step {self.step:>{width}}/{self.total}  train err {shown}  "
-                f"test err {100 * err:5.1f}%  test loss {loss:.3f}  lr {self.lr:.3g}"
+                f"test err {100 * err:5.1f}%  test loss {loss:.3f}  lr {self.lr:.3g}  "
+                f"{self._pace()}"
             )
+
+    def _pace(self) -> str:
+        """Training images/s (of the last logged window), time elapsed in this session and the
+        estimated time left (at this session's pace so far, evaluations and checkpoints
+        included): what the progress bar shows on a terminal, for logs without one."""
+        now = time.perf_counter()
+        elapsed = now - self.session_start
+        done = self.step - self.loop_start_step
+        left = (self.total - self.step) * (now - self.loop_start) / done if done > 0 else 0.0
+        return f"{self.last_ips:,.0f} img/s  elapsed {_hms(elapsed)}  ETA {_hms(left)}"
 
     def _save(self) -> None:
         from rescompile.harness.checkpoint import save_checkpoint
@@ -883,6 +900,13 @@ class _Session:
                 f"interrupted: saved a checkpoint at step {self.step}; "
                 f"continue with --resume {self.run_dir}"
             )
+
+
+def _hms(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    m, sec = divmod(int(round(max(seconds, 0.0))), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 def _checked_state(state: Any, total: int) -> dict[str, Any]:

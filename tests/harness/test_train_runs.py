@@ -8,6 +8,7 @@ Small nets (digits ResNet-8: one block per stage), small batches and few steps k
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -188,6 +189,12 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, env)
     assert meta["state"]["step"] < summary["step"]
     assert all(np.isfinite(v).all() for v in tensors.values())
     assert not any(r["step"] > summary["step"] for r in read_metrics(run))
+    # strict JSON: the non-finite value is the string "NaN" / "Infinity", never bare
+    assert summary["value"] in ("NaN", "Infinity", "-Infinity")
+    strict = json.JSONDecoder(parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        strict.decode(line)
+    assert not math.isfinite(read_metrics(run)[-1]["loss"])
 
 
 # -- data parallel -------------------------------------------------------------------------------
