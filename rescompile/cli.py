@@ -615,6 +615,14 @@ def train(
     warmup: Annotated[
         bool | None, _opt("paper warm-up (default: 110+ layers)", "--warmup/--no-warmup")
     ] = None,
+    init_from: Annotated[
+        str | None,
+        _opt(
+            "start from these weights: a run or checkpoint, a .safetensors or .pth state_dict "
+            "(another num_classes re-initialises the classifier)",
+            "--init-from",
+        ),
+    ] = None,
     quiet: Annotated[bool, _opt("no progress output", "--quiet", "-q")] = False,
 ) -> None:
     """Train a spec with a backend; writes a run directory (metrics, checkpoints, curves)."""

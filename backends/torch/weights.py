@@ -21,7 +21,7 @@ from rescompile.ir.graph import Graph
 
 from .runtime import build_model, expected_state_dict, export, onnx_max_abs_diff
 
-__all__ = ["ONNX_RTOL", "export_checked", "model_state_dict", "trained_model"]
+__all__ = ["ONNX_RTOL", "export_checked", "model_state_dict", "read_state_dict", "trained_model"]
 
 COUNTER = "num_batches_tracked"
 # onnxruntime folds BatchNorm into the convolutions and reorders float32 sums: its logits equal
@@ -104,3 +104,29 @@ def export_checked(
             f"onnxruntime's output differs from PyTorch's by {diff:.3g} (more than {bound:.3g})"
         )
     return diff, bound
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """A PyTorch ``state_dict`` file (``.pth``/``.pt``, as torchvision and timm publish them),
+    read with ``torch.load(weights_only=True)`` (no code runs), as numpy arrays. A checkpoint
+    dict holding the weights under ``state_dict`` or ``model`` is accepted too."""
+    from rescompile.errors import UserError
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, a zip that is not torch's, refused globals, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a PyTorch state_dict file: {first}") from None
+    if isinstance(data, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{path} holds no state_dict (a mapping of names to tensors)")
+    out = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise UserError(f"{path}: {key!r} is not a tensor; expected a plain state_dict")
+        out[key] = value.detach().cpu().numpy()
+    return out

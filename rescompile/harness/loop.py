@@ -100,6 +100,7 @@ class TrainConfig:
     augment: bool | None = None  # None: the dataset's convention (CIFAR: pad-crop-flip)
     warmup: bool | None = None  # None: paper-cifar warms up nets of 110 layers or more
     quiet: bool = False
+    init_from: str | None = None  # start from these weights (rescompile.harness.init)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -541,6 +542,7 @@ class _Session:
         self.window_timed = 0  # steps of the window that count towards images/s
         self.last_train_error = float("nan")
         self.last_ips = 0.0
+        self.init_note: str | None = None
         self.loop_start, self.loop_start_step = 0.0, 0
         self.timer = 0.0
         self.step = 0
@@ -557,6 +559,8 @@ class _Session:
             )
         )
         resumed_from = self._restore() if saved is not None else None
+        if self.config.init_from and self.step == 0:  # a new run (or one with no checkpoint)
+            self.init_note = self._init_from(self.config.init_from)
         self.reporter = _Reporter(self.total, self.step, self.config.quiet, enabled=self.rank0)
         if self.rank0:
             self._open_run_dir(new=saved is None)
@@ -621,6 +625,22 @@ class _Session:
         self.clock = _Clock.from_state(state)
         return ckpt
 
+    def _init_from(self, path: str) -> str:
+        """Load the starting weights of a fine-tuning run; the note says what was loaded."""
+        from rescompile.harness.checkpoint import split_optimizer
+        from rescompile.harness.init import classifier_keys, fit_weights, read_weights
+
+        own = split_optimizer(self.rt.state_dict())[0]
+        fitted, fresh = fit_weights(read_weights(path), own, classifier_keys(self.graph))
+        self.rt.load_state_dict(fitted)
+        note = f"initialised from {path}"
+        if fresh:
+            note += (
+                f"; the classifier ({', '.join(fresh)}) re-initialised for "
+                f"{self.graph.num_classes} classes: the file's has another shape (fine-tuning)"
+            )
+        return note
+
     def _open_run_dir(self, new: bool) -> None:
         from rescompile.files import write_file
         from rescompile.harness.metrics import MetricsLogger
@@ -629,12 +649,12 @@ class _Session:
         if new:
             _write_json(self.run_dir / SPEC_FILE, self.spec_json)
             write_file(self.run_dir / MODEL_FILE, self.source)
-            _write_json(
-                self.run_dir / CONFIG_FILE,
-                _config_record(
-                    self.config, self.resolved, self.graph, self.dataset, self.p, self.rt
-                ),
+            record = _config_record(
+                self.config, self.resolved, self.graph, self.dataset, self.p, self.rt
             )
+            if self.init_note:
+                record["init_note"] = self.init_note
+            _write_json(self.run_dir / CONFIG_FILE, record)
         # a resumed run drops the records written after its checkpoint by the killed process
         self.logger = MetricsLogger(self.run_dir, resume_step=None if new else self.step)
 
@@ -652,6 +672,7 @@ class _Session:
             f"world size {rt.world_size}; recipe {p.recipe.name}: {self.total} steps of "
             f"{self.bs} ({plan.epochs:.1f} epochs), lr {p.recipe.lr}, milestones "
             f"{list(plan.milestones)}{warm}\nrun directory {self.run_dir}{where}"
+            + (f"\n{self.init_note}" if self.init_note else "")
         )
 
     def _loop(self) -> None:
@@ -1096,6 +1117,7 @@ _RUN_OPTIONS = {  # CLI name -> TrainConfig field
     "device": "device",
     "augment": "augment",
     "warmup": "warmup",
+    "init_from": "init_from",
 }
 
 
@@ -1124,6 +1146,8 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
         )
     if args.get("precision") not in (None, "fp32", "bf16"):
         raise UserError(f"--precision is fp32 or bf16, not {args['precision']!r}")
+    if args.get("init_from") is not None and not Path(args["init_from"]).exists():
+        raise UserError(f"--init-from {args['init_from']}: no such file or directory")
     if args.get("steps") is not None and args.get("epochs") is not None:
         raise UserError("give the run length as --steps or --epochs, not both")
     if args.get("recipe") is not None:

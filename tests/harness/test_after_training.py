@@ -296,3 +296,164 @@ def test_weights_is_a_plain_state_dict_for_the_runs_model(runs, env, tmp_path, b
     assert sorted(state) == sorted(k for k in ckpt if not k.startswith("optim/"))
     for key, value in state.items():
         assert np.array_equal(value.numpy(), ckpt[key]), key
+
+
+# -- rescompile train --init-from --------------------------------------------------------------
+
+FIXTURE = ROOT / "tests" / "fixtures" / "torchvision" / "state_dict_shapes.json"
+
+
+def torchvision_resnet18_state_dict() -> dict[str, np.ndarray]:
+    """torchvision's ResNet-18 state_dict layout (names and shapes from the committed fixture,
+    recorded from torchvision itself), random values."""
+    shapes = json.loads(FIXTURE.read_text())["models"]["resnet18"]["state_dict"]
+    rng = np.random.default_rng(0)
+    out = {}
+    for key, shape in shapes:
+        if key.endswith("num_batches_tracked"):
+            out[key] = np.array(7, np.int64)
+        elif key.endswith("running_var"):
+            out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:
+            out[key] = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize(("backend", "kind"), [("torch", ".pth"), ("flax", ".safetensors")])
+def test_a_torchvision_state_dict_fine_tunes_into_either_backend(
+    env, tmp_path, write_cifar, backend, kind
+):
+    """ResNet-18 for 10 classes from a 1000-class torchvision state_dict: every tensor but the
+    classifier is loaded, the classifier is re-initialised and the note says so. With lr 1e-12
+    two SGD steps move no parameter by more than ~1e-12 x its gradient: 1e-6 absolute."""
+    tv = torchvision_resnet18_state_dict()
+    weights = tmp_path / f"resnet18{kind}"
+    if kind == ".pth":
+        torch.save({k: torch.from_numpy(v) for k, v in tv.items()}, weights)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(tv, weights)
+    data = write_cifar(10, n=8)
+    run = tmp_path / "run"
+    spec = str(ROOT / "specs" / "torchvision" / "resnet18.yaml")
+    p = cli(
+        "train",
+        spec,
+        "--set",
+        "input.size=32",
+        "--data",
+        f"cifar10:{data}",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--lr",
+        "1e-12",
+        "--backend",
+        backend,
+        "--init-from",
+        str(weights),
+        "--out",
+        str(run),
+        env=env,
+    )
+    assert p.returncode == 1 and "num_classes=10" in p.stderr  # the spec has 1000 outputs
+    p = cli(
+        "train",
+        spec,
+        "--set",
+        "input.size=32",
+        "--set",
+        "num_classes=10",
+        "--data",
+        f"cifar10:{data}",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--lr",
+        "1e-12",
+        "--backend",
+        backend,
+        "--init-from",
+        str(weights),
+        "--out",
+        str(run),
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr
+    note = json.loads((run / "config.json").read_text())["init_note"]
+    assert "fc.weight" in note and "re-initialised" in note and "10 classes" in note
+    assert "re-initialised" in p.stderr
+    from safetensors.numpy import load_file
+
+    trained = load_file(run / "ckpt-000002.safetensors")
+    assert trained["fc.weight"].shape == (10, 512)
+    assert not np.allclose(trained["fc.weight"], tv["fc.weight"][:10], atol=1e-3)
+    loaded = [
+        k
+        for k in tv
+        if not k.startswith("fc.")
+        and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
+    assert len(loaded) == 60  # 20 convolutions (3 of them projections), 20 BN scales and shifts
+    for key in loaded:
+        np.testing.assert_allclose(trained[key], tv[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+def test_init_from_a_run_of_the_other_backend_and_refusals(runs, env, tmp_path):
+    """A torch run started from the flax run's checkpoint: its weights, bitwise at step 0
+    (checked through the parameters after two steps at lr 1e-12: 1e-6 absolute)."""
+    from safetensors.numpy import load_file
+
+    run = tmp_path / "run"
+    p = cli(
+        "train",
+        DIGITS,
+        *TINY,
+        "--data",
+        "digits",
+        "--batch-size",
+        "32",
+        "--steps",
+        "2",
+        "--lr",
+        "1e-12",
+        "--init-from",
+        str(runs["flax"]),
+        "--out",
+        str(run),
+        "--quiet",
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "re-initialised" not in json.loads((run / "config.json").read_text())["init_note"]
+    source = load_file(runs["flax"] / "ckpt-000012.safetensors")
+    trained = load_file(run / "ckpt-000002.safetensors")
+    for key in ("conv1.weight", "layer3.0.conv2.weight", "fc.weight", "fc.bias", "bn1.weight"):
+        np.testing.assert_allclose(trained[key], source[key], rtol=0, atol=1e-6, err_msg=key)
+    resnet18 = tmp_path / "r18.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file(torchvision_resnet18_state_dict(), resnet18)
+    for weights, message in (
+        (resnet18, "do not fit the model"),
+        (tmp_path / "none.pth", "no such file"),
+    ):
+        p = cli(
+            "train",
+            DIGITS,
+            *TINY,
+            "--data",
+            "digits",
+            "--steps",
+            "2",
+            "--init-from",
+            str(weights),
+            "--out",
+            str(tmp_path / "bad"),
+            env=env,
+        )
+        assert p.returncode == 1 and message in p.stderr and "Traceback" not in p.stderr
+        assert p.stderr.strip().count("\n") == 0, p.stderr
