@@ -10,6 +10,7 @@ The runtime returns float32 logits (:meth:`Runtime.predict`); the loss (mean cro
 without label smoothing) and the top-k errors are computed here in float64 numpy. Images are
 normalised with the per-channel statistics of the run's training data (as in training), or of
 the evaluated data set's training split when the run's data cannot be loaded or no run is known.
+Images/s counts the batches after the first (whose time includes any compilation).
 
 Nothing here imports a framework.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,29 @@ def scores(batches: Iterable[np.ndarray], labels: np.ndarray, k: int = 5) -> tup
     if seen != len(labels):
         raise ValueError(f"{seen} predictions for {len(labels)} labels")
     return loss, top1, topk
+
+
+class _Clock:
+    """Times a stream of logits batches: images/s after the first batch (which includes any
+    compilation), or over the one batch there is."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, int]] = []
+
+    def timed(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        start = time.perf_counter()
+        seen = 0
+        self.marks = [(start, 0)]
+        for logits in batches:
+            seen += len(logits)
+            self.marks.append((time.perf_counter(), seen))
+            yield logits
+
+    def images_per_s(self) -> float | None:
+        if len(self.marks) < 2:
+            return None
+        (t0, n0), (t1, n1) = self.marks[1 if len(self.marks) > 2 else 0], self.marks[-1]
+        return round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None
 
 
 def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
@@ -194,8 +218,9 @@ def evaluate(
         rt.set_data(TrainData(dataset.x_train, dataset.y_train, x_test, y_test, mean, std))
         rt.load_state_dict(tensors)
         labels = dataset.y_train if split == "train" else y_test
+        clock = _Clock()
         start = time.perf_counter()
-        loss_sum, top1, top5 = scores(rt.predict(split, batch_size), labels)
+        loss_sum, top1, top5 = scores(clock.timed(rt.predict(split, batch_size)), labels)
         seconds = time.perf_counter() - start
         used = rt.settings.get("precision")
         where = rt.device
@@ -217,7 +242,7 @@ def evaluate(
         loss=loss_sum / n,
         top1_error=1.0 - top1 / n,
         top5_error=1.0 - top5 / n,
-        images_per_s=round(n / seconds, 1) if seconds > 0 else None,
+        images_per_s=clock.images_per_s(),
         seconds=round(seconds, 3),
         normalised_with=normalised_with,
     )
