@@ -35,14 +35,27 @@ FALLBACK = (
 
 def command(spec: Path, out: Path, use_cli: bool) -> list[str]:
     if use_cli:
-        return [sys.executable, "-m", "rescompile", "build", str(spec), "--backend", "torch",
-                "-o", str(out)]
+        return [
+            sys.executable,
+            "-m",
+            "rescompile",
+            "build",
+            str(spec),
+            "--backend",
+            "torch",
+            "-o",
+            str(out),
+        ]
     return [sys.executable, "-c", FALLBACK, str(spec), str(out)]
 
 
 def has_build_command() -> bool:
-    r = subprocess.run([sys.executable, "-m", "rescompile", "build", "--help"], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "rescompile", "build", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     return r.returncode == 0
 
 
@@ -66,10 +79,20 @@ def main() -> None:
             r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
         lines = len(out.read_text().splitlines())
-        trace = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], cwd=ROOT, check=True,
-                               capture_output=True, text=True).stderr
-    imported = sorted({line.rsplit("|", 1)[-1].strip() for line in trace.splitlines()
-                       if line.startswith("import time:")})
+        trace = subprocess.run(
+            [cmd[0], "-X", "importtime", *cmd[1:]],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stderr
+    imported = sorted(
+        {
+            line.rsplit("|", 1)[-1].strip()
+            for line in trace.splitlines()
+            if line.startswith("import time:")
+        }
+    )
     torch_imported = any(m == "torch" or m.startswith("torch.") for m in imported)
 
     from rescompile.backends.torch import emit
@@ -87,17 +110,27 @@ def main() -> None:
         emit_s.append(t2 - t1)
 
     how = "rescompile build --backend torch" if use_cli else "python -c (no `build` command yet)"
-    print(f"spec:            {args.spec.relative_to(ROOT)} ({len(g):,} IR nodes, "
-          f"{len(g.blocks)} blocks) -> {lines} lines of PyTorch")
+    print(
+        f"spec:            {args.spec.relative_to(ROOT)} ({len(g):,} IR nodes, "
+        f"{len(g.blocks)} blocks) -> {lines} lines of PyTorch"
+    )
     print(f"whole process:   {how}")
-    print(f"  wall: median {statistics.median(times):.3f} s, min {min(times):.3f} s "
-          f"over {args.repeat} runs (target < 1 s)")
-    print(f"  CPU (user + sys): median {statistics.median(cpu):.3f} s; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"  torch imported: {'YES' if torch_imported else 'no'} "
-          f"({len(imported)} modules imported in all)")
-    print(f"in-process:      compile {statistics.median(compile_s) * 1e3:.1f} ms, "
-          f"emit {statistics.median(emit_s) * 1e3:.1f} ms (medians)")
+    print(
+        f"  wall: median {statistics.median(times):.3f} s, min {min(times):.3f} s "
+        f"over {args.repeat} runs (target < 1 s)"
+    )
+    print(
+        f"  CPU (user + sys): median {statistics.median(cpu):.3f} s; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"  torch imported: {'YES' if torch_imported else 'no'} "
+        f"({len(imported)} modules imported in all)"
+    )
+    print(
+        f"in-process:      compile {statistics.median(compile_s) * 1e3:.1f} ms, "
+        f"emit {statistics.median(emit_s) * 1e3:.1f} ms (medians)"
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def flax_runner(graph, batch, device, x_np, y_np):
     import optax
     from flax import nnx
     from rescompile.backends.flax import emit, load_module
-    from rescompile.backends.flax.runtime import linear_tracing
+    from rescompile.backends.flax.tools import linear_tracing
 
     dev = jax.devices("gpu" if device == "gpu" else "cpu")[0]
     Model = load_module(emit(graph), graph.class_name)

@@ -39,8 +39,8 @@ def rel_err(got, want) -> float:
 
 
 def setup():
-    import torch
     import test_cross_backend as t
+    import torch
 
     path, overrides = t.variant_path(CASE), CASE[1]
     g = t.compiled(path, overrides)[1]
@@ -74,7 +74,6 @@ def flax_grads(t, path, overrides, state, x, labels, *, x64: bool):
     import jax.numpy as jnp
     import optax
     from flax import nnx
-
     from rescompile.backends import flax as fb
     from rescompile.backends.flax.runtime import linear_tracing
 
@@ -90,7 +89,8 @@ def flax_grads(t, path, overrides, state, x, labels, *, x64: bool):
         model.train()
         with linear_tracing():
             grads = nnx.jit(nnx.grad(loss_fn))(
-                model, jnp.asarray(x.double().numpy().transpose(0, 2, 3, 1), dtype),
+                model,
+                jnp.asarray(x.double().numpy().transpose(0, 2, 3, 1), dtype),
                 jnp.asarray(labels.numpy()),
             )
         graphdef, _, rest = nnx.split(model, nnx.Param, ...)
@@ -116,10 +116,12 @@ def main() -> None:
         return
     rows = {
         "torch float32": torch_grads(tm, state, x, labels, dtype=torch.float32),
-        "torch float32, no oneDNN": torch_grads(tm, state, x, labels, dtype=torch.float32,
-                                                mkldnn=False),  # fmt: skip
-        "torch float32, channels_last": torch_grads(tm, state, x, labels, dtype=torch.float32,
-                                                    channels_last=True),  # fmt: skip
+        "torch float32, no oneDNN": torch_grads(
+            tm, state, x, labels, dtype=torch.float32, mkldnn=False
+        ),  # fmt: skip
+        "torch float32, channels_last": torch_grads(
+            tm, state, x, labels, dtype=torch.float32, channels_last=True
+        ),  # fmt: skip
     }
     table = {name: summary(g, reference) for name, g in rows.items()}
     avx2 = subprocess.run([sys.executable, __file__], capture_output=True, text=True,

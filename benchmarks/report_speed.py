@@ -76,15 +76,26 @@ def main() -> None:
         _, g = compile_spec(path)
         print(f"in-process  {label:24s} {len(g):5d} IR nodes  {t * 1e3:8.2f} ms")
         for name, ft in framework_counter(path, args.repeat).items():
-            print(f"            {'':24s} {name:28s} {ft * 1e3:8.2f} ms  "
-                  f"(ratio framework/rescompile {ft / t:6.1f}x)")
-    cli = [sys.executable, "-m", "rescompile", "report", str(SPECS["torchvision resnet152"]),
-           "--format", "json"]
+            print(
+                f"            {'':24s} {name:28s} {ft * 1e3:8.2f} ms  "
+                f"(ratio framework/rescompile {ft / t:6.1f}x)"
+            )
+    cli = [
+        sys.executable,
+        "-m",
+        "rescompile",
+        "report",
+        str(SPECS["torchvision resnet152"]),
+        "--format",
+        "json",
+    ]
     bare = [sys.executable, "-c", "pass"]
     t_cli = median_time(lambda: subprocess.run(cli, check=True, capture_output=True), 5)
     t_py = median_time(lambda: subprocess.run(bare, check=True, capture_output=True), 5)
-    print(f"process     rescompile report resnet152     {t_cli:8.3f} s "
-          f"(bare python start-up {t_py:.3f} s; target < 0.6 s)")
+    print(
+        f"process     rescompile report resnet152     {t_cli:8.3f} s "
+        f"(bare python start-up {t_py:.3f} s; target < 0.6 s)"
+    )
 
 
 if __name__ == "__main__":

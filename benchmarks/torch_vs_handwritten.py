@@ -87,23 +87,33 @@ def main() -> None:
                 times[name].append(t)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else (
-        f"cpu, {torch.get_num_threads()} threads")
-    print(f"ResNet-50 ({SPEC.relative_to(ROOT)}), forward + backward, batch {args.batch}, "
-          f"{args.size}x{args.size}, {args.iters} timed iterations (+{args.warmup} warm-up), "
-          f"alternating; torch {torch.__version__} on {dev}"
-          + (", bf16 autocast, channels_last" if args.device == "cuda" else ", float32"))
+    dev = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else (f"cpu, {torch.get_num_threads()} threads")
+    )
+    print(
+        f"ResNet-50 ({SPEC.relative_to(ROOT)}), forward + backward, batch {args.batch}, "
+        f"{args.size}x{args.size}, {args.iters} timed iterations (+{args.warmup} warm-up), "
+        f"alternating; torch {torch.__version__} on {dev}"
+        + (", bf16 autocast, channels_last" if args.device == "cuda" else ", float32")
+    )
     print(f"reference: {what}")
     for k in models:
-        print(f"  {k:9s} median {med[k] * 1e3:8.1f} ms/step  min {min(times[k]) * 1e3:8.1f} ms"
-              f"  {args.batch / med[k]:8.1f} images/s")
+        print(
+            f"  {k:9s} median {med[k] * 1e3:8.1f} ms/step  min {min(times[k]) * 1e3:8.1f} ms"
+            f"  {args.batch / med[k]:8.1f} images/s"
+        )
     # Each iteration times the two models back to back, so the ratio within an iteration is
     # insensitive to slow drifts in machine load; its median is the headline number.
-    paired = statistics.median(e / r for e, r in zip(times["emitted"], times["reference"],
-                                                      strict=True))
-    print(f"ratio emitted / reference: {paired:.3f} (median of per-iteration ratios; target "
-          f"<= 1.03); of median times {med['emitted'] / med['reference']:.3f}; of minimum "
-          f"times {min(times['emitted']) / min(times['reference']):.3f}")
+    paired = statistics.median(
+        e / r for e, r in zip(times["emitted"], times["reference"], strict=True)
+    )
+    print(
+        f"ratio emitted / reference: {paired:.3f} (median of per-iteration ratios; target "
+        f"<= 1.03); of median times {med['emitted'] / med['reference']:.3f}; of minimum "
+        f"times {min(times['emitted']) / min(times['reference']):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
     >>> small.totals["macs"] < graph.totals["macs"]
     True
     >>> print(rescompile.report(graph, "csv").splitlines()[1])
-    stem,stem,conv1,64x56x56,9536,128,118013952,236027904,802816,802816,0,802816,2609152,10436608
+    stem,stem,conv1,64x56x56,9536,128,118013952,236027904,802816,802816,0,802816,0,0,2609152,10436608
     >>> [f.status for f in rescompile.audit(spec, graph)].count("FAIL")
     0
     >>> source = rescompile.emit(graph, "torch")                  # a str; imports no framework
@@ -23,19 +23,18 @@ Errors in a spec raise :class:`rescompile.SpecError`, whose ``diagnostics`` carr
 
 from __future__ import annotations
 
-import importlib
 import io
 from typing import Any, Literal
 
+from rescompile.backends import load_backend
 from rescompile.compiler import analyse, compile_spec
-from rescompile.errors import UserError
+from rescompile.ir.features import require_backend_support
 from rescompile.ir.graph import Graph
 from rescompile.passes.audit import Finding
 from rescompile.spec.load import Resolved
 
 Format = Literal["table", "json", "csv", "markdown", "html"]
 Depth = Literal["stage", "block", "layer"]
-BUILT_IN_BACKENDS = ("torch", "flax")
 
 __all__ = ["analyse", "audit", "build_model", "compile_spec", "emit", "load_backend", "report"]
 
@@ -67,28 +66,20 @@ def audit(spec: Resolved, graph: Graph) -> list[Finding]:
     return _audit(spec, graph)
 
 
-def load_backend(name: str) -> Any:
-    """The backend module called ``name``: built in (torch, flax) or registered by a package
-    under the ``rescompile.backends`` entry-point group."""
-    if name in BUILT_IN_BACKENDS:
-        return importlib.import_module(f"rescompile.backends.{name}")
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="rescompile.backends"):
-        if ep.name == name:
-            return ep.load()
-    raise UserError(f"unknown backend {name!r}; available: {', '.join(BUILT_IN_BACKENDS)}")
-
-
 def emit(graph: Graph, backend_name: str = "torch") -> str:
-    """The standalone source file ``rescompile build`` writes for ``graph``."""
-    return load_backend(backend_name).emit(graph)
+    """The standalone source file ``rescompile build`` writes for ``graph``.
+
+    Raises :class:`rescompile.UserError` when the backend cannot emit a feature the graph uses.
+    """
+    backend = load_backend(backend_name)
+    require_backend_support(graph, backend, backend_name)
+    return backend.emit(graph)
 
 
 def build_model(graph: Graph, backend_name: str = "torch", *, seed: int = 0) -> Any:
     """A freshly initialised model object for ``graph``: ``nn.Module`` or ``nnx.Module``."""
-    module = load_backend(backend_name)
-    cls = module.load_module(module.emit(graph), graph.class_name)
+    module = load_backend(backend_name).module
+    cls = module.load_module(emit(graph, backend_name), graph.class_name)
     if backend_name == "flax":
         from flax import nnx
 

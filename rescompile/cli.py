@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from rescompile.backends import BUILTIN as BACKENDS
+from rescompile.backends import load_backend
 from rescompile.errors import SpecError, UserError, one_line
 
 app = typer.Typer(
@@ -82,9 +84,6 @@ class ReportFormat(StrEnum):
 class IRFormat(StrEnum):
     json = "json"
     dot = "dot"
-
-
-BACKENDS = ("torch", "flax")
 
 
 def _backend_names(incomplete: str = "") -> list[str]:
@@ -296,20 +295,6 @@ def ir(
     sys.stdout.write(printer.to_json(g) + "\n" if format is IRFormat.json else printer.to_dot(g))
 
 
-def load_backend(name: str):
-    """The backend module for ``name``: built-in, or registered under ``rescompile.backends``."""
-    import importlib
-
-    if name in BACKENDS:
-        return importlib.import_module(f"rescompile.backends.{name}")
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="rescompile.backends"):
-        if ep.name == name:
-            return ep.load()
-    raise UserError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-
-
 @app.command()
 def build(
     spec: SpecArg,
@@ -333,6 +318,9 @@ def build(
     if check_:
         _check_fits_in_memory(g)
     mod = load_backend(backend)
+    from rescompile.ir.features import require_backend_support
+
+    require_backend_support(g, mod, backend)
     source = mod.emit(g)
     _emit(source, output)
     if check_:
@@ -398,12 +386,15 @@ def export(
     out = output if output is not None else f"{g.name}.{format.value}"
     if out == "-":
         raise UserError("ONNX is binary and checked on disk: give -o FILE")
+    from rescompile.ir.features import require_backend_support
+
     with atomic_output(out, parents=True) as tmp:  # checked before the (slow) export starts
-        mod = load_backend("torch")
+        torch = load_backend("torch")
+        require_backend_support(g, torch, "torch")
         try:
             from rescompile.backends.torch.weights import export_checked
 
-            diff, _ = export_checked(g, mod.emit(g), tmp, tensors=tensors, opset=opset)
+            diff, _ = export_checked(g, torch.emit(g), tmp, tensors=tensors, opset=opset)
         except ImportError as e:
             raise UserError(f"export needs {e.name}: install rescompile[torch]") from None
         except ValueError as e:

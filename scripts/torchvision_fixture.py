@@ -109,8 +109,11 @@ def record(spec: Path, device: str, size: int) -> dict:
 def _dumps(data: dict) -> str:
     """JSON with one state_dict entry per line (readable diffs, a small file)."""
     text = json.dumps(data, indent=1)
-    text = re.sub(r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]",
-                  lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+    text = re.sub(
+        r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]",
+        lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]",
+        text,
+    )
     return re.sub(r"\[\s+(\"[^\"]*\"),\s+(\[[^\][]*\])\s+\]", r"[\1, \2]", text)
 
 
@@ -127,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torchvision
     except ImportError as e:
-        sys.exit(f"error: torchvision is not importable here ({e}); run this script where it is "
-                 "installed (see benchmarks/RESULTS.md for a CPU venv that has it)")
+        sys.exit(
+            f"error: torchvision is not importable here ({e}); run this script where it is "
+            "installed (see benchmarks/RESULTS.md for a CPU venv that has it)"
+        )
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -142,15 +147,20 @@ def main(argv: list[str] | None = None) -> int:
         entry = record(spec, device, args.size)
         name = spec.stem
         models[name] = entry
-        good = (entry["keys_and_shapes_match"] and entry["strict_load"]
-                and entry.get("output_max_rel_diff", 1.0) <= TOLERANCE
-                and entry.get("train_step_aten_ops_equal", False))
+        good = (
+            entry["keys_and_shapes_match"]
+            and entry["strict_load"]
+            and entry.get("output_max_rel_diff", 1.0) <= TOLERANCE
+            and entry.get("train_step_aten_ops_equal", False)
+        )
         ok &= good
-        print(f"{'ok  ' if good else 'FAIL'} {name:20s} params {entry['num_params']:>12,}  "
-              f"keys {len(entry['state_dict'])}  strict load {entry['strict_load']}  "
-              f"max |diff| {entry.get('output_max_abs_diff', float('nan')):.3g} "
-              f"(rel {entry.get('output_max_rel_diff', float('nan')):.3g})  "
-              f"same aten ops {entry.get('train_step_aten_ops_equal')}")
+        print(
+            f"{'ok  ' if good else 'FAIL'} {name:20s} params {entry['num_params']:>12,}  "
+            f"keys {len(entry['state_dict'])}  strict load {entry['strict_load']}  "
+            f"max |diff| {entry.get('output_max_abs_diff', float('nan')):.3g} "
+            f"(rel {entry.get('output_max_rel_diff', float('nan')):.3g})  "
+            f"same aten ops {entry.get('train_step_aten_ops_equal')}"
+        )
     data = {
         "generator": "scripts/torchvision_fixture.py",
         "torch": torch.__version__,

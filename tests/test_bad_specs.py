@@ -26,9 +26,9 @@ from spec_cases import ROOT
 CORPUS = ROOT / "tests" / "bad_specs"
 CASES = sorted(p for p in CORPUS.glob("*.yaml"))
 REGEN = os.environ.get("RESCOMPILE_REGEN_BAD_SPECS") == "1"
-# A hang check, over an order of magnitude above the slowest case (alias_billion_laughs: 0.4 s of CPU on
-# a 2-core Xeon, idle; the others take under 0.03 s). Unbounded alias expansion, nesting or
-# extends chains would run for minutes or exhaust memory, so they still fail it.
+# A hang check, over an order of magnitude above the slowest case (alias_billion_laughs: 0.4 s of
+# CPU on a 2-core Xeon, idle; the others take under 0.03 s). Unbounded alias expansion, nesting
+# or extends chains would run for minutes or exhaust memory, so they still fail it.
 CPU_LIMIT_S = 10.0
 
 

@@ -7,7 +7,7 @@ formulas written in this file, never from rescompile's own output.
 from __future__ import annotations
 
 import pytest
-from spec_cases import ROOT, SPECS, spec_id
+from spec_cases import LIBRARY_SPECS, ROOT, spec_id
 
 from rescompile import compile_spec
 from rescompile.passes.audit import FAIL, NOTE, audit
@@ -145,7 +145,7 @@ def test_resnet50_v1_vs_v15_difference():
 # The whole library.
 
 
-@pytest.mark.parametrize("path", SPECS, ids=spec_id)
+@pytest.mark.parametrize("path", LIBRARY_SPECS, ids=spec_id)
 def test_library_audit_has_no_failures(path):
     resolved, g = compile_spec(path)
     assert g[g.output].meta["shape"] == (resolved.spec.num_classes,)
@@ -157,8 +157,57 @@ def test_library_audit_has_no_failures(path):
         assert findings and not [f for f in findings if f.status == FAIL]
 
 
-@pytest.mark.parametrize("path", SPECS, ids=spec_id)
+@pytest.mark.parametrize("path", LIBRARY_SPECS, ids=spec_id)
 def test_buffers_are_bn_running_stats(path):
     _, g = compile_spec(path)
     bn_channels = sum(n.attrs["channels"] for n in g if n.op == "batchnorm")
     assert g.totals["buffers"] == 2 * bn_channels
+
+
+# ---------------------------------------------------------------------------------------------
+# Follow-up papers: the exact counts of ../shared/REFERENCE.md (independent sources) and the
+# printed rows the audit compares them with.
+
+FOLLOW_UP = {
+    # spec: (params, MACs or None), REFERENCE.md's exact counts
+    "wrn-40-4": (8_949_210, None),
+    "wrn-16-8": (10_961_370, None),
+    "wrn-28-10": (36_479_194, None),
+    "preact-resnet1001": (10_327_706, None),
+    "resnext50-32x4d": (25_028_904, 4_230_479_872),
+    "resnext-t1-resnet50": (25_557_032, 4_089_184_256),
+    "se-resnet50": (28_088_024, None),  # timm's seresnet50: stride placement leaves params alone
+}
+
+
+@pytest.mark.parametrize("name", FOLLOW_UP)
+def test_follow_up_papers_exact_counts(name):
+    params, macs = FOLLOW_UP[name]
+    resolved, g = compile_spec(ROOT / "specs" / "followup" / f"{name}.yaml")
+    assert g.totals["params"] == params
+    if macs is not None:
+        assert g.totals["macs"] == macs
+    assert not [f for f in audit(resolved, g) if f.status == FAIL]
+
+
+def test_resnet1001_printed_params_leave_out_bn():
+    resolved, g = compile_spec(ROOT / "specs" / "followup" / "preact-resnet1001.yaml")
+    bn = sum(n.attrs["channels"] for n in g if n.op == "batchnorm")
+    assert g.totals["params"] - 2 * bn == 10_178_490  # REFERENCE.md: rounds to the printed 10.2M
+    (f,) = [f for f in audit(resolved, g) if f.figure.startswith("parameters")]
+    assert f.status == NOTE and "10,178,490" in f.note
+
+
+def test_se_resnet50_printed_flops_count_squeeze_and_scale():
+    _, se = compile_spec(ROOT / "specs" / "followup" / "se-resnet50.yaml")
+    _, plain = compile_spec(ROOT / "specs" / "paper" / "resnet50.yaml")
+    # SE's convs: per block 2 x C x C/16 for C = 256 (x3), 512 (x4), 1024 (x6), 2048 (x3)
+    se_macs = sum(n * 2 * c * (c // 16) for n, c in ((3, 256), (4, 512), (6, 1024), (3, 2048)))
+    assert se.totals["macs"] - plain.totals["macs"] == se_macs == 2_514_944
+    # squeeze reads and scale multiplies: every element of every block's output, once each
+    elems = sum(
+        n * c * s * s for n, c, s in ((3, 256, 56), (4, 512, 28), (6, 1024, 14), (3, 2048, 7))
+    )
+    assert se.totals["scale"] == elems == 5_519_360
+    assert round((se.totals["macs"] + 2 * elems) / 1e9, 2) == 3.87  # the printed figure
+    assert round(se.totals["macs"] / 1e9, 2) == 3.86

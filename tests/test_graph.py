@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 from clirun import run_cli
-from spec_cases import ROOT, SPECS, spec_id
+from spec_cases import LIBRARY_SPECS, ROOT, spec_id
 
 from rescompile.compiler import compile_spec
 from rescompile.passes import graphviz
@@ -78,7 +78,7 @@ def test_dot_is_deterministic_and_labels_are_escaped(r50):
     assert graphviz._q('a"b\\c\nd') == 'a\\"b\\\\c d'
 
 
-@pytest.mark.parametrize("path", SPECS, ids=spec_id)
+@pytest.mark.parametrize("path", LIBRARY_SPECS, ids=spec_id)
 def test_every_spec_draws_at_block_depth(path):
     _, g = compile_spec(path)
     dot = graphviz.to_dot(g, "block")

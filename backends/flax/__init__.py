@@ -20,7 +20,9 @@ that ``torch_state_dict_to_nnx`` can fill without running any initialiser.
 
 from __future__ import annotations
 
-from rescompile.backends.flax.emit import EmitError, emit
+from rescompile.backends.flax.render import emit
+
+from rescompile.errors import EmitError
 
 NAME = "flax"
 SUFFIX = ".py"
@@ -42,10 +44,10 @@ __all__ = [
 ]
 
 _RUNTIME = {
-    "abstract_model": "rescompile.backends.flax.runtime",
-    "check": "rescompile.backends.flax.runtime",
-    "linear_tracing": "rescompile.backends.flax.runtime",
-    "load_module": "rescompile.backends.flax.runtime",
+    "abstract_model": "rescompile.backends.flax.tools",
+    "check": "rescompile.backends.flax.tools",
+    "linear_tracing": "rescompile.backends.flax.tools",
+    "load_module": "rescompile.backends.flax.tools",
     "nnx_to_torch_state_dict": "rescompile.backends.flax.convert",
     "torch_state_dict_to_nnx": "rescompile.backends.flax.convert",
     "torch_shapes": "rescompile.backends.flax.convert",

@@ -94,7 +94,7 @@ class FlaxRuntime:
         from jax.sharding import PartitionSpec as P
 
         from . import convert
-        from .runtime import linear_tracing, load_module
+        from .tools import linear_tracing, load_module
 
         self.options = options
         cache = enable_compilation_cache()

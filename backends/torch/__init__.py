@@ -10,7 +10,7 @@
     backend.export(graph, source, "resnet50.onnx")  # ONNX, validated with onnx.checker
 
 Only :func:`emit` is imported eagerly; everything that needs torch lives in submodules
-(:mod:`.runtime` here, :mod:`.training` for the harness) imported on first use, so
+(:mod:`.tools` here, :mod:`.training` for the harness) imported on first use, so
 ``rescompile build`` stays fast and torch-free.
 """
 
@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .codegen import EmitError
-from .emitter import emit
+from rescompile.errors import EmitError
+
+from .render import emit
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,27 +35,27 @@ __all__ = ["NAME", "SUFFIX", "EmitError", "build_model", "check", "emit", "expor
 
 def load_module(source: str, class_name: str) -> Any:
     """Execute emitted ``source`` in a fresh module namespace and return its ``class_name``."""
-    from . import runtime
+    from . import tools
 
-    return runtime.load_module(source, class_name)
+    return tools.load_module(source, class_name)
 
 
 def build_model(graph: Graph, source: str | None = None) -> Any:
     """An instance of the model emitted for ``graph`` (emitting it when ``source`` is None)."""
-    from . import runtime
+    from . import tools
 
-    return runtime.build_model(graph, source)
+    return tools.build_model(graph, source)
 
 
 def check(graph: Graph, source: str, **options: Any) -> list[tuple[str, str, str, bool]]:
     """Build ``source``, run it forward and backward, and compare it with the IR.
 
     Returns ``(what, expected from the IR, measured, ok)`` rows; see
-    :func:`rescompile.backends.torch.runtime.check` for the options (batch, seed).
+    :func:`rescompile.backends.torch.tools.check` for the options (batch, seed).
     """
-    from . import runtime
+    from . import tools
 
-    return runtime.check(graph, source, **options)
+    return tools.check(graph, source, **options)
 
 
 def export(
@@ -63,8 +64,8 @@ def export(
     """Export the emitted model (``fmt="onnx"``), validated with ``onnx.checker``.
 
     ``options``: ``model`` (an instance to export, e.g. trained), ``opset``, ``seed``; see
-    :func:`rescompile.backends.torch.runtime.export`.
+    :func:`rescompile.backends.torch.tools.export`.
     """
-    from . import runtime
+    from . import tools
 
-    return runtime.export(graph, source, out_path, fmt, **options)
+    return tools.export(graph, source, out_path, fmt, **options)

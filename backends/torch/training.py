@@ -32,7 +32,7 @@ from rescompile.harness.checkpoint import check_compatible
 from rescompile.harness.runtime import Batch, RuntimeOptions, TrainData, host_batch, split_state
 from rescompile.ir.graph import Graph, Op
 
-from .runtime import expected_state_dict, load_module
+from .tools import expected_state_dict, load_module
 
 __all__ = ["TorchRuntime", "make_runtime"]
 

@@ -19,7 +19,7 @@ from torch import nn
 from rescompile.harness.checkpoint import check_compatible, split_optimizer
 from rescompile.ir.graph import Graph
 
-from .runtime import build_model, expected_state_dict, export, onnx_max_abs_diff
+from .tools import build_model, expected_state_dict, export, onnx_max_abs_diff
 
 __all__ = ["ONNX_RTOL", "export_checked", "model_state_dict", "read_state_dict", "trained_model"]
 

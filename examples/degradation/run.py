@@ -39,25 +39,30 @@ def run_one(args: argparse.Namespace, backend: str, family: str, depth: int, see
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    summary = train(TrainConfig(
-        spec=str(ROOT / f"specs/paper/cifar-{family}{depth}.yaml"),
-        overrides=ADAPT,
-        backend=backend,
-        data="digits",
-        recipe="paper-cifar",
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=seed,
-        out=str(out),
-        eval_every=args.eval_every,
-        log_every=args.log_every,
-        ckpt_every=args.steps,
-        keep=1,
-        quiet=True,
-    ))
-    print(f"{out}: train {100 * summary['final_train_error_running']:.2f}% "
-          f"test {100 * summary['final_test_error']:.2f}% "
-          f"({time.perf_counter() - t0:.0f} s, {summary['images_per_s']} img/s)", flush=True)
+    summary = train(
+        TrainConfig(
+            spec=str(ROOT / f"specs/paper/cifar-{family}{depth}.yaml"),
+            overrides=ADAPT,
+            backend=backend,
+            data="digits",
+            recipe="paper-cifar",
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=seed,
+            out=str(out),
+            eval_every=args.eval_every,
+            log_every=args.log_every,
+            ckpt_every=args.steps,
+            keep=1,
+            quiet=True,
+        )
+    )
+    print(
+        f"{out}: train {100 * summary['final_train_error_running']:.2f}% "
+        f"test {100 * summary['final_test_error']:.2f}% "
+        f"({time.perf_counter() - t0:.0f} s, {summary['images_per_s']} img/s)",
+        flush=True,
+    )
     return summary
 
 
@@ -67,15 +72,22 @@ def run_dir(args: argparse.Namespace, backend: str, family: str, depth: int, see
 
 
 def run_all(args: argparse.Namespace) -> dict[tuple[str, str, int], dict]:
-    return {(backend, family, depth): run_one(args, backend, family, depth, args.seed)
-            for backend in args.backends for family, depth in NETS}
+    return {
+        (backend, family, depth): run_one(args, backend, family, depth, args.seed)
+        for backend in args.backends
+        for family, depth in NETS
+    }
 
 
 def run_seeds(args: argparse.Namespace) -> dict[tuple[str, str, int], list[dict]]:
     """The same nets from other initialisations (and batch orders), for the robustness table."""
-    return {(args.seeds_backend, family, depth): [
-        run_one(args, args.seeds_backend, family, depth, seed)
-        for seed in [args.seed, *args.extra_seeds]] for family, depth in NETS}
+    return {
+        (args.seeds_backend, family, depth): [
+            run_one(args, args.seeds_backend, family, depth, seed)
+            for seed in [args.seed, *args.extra_seeds]
+        ]
+        for family, depth in NETS
+    }
 
 
 def figure(args: argparse.Namespace, path: Path) -> None:
@@ -93,25 +105,27 @@ def figure(args: argparse.Namespace, path: Path) -> None:
             ax = axes[row][col]
             for depth in (20, 56):
                 records = read_metrics(run_dir(args, backend, family, depth, args.seed))
-                train = sorted((r["step"], 100 * r["train_error"]) for r in records
-                               if r["kind"] == "train")
-                test = sorted((r["step"], 100 * r["test_error"]) for r in records
-                              if r["kind"] == "eval")
+                train = sorted(
+                    (r["step"], 100 * r["train_error"]) for r in records if r["kind"] == "train"
+                )
+                test = sorted(
+                    (r["step"], 100 * r["test_error"]) for r in records if r["kind"] == "eval"
+                )
                 name = f"{'plain' if family == 'plain' else 'ResNet'}-{depth}"
-                ax.plot(*zip(*_smooth(train), strict=True), "--", color=colors[depth],
-                        linewidth=1)
-                ax.plot(*zip(*test, strict=True), "-", color=colors[depth], linewidth=2,
-                        label=name)
+                ax.plot(*zip(*_smooth(train), strict=True), "--", color=colors[depth], linewidth=1)
+                ax.plot(*zip(*test, strict=True), "-", color=colors[depth], linewidth=2, label=name)
             ax.set_title(f"{'plain' if family == 'plain' else 'residual'} nets, {backend}")
             ax.set_xlabel("iter.")
             ax.set_ylim(0, 90)
             ax.grid(True, linewidth=0.4, alpha=0.5)
-            ax.legend(loc="best", title="dashed: train, bold: test",
-                      title_fontsize="small")
+            ax.legend(loc="best", title="dashed: train, bold: test", title_fontsize="small")
             if col == 0:
                 ax.set_ylabel("error (%)")
-    fig.suptitle(f"digits (8x8), {args.steps} iterations of batch {args.batch_size}, "
-                 "paper-cifar schedule shortened", fontsize="medium")
+    fig.suptitle(
+        f"digits (8x8), {args.steps} iterations of batch {args.batch_size}, "
+        "paper-cifar schedule shortened",
+        fontsize="medium",
+    )
     fig.tight_layout()
     fig.savefig(path)
 
@@ -161,11 +175,31 @@ def throughput(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
             env = {**os.environ, "OMP_NUM_THREADS": threads} if threads else dict(os.environ)
             if not threads:
                 env.pop("OMP_NUM_THREADS", None)
-            subprocess.run([sys.executable, "-m", "rescompile", "train",
-                            str(ROOT / "specs/variants/digits-resnet20.yaml"), "-b", backend,
-                            "--data", "digits", "--steps", "150", "--batch-size", "128",
-                            "--eval-every", "150", "--out", str(run), "--quiet"],
-                           check=True, env=env, cwd=ROOT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "rescompile",
+                    "train",
+                    str(ROOT / "specs/variants/digits-resnet20.yaml"),
+                    "-b",
+                    backend,
+                    "--data",
+                    "digits",
+                    "--steps",
+                    "150",
+                    "--batch-size",
+                    "128",
+                    "--eval-every",
+                    "150",
+                    "--out",
+                    str(run),
+                    "--quiet",
+                ],
+                check=True,
+                env=env,
+                cwd=ROOT,
+            )
         out[(backend, threads)] = json.loads((run / "summary.json").read_text())
     return out
 
@@ -173,11 +207,15 @@ def throughput(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
 def throughput_table(results: dict) -> str:
     if not results:
         return ""
-    lines = ["| backend | threads | images/s | first step, compilation included (s) |",
-             "|---|---|---|---|"]
+    lines = [
+        "| backend | threads | images/s | first step, compilation included (s) |",
+        "|---|---|---|---|",
+    ]
     for (backend, threads), s in results.items():
-        lines.append(f"| {backend} | {threads or 'XLA default'} | {s['images_per_s']:.0f} "
-                     f"| {s['first_step_s']:.2f} |")
+        lines.append(
+            f"| {backend} | {threads or 'XLA default'} | {s['images_per_s']:.0f} "
+            f"| {s['first_step_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -228,13 +266,26 @@ def main() -> None:
     parser.add_argument("--runs", default=str(ROOT / "runs" / "degradation"))
     parser.add_argument("--force", action="store_true", help="retrain runs already done")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    parser.add_argument("--extra-seeds", type=int, nargs="*", default=[1, 2],
-                        help="also train from these seeds (robustness table)")
+    parser.add_argument(
+        "--extra-seeds",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="also train from these seeds (robustness table)",
+    )
     parser.add_argument("--seeds-backend", default="torch", help="backend of the extra seeds")
-    parser.add_argument("--no-throughput", dest="throughput", action="store_false",
-                        help="skip the throughput measurement")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (the results depend on it in the last bits)")
+    parser.add_argument(
+        "--no-throughput",
+        dest="throughput",
+        action="store_false",
+        help="skip the throughput measurement",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (the results depend on it in the last bits)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -245,11 +296,16 @@ def main() -> None:
     speed = throughput(args) if args.throughput else {}
     figure(args, HERE / "degradation.png")
     body = RESULTS_TEMPLATE.format(
-        steps=args.steps, batch=args.batch_size, seed=args.seed,
-        epochs=args.steps * args.batch_size / 1347, table=table(args, results),
+        steps=args.steps,
+        batch=args.batch_size,
+        seed=args.seed,
+        epochs=args.steps * args.batch_size / 1347,
+        table=table(args, results),
         verdicts="\n".join(verdicts(results)),
-        threads=args.threads, discussion=DISCUSSION,
-        seeds=seeds_table(args, seeds), throughput=throughput_table(speed),
+        threads=args.threads,
+        discussion=DISCUSSION,
+        seeds=seeds_table(args, seeds),
+        throughput=throughput_table(speed),
     )
     Path(args.results).write_text(body)
     print(f"wrote {HERE / 'degradation.png'} and {args.results}")

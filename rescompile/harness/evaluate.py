@@ -18,7 +18,6 @@ Nothing here imports a framework.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -171,10 +170,12 @@ def evaluate(
     precision: str | None = None,
 ) -> Evaluation:
     """Evaluate a checkpoint (or a run directory's latest) on ``split`` of ``data``."""
+    from rescompile.backends import load_backend
     from rescompile.harness.checkpoint import load_checkpoint
     from rescompile.harness.data import load_dataset
     from rescompile.harness.loop import _check_fit
     from rescompile.harness.runtime import RuntimeOptions, TrainData, load_training_module
+    from rescompile.ir.features import require_backend_support
 
     if split not in ("train", "test"):
         raise UserError(f"--split is train or test, not {split!r}")
@@ -208,7 +209,9 @@ def evaluate(
         except UserError:  # the run's data is not here: the evaluated set's own statistics
             pass
     training = load_training_module(backend)
-    source = sys.modules[training.__name__.rpartition(".")[0]].emit(graph)
+    module = load_backend(backend)
+    require_backend_support(graph, module, backend)
+    source = module.emit(graph)
     options = RuntimeOptions(precision=precision, compile=False, device=device)  # type: ignore[arg-type]
     rt = training.make_runtime(graph, source, options)
     try:

@@ -43,8 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.backends import load_backend
 from rescompile.errors import UserError
 from rescompile.harness.runtime import Batch, Runtime, RuntimeOptions, TrainData
+from rescompile.ir.features import require_backend_support
 
 __all__ = [
     "CONFIG_FILE",
@@ -485,7 +487,9 @@ def _train(
             "backend uses every local device from a single process: run it without torchrun"
         )
     p = _make_plan(config, graph, dataset, world)
-    source = sys.modules[training.__name__.rpartition(".")[0]].emit(graph)
+    backend = load_backend(config.backend)
+    require_backend_support(graph, backend, config.backend)
+    source = backend.emit(graph)
     options = RuntimeOptions(
         seed=config.seed,
         momentum=p.recipe.momentum,
@@ -1072,7 +1076,9 @@ def evaluate_checkpoint(
     dataset = load_dataset(data)
     _check_fit(graph, dataset, data)
     training = load_training_module(backend)
-    source = sys.modules[training.__name__.rsplit(".", 1)[0]].emit(graph)
+    module = load_backend(backend)
+    require_backend_support(graph, module, backend)
+    source = module.emit(graph)
     options = RuntimeOptions(precision="fp32", compile=False, device=device)
     rt = training.make_runtime(graph, source, options)
     try:

@@ -36,14 +36,11 @@ Nothing here imports a framework.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-
-from rescompile.errors import UserError
 
 __all__ = [
     "Batch",
@@ -59,7 +56,6 @@ __all__ = [
 ]
 
 Precision = Literal["fp32", "bf16"]
-BUILTIN_BACKENDS = ("torch", "flax")
 
 
 @dataclass(frozen=True)
@@ -224,29 +220,10 @@ class Runtime(Protocol):
 
 
 def load_training_module(backend: str) -> Any:
-    """The ``training`` module of a backend (built-in, or registered as an entry point)."""
-    from importlib.metadata import entry_points
+    """The ``training`` module of a backend (see :func:`rescompile.backends.load_backend`)."""
+    from rescompile.backends import load_backend
 
-    if backend in BUILTIN_BACKENDS:
-        module = importlib.import_module(f"rescompile.backends.{backend}")
-    else:
-        found = [ep for ep in entry_points(group="rescompile.backends") if ep.name == backend]
-        if not found:
-            raise UserError(
-                f"unknown backend {backend!r}; available: {', '.join(BUILTIN_BACKENDS)}"
-            )
-        module = found[0].load()
-    try:
-        return importlib.import_module(f"{module.__name__}.training")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(module.__name__):
-            raise UserError(
-                f"backend {backend!r} cannot train (it has no training module)"
-            ) from None
-        raise UserError(
-            f"the {backend} backend needs the Python package {exc.name!r} to train; "
-            f"install rescompile[{backend}]"
-        ) from None
+    return load_backend(backend).training
 
 
 def make_runtime(backend: str, graph: Any, source: str, options: RuntimeOptions) -> Runtime:

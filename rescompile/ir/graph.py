@@ -26,8 +26,15 @@ class Op(StrEnum):
     CONV2D = "conv2d"  # attrs: in_channels, out_channels, kernel, stride, padding, groups, bias
     BATCHNORM = "batchnorm"  # attrs: channels, eps, momentum, zero_init
     RELU = "relu"
+    GROUPNORM = "groupnorm"  # attrs: channels, groups, eps
     MAXPOOL = "maxpool"  # attrs: kernel, stride, padding
     AVGPOOL = "avgpool"  # attrs: kernel, stride (ceil_mode, count_include_pad=False)
+    AA_AVGPOOL = "aa_avgpool"  # anti-aliasing: attrs: kernel, stride (floor mode, no padding)
+    BLUR = "blur"  # attrs: channels, kernel, stride, padding (binomial, depthwise, reflect pad)
+    SIGMOID = "sigmoid"  # an attention gate
+    SCALE = "scale"  # x * gate: inputs (x of C x H x W, gate of C x 1 x 1)
+    CHANNEL_CONV = "channel_conv"  # ECA: attrs: kernel, padding: a 1-d conv across the channels
+    DROP_PATH = "drop_path"  # stochastic depth: attrs: p (training only)
     GLOBAL_AVGPOOL = "global_avgpool"
     PAD_CHANNELS = "pad_channels"  # option A: attrs: stride, out_channels (zeros appended)
     ADD = "add"
@@ -67,6 +74,11 @@ class Block:
     groups: int
     src: SourcePos | None = None
     nodes: list[str] = field(default_factory=list)
+    attention: str = "none"  # "none" | "se" | "eca"
+    anti_alias: str = "none"  # "none" | "blur" | "avgpool" (only where the block strides)
+    drop_path: float = 0.0
+    dropout: float = 0.0
+    pruned: bool = False  # widths given per block (block_widths / out_channels)
 
 
 @dataclass
@@ -81,6 +93,7 @@ class Graph:
     g: nx.DiGraph = field(default_factory=nx.DiGraph)
     blocks: list[Block] = field(default_factory=list)
     stem: str = "imagenet"
+    stem_pool: str = "max"  # "max" | "conv" | "none"
     preact: bool = False
     zero_init_residual: bool = False
     output: str = ""

@@ -38,6 +38,11 @@ def to_json(g: Graph) -> str:
                 "stride",
                 "stride_on",
                 "groups",
+                "attention",
+                "anti_alias",
+                "drop_path",
+                "dropout",
+                "pruned",
             )
         }
         for b in g.blocks

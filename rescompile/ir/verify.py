@@ -6,7 +6,7 @@ import networkx as nx
 
 from rescompile.ir.graph import Graph, Op
 
-_ARITY = {Op.INPUT: 0, Op.ADD: 2}
+_ARITY = {Op.INPUT: 0, Op.ADD: 2, Op.SCALE: 2}
 
 
 def verify(g: Graph) -> Graph:

@@ -6,10 +6,15 @@ Conventions (stated in every report header):
   torchvision's ``num_params``; ``buffers``: BN running mean and variance, counted separately.
 * ``macs``: multiply-accumulates of conv and fc layers only, the paper's "FLOPs";
   ``flops`` = 2 x ``macs``, what ``torch.utils.flop_counter`` reports.
-* ``bn``, ``relu``, ``add``: elements each op touches (= its output elements); ``pool``: elements
-  each pooling op reads (its input elements). Listed apart, never folded into MACs.
-* ``act``: output elements of every op except input/flatten/dropout (views or identities at
-  inference); ``act_bytes`` = ``act`` x 4 (float32), per image.
+* ``bn``, ``relu``, ``add``: elements each op touches (= its output elements; ``bn`` counts
+  BatchNorm and GroupNorm); ``pool``: elements each pooling op reads (its input elements);
+  ``gate``, ``scale``: elements of attention's sigmoid gates and of the channel scaling they
+  drive (SE/ECA). Listed apart, never folded into MACs.
+* The depthwise convs of anti-aliasing blur (3x3 per channel) and of attention (SE's 1x1 convs,
+  ECA's 1-d conv across channels) are convolutions: their multiply-adds are MACs, as
+  ``torch.utils.flop_counter`` counts them. Biases add parameters, not MACs.
+* ``act``: output elements of every op except input/flatten/dropout/drop-path (views or
+  identities at inference); ``act_bytes`` = ``act`` x 4 (float32), per image.
 """
 
 from __future__ import annotations
@@ -18,9 +23,22 @@ import math
 
 from rescompile.ir.graph import Graph, Op
 
-COUNTERS = ("params", "buffers", "macs", "flops", "bn", "relu", "add", "pool", "act", "act_bytes")
-_NO_ACT = {Op.INPUT, Op.FLATTEN, Op.DROPOUT}
-_POOLS = {Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL}
+COUNTERS = (
+    "params",
+    "buffers",
+    "macs",
+    "flops",
+    "bn",
+    "relu",
+    "add",
+    "pool",
+    "gate",
+    "scale",
+    "act",
+    "act_bytes",
+)
+_NO_ACT = {Op.INPUT, Op.FLATTEN, Op.DROPOUT, Op.DROP_PATH}
+_POOLS = {Op.MAXPOOL, Op.AVGPOOL, Op.AA_AVGPOOL, Op.GLOBAL_AVGPOOL}
 
 
 def count_costs(g: Graph) -> Graph:
@@ -42,6 +60,18 @@ def count_costs(g: Graph) -> Graph:
         elif n.op is Op.BATCHNORM:
             c["params"] = c["buffers"] = 2 * a["channels"]
             c["bn"] = numel
+        elif n.op is Op.GROUPNORM:
+            c["params"] = 2 * a["channels"]
+            c["bn"] = numel
+        elif n.op is Op.BLUR:
+            c["macs"] = numel * a["kernel"] ** 2
+        elif n.op is Op.CHANNEL_CONV:
+            c["params"] = a["kernel"]
+            c["macs"] = numel * a["kernel"]
+        elif n.op is Op.SIGMOID:
+            c["gate"] = numel
+        elif n.op is Op.SCALE:
+            c["scale"] = numel
         elif n.op is Op.RELU:
             c["relu"] = numel
         elif n.op is Op.ADD:

@@ -67,19 +67,31 @@ def _op_text(n: Node) -> str:
             return f"conv {a['kernel']}x{a['kernel']}/{a['stride']}, {a['out_channels']}{g}"
         case Op.LINEAR:
             return f"fc {a['in_features']} -> {a['out_features']}"
-        case Op.MAXPOOL | Op.AVGPOOL:
+        case Op.MAXPOOL | Op.AVGPOOL | Op.AA_AVGPOOL | Op.BLUR:
             return f"{n.op} {a['kernel']}x{a['kernel']}/{a['stride']}"
         case Op.PAD_CHANNELS:
             return f"zero-pad to {a['out_channels']}, /{a['stride']}"
-        case Op.DROPOUT:
-            return f"dropout p={a['p']}"
+        case Op.DROPOUT | Op.DROP_PATH:
+            return f"{n.op} p={a['p']:g}"
+        case Op.GROUPNORM:
+            return f"groupnorm, {a['groups']} groups"
+        case Op.CHANNEL_CONV:
+            return f"channel conv {a['kernel']}"
     return str(n.op)
 
 
 def _block_text(g: Graph, name: str) -> str:
     b = next(b for b in g.blocks if b.name == name)
     kind = ("preact " if b.preact else "") + b.kind
-    return f"{kind}, {b.in_channels}->{b.out_channels}, /{b.stride}, shortcut {b.shortcut}"
+    extra = "".join(
+        f", {x}"
+        for x in (
+            b.attention if b.attention != "none" else "",
+            f"{b.anti_alias} anti-alias" if b.anti_alias != "none" else "",
+        )
+        if x
+    )
+    return f"{kind}, {b.in_channels}->{b.out_channels}, /{b.stride}, shortcut {b.shortcut}{extra}"
 
 
 def to_dot(g: Graph, depth: Depth = "block") -> str:

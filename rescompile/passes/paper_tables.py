@@ -5,8 +5,11 @@ one after rounding to the printed precision; a figure whose printed value is kno
 from rounding carries a ``note`` explaining why, and is reported as NOTE rather than hidden.
 
 Sources: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (Table 1, Sec. 4.2,
-Table 6); He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016 (Table 3);
-torchvision's published weight metadata (num_params, GFLOPS).
+Table 6); He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016 (Tables 3 and 4);
+torchvision's published weight metadata (num_params, GFLOPS); Xie et al., "Aggregated Residual
+Transformations for Deep Neural Networks" (ResNeXt), CVPR 2017 (Table 1); Zagoruyko & Komodakis,
+"Wide Residual Networks", BMVC 2016 (CIFAR parameter counts); Hu et al., "Squeeze-and-Excitation
+Networks", CVPR 2018 (GFLOPs of SE-ResNet-50).
 """
 
 from __future__ import annotations
@@ -40,6 +43,23 @@ _R50_NOTE = (
     "printed figure looks truncated rather than rounded"
 )
 
+_R1001_NOTE = (
+    "the printed 10.2M does not follow from rounding: the exact count rounds to 10.3M; without "
+    "the BN scales and shifts (2 per channel of every BN layer) it is 10,178,490, which rounds "
+    "to the printed 10.2M, so the paper evidently counted conv and fc weights only"
+)
+_RX_R50_NOTE = (
+    "the printed 25.5M does not follow from rounding: 25,557,032 (torchvision's num_params, the "
+    "same network) rounds to 25.6M; the printed figure looks truncated rather than rounded"
+)
+_SE_NOTE = (
+    "the printed 3.87 does not follow from rounding the conv + fc multiply-adds (SE's 1x1 convs "
+    "add 2,514,944 to the paper's ResNet-50, which rounds to 3.86 like the paper's own ResNet-50 "
+    "figure); counting also SE's squeeze (global average pool: 5,519,360 elements read) and its "
+    "channel scaling (5,519,360 multiplies) gives 3,871,526,912 = 3.87e9: the paper's 0.26% "
+    "increase includes them"
+)
+
 _T1 = "He et al. 2016, Table 1"
 _SIZES_224 = {"conv1": 112, "conv2_x": 56, "conv3_x": 28, "conv4_x": 14, "conv5_x": 7, "pool": 1}
 _SIZES_32 = {"conv1": 32, "conv2_x": 32, "conv3_x": 16, "conv4_x": 8, "pool": 1}
@@ -67,10 +87,51 @@ TABLES: dict[str, dict[str, Row]] = {
         ]
     },
     "preact2016.cifar": {
-        f"ResNet-{depth}": Row(
-            "He et al. 2016b (Identity Mappings), Table 3", _SIZES_32, params=Printed(1.7, 1, 1e6)
+        **{
+            f"ResNet-{depth}": Row(
+                "He et al. 2016b (Identity Mappings), Table 3",
+                _SIZES_32,
+                params=Printed(1.7, 1, 1e6),
+            )
+            for depth in (110, 164)
+        },
+        "ResNet-1001": Row(
+            "He et al. 2016b (Identity Mappings), Table 4",
+            _SIZES_32,
+            params=Printed(10.2, 1, 1e6, _R1001_NOTE),
+        ),
+    },
+    "resnext2017.table1": {
+        "ResNet-50": Row(
+            "Xie et al. 2017, Table 1",
+            _SIZES_224,
+            {"conv2_x": 256, "conv3_x": 512, "conv4_x": 1024, "conv5_x": 2048},
+            macs=Printed(4.1, 1, 1e9),
+            params=Printed(25.5, 1, 1e6, _RX_R50_NOTE),
+        ),
+        "ResNeXt-50": Row(
+            "Xie et al. 2017, Table 1",
+            _SIZES_224,
+            {"conv2_x": 256, "conv3_x": 512, "conv4_x": 1024, "conv5_x": 2048},
+            macs=Printed(4.2, 1, 1e9),
+            params=Printed(25.0, 1, 1e6),
+        ),
+    },
+    "wrn2016": {
+        f"WRN-{d}-{k}": Row(
+            "Zagoruyko & Komodakis 2016 (Wide ResNet), CIFAR results",
+            _SIZES_32,
+            {"conv1": 16, "conv2_x": 16 * k, "conv3_x": 32 * k, "conv4_x": 64 * k},
+            params=Printed(p, 1, 1e6),
         )
-        for depth in (110, 164)
+        for d, k, p in [(40, 4, 8.9), (16, 8, 11.0), (28, 10, 36.5)]
+    },
+    "se2018": {
+        "SE-ResNet-50": Row(
+            "Hu et al. 2018 (Squeeze-and-Excitation), Table 2",
+            _SIZES_224,
+            macs=Printed(3.87, 2, 1e9, _SE_NOTE),
+        ),
     },
     "torchvision": {
         name: Row(

@@ -20,6 +20,20 @@ CONVENTION = (
     "written; pool: elements read; not folded into MACs. act: output elements per image "
     "(act_bytes at float32). Batch size 1."
 )
+# Added to the convention where a network has attention, anti-aliasing or GroupNorm.
+FAMILY_CONVENTION = (
+    " SE/ECA convs and anti-aliasing blur convs are convs (their multiply-adds are MACs); "
+    "gate (sigmoid) and scale (channel scaling) elements are listed apart; GroupNorm counts as "
+    "BN (elements, gamma+beta; no buffers)."
+)
+
+
+def convention(g: Graph) -> str:
+    """The counting convention, with the family's additions where ``g`` uses them."""
+    family = {Op.GROUPNORM, Op.BLUR, Op.CHANNEL_CONV, Op.SCALE, Op.AA_AVGPOOL}
+    if any(n.op in family for n in g):
+        return CONVENTION + FAMILY_CONVENTION
+    return CONVENTION
 
 
 @dataclass
@@ -70,7 +84,10 @@ def rows(g: Graph, depth: Depth = "stage") -> list[Row]:
 def _block_kind(g: Graph, name: str) -> str:
     b = next(b for b in g.blocks if b.name == name)
     kind = ("preact-" if b.preact else "") + b.kind
-    return f"{kind}/{b.shortcut}" + (f"/s{b.stride}" if b.stride > 1 else "")
+    extra = ("" if b.attention == "none" else f"/{b.attention}") + (
+        "" if b.anti_alias == "none" else f"/aa-{b.anti_alias}"
+    )
+    return f"{kind}/{b.shortcut}" + (f"/s{b.stride}" if b.stride > 1 else "") + extra
 
 
 def _human(v: int) -> str:
@@ -85,7 +102,7 @@ def to_json(g: Graph, depth: Depth) -> str:
         "spec": g.name,
         "spec_hash": g.spec_hash,
         "input": list(g.input_shape),
-        "convention": CONVENTION,
+        "convention": convention(g),
         "depth": depth,
         "rows": [
             {
@@ -128,7 +145,7 @@ def to_markdown(g: Graph, depth: Depth) -> str:
     lines = [
         f"# {g.name} ({g.input_shape[1]}x{g.input_shape[2]} input)",
         "",
-        f"> {CONVENTION}",
+        f"> {convention(g)}",
         "",
         "| " + " | ".join(head) + " |",
         "|---|---|---:|" + "---:|" * len(_COLS),  # numbers right-aligned, as in the table
@@ -141,7 +158,9 @@ def to_markdown(g: Graph, depth: Depth) -> str:
     lines += [
         "",
         f"BN elements {t['bn']:,} · ReLU {t['relu']:,} · add {t['add']:,} · "
-        f"pool {t['pool']:,} · buffers {t['buffers']:,} · "
+        f"pool {t['pool']:,} · "
+        + (f"gate {t['gate']:,} · scale {t['scale']:,} · " if t["gate"] else "")
+        + f"buffers {t['buffers']:,} · "
         f"activations {t['act_bytes'] / 2**20:.1f} MiB/image (float32)",
     ]
     return "\n".join(lines) + "\n"
@@ -238,12 +257,14 @@ def render_table(g: Graph, depth: Depth, console) -> None:
         for r in rows(g, depth)
     ]
     c, h, w = g.input_shape
-    print_table(console, f"{g.name}: {c}x{h}x{w} input", keys, values, body)
+    print_table(console, f"{g.name}: {c}x{h}x{w} input", keys, values, body, convention(g))
     console.print(
         f"MACs {_human(tot['macs'])} · FLOPs {_human(tot['flops'])} · "
         f"params {_human(tot['params'])} (+{tot['buffers']:,} BN buffers) · "
         f"BN elems {tot['bn']:,} · ReLU {tot['relu']:,} · "
-        f"add {tot['add']:,} · pool {tot['pool']:,} · activations "
+        f"add {tot['add']:,} · pool {tot['pool']:,} · "
+        + (f"gate {tot['gate']:,} · scale {tot['scale']:,} · " if tot["gate"] else "")
+        + "activations "
         f"{tot['act_bytes'] / 2**20:.1f} MiB/image (float32)",
         highlight=False,
     )
@@ -356,7 +377,7 @@ def to_html(g: Graph, depth: Depth) -> str:
         f"<p>{t['params']:,} parameters ({_human(t['params'])}) · {t['macs']:,} MACs "
         f"({_human(t['macs'])}) · {t['flops']:,} FLOPs · activations {mib:.1f} MiB/image "
         f"(float32) · spec hash {esc(g.spec_hash)}</p>",
-        f'<p class="convention">{esc(CONVENTION)}</p>',
+        f'<p class="convention">{esc(convention(g))}</p>',
         "<h2>Where the cost sits</h2>",
         '<div class="charts">',
         _bar_chart("parameters per stage", params, "#4c78a8"),

@@ -24,11 +24,33 @@ def _shape(g: Graph, n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
                 raise ValueError(f"expects {a['in_channels']} input channels, got {c}")
             k, s, p = a["kernel"], a["stride"], a["padding"]
             return (a["out_channels"], _conv_out(h, k, s, p), _conv_out(w, k, s, p))
-        case Op.BATCHNORM:
+        case Op.BATCHNORM | Op.GROUPNORM:
             if x[0] != a["channels"]:
                 raise ValueError(f"expects {a['channels']} channels, got {x[0]}")
             return x
-        case Op.RELU | Op.DROPOUT:
+        case Op.RELU | Op.DROPOUT | Op.DROP_PATH | Op.SIGMOID:
+            return x
+        case Op.BLUR:
+            k, s, p = a["kernel"], a["stride"], a["padding"]
+            if x[0] != a["channels"]:
+                raise ValueError(f"expects {a['channels']} channels, got {x[0]}")
+            if p >= min(x[1:]):
+                raise ValueError(
+                    f"pads a {_fmt(x[1:])} feature map by reflection by {p}, which needs a map "
+                    f"larger than {p}: the input is too small"
+                )
+            return (x[0], _conv_out(x[1], k, s, p), _conv_out(x[2], k, s, p))
+        case Op.AA_AVGPOOL:  # floor mode, no padding
+            k, s = a["kernel"], a["stride"]
+            return (x[0], (x[1] - k) // s + 1, (x[2] - k) // s + 1)
+        case Op.CHANNEL_CONV:
+            if x[1:] != (1, 1):
+                raise ValueError(f"expects pooled C x 1 x 1 input, got {_fmt(x)}")
+            return x
+        case Op.SCALE:
+            gate = ins[1]
+            if gate != (x[0], 1, 1):
+                raise ValueError(f"scales a {_fmt(x)} map by a {_fmt(gate)} gate")
             return x
         case Op.MAXPOOL:
             k, s, p = a["kernel"], a["stride"], a["padding"]

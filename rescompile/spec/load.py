@@ -26,7 +26,8 @@ from rescompile.spec.models import Spec
 MAX_EXTENDS = 16
 MAX_KEY_CHARS = 1000  # a --set key: real ones are a few dozen characters
 MAX_DIAGNOSTICS = 100  # beyond this many problems, the rest are counted rather than listed
-_SHORTHAND = {"block", "stem"}  # fields that accept a bare string for {kind: ...}
+# fields that accept a bare string for {kind: ...}
+_SHORTHAND = {"block", "stem", "downsample", "attention"}
 
 
 @dataclass
@@ -52,9 +53,59 @@ class Resolved:
 
 
 def spec_hash(spec: Spec) -> str:
-    """sha256 of the canonical JSON of the resolved spec (first 16 hex digits)."""
-    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """sha256 of the canonical JSON of the resolved spec (first 16 hex digits).
+
+    Fields added after the first release are left out while they hold their defaults, and a
+    default-kernel ``downsample`` is written as its kind, so a spec that uses none of them keeps
+    the hash it always had (checkpoints name it).
+    """
+    data = _canonical(spec.model_dump(mode="json"))
+    canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+# (mapping, field) -> default of the fields added with the ResNet family (issue 12).
+_LATER_DEFAULTS = {
+    ("spec", "anti_alias"): "none",
+    ("spec", "drop_path"): 0.0,
+    ("stem", "widths"): None,
+    ("stem", "pool"): None,
+    ("block", "attention"): {
+        "kind": "none",
+        "rd_ratio": None,
+        "rd_divisor": None,
+        "kernel_size": None,
+    },
+    ("block", "reduce_first"): 1,
+    ("block", "dropout"): 0.0,
+    ("stage", "attention"): None,
+    ("stage", "anti_alias"): None,
+    ("stage", "out_channels"): None,
+    ("stage", "block_widths"): None,
+    ("norm", "kind"): "batch",
+    ("norm", "groups"): None,
+}
+
+
+def _canonical(d: dict) -> dict:
+    def prune(m: dict | None, where: str) -> None:
+        if not isinstance(m, dict):
+            return
+        for (w, k), default in _LATER_DEFAULTS.items():
+            if w == where and k in m and m[k] == default:
+                del m[k]
+        ds = m.get("downsample")
+        if isinstance(ds, dict) and ds.get("kernel_size") == 1:
+            m["downsample"] = ds["kind"]
+
+    prune(d, "spec")
+    prune(d.get("stem"), "stem")
+    prune(d.get("block"), "block")
+    prune(d.get("norm"), "norm")
+    for st in d.get("stages", []):
+        prune(st, "stage")
+        prune(st.get("block"), "block")
+    return d
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,9 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 BlockKind = Literal["basic", "bottleneck"]
 Shortcut = Literal["A", "B", "C", "none"]
-Downsample = Literal["conv", "avgpool"]
+DownsampleKind = Literal["conv", "avgpool"]
 StrideOn = Literal["1x1", "3x3"]
 StemKind = Literal["imagenet", "cifar", "deep"]
+StemPool = Literal["max", "conv", "none"]
+AntiAlias = Literal["none", "blur", "avgpool"]
+AttentionKind = Literal["none", "se", "eca"]
+NormKind = Literal["batch", "group"]
 
 # Upper bounds keep every figure an exact, float-convertible number and every model buildable in
 # principle; they are far beyond any real network.
@@ -32,8 +36,76 @@ class _Model(BaseModel):
 
 
 def _shorthand(value: Any) -> Any:
-    """``block: bottleneck`` is short for ``block: {kind: bottleneck}`` (same for ``stem``)."""
+    """``block: bottleneck`` is short for ``block: {kind: bottleneck}`` (same for ``stem``,
+    ``downsample`` and ``attention``)."""
     return {"kind": value} if isinstance(value, str) else value
+
+
+class AttentionSpec(_Model):
+    """Channel attention at the end of a block's main branch, before the addition (timm)."""
+
+    kind: AttentionKind = Field(
+        description="none; se: squeeze-and-excitation (global mean, 1x1 conv with bias, ReLU, "
+        "1x1 conv with bias, sigmoid gate scaling the channels; timm's SEModule); eca: efficient "
+        "channel attention (global mean, 1-d conv across channels, sigmoid gate; timm's EcaModule)"
+    )
+    rd_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="se only: reduced width = make_divisible(channels * rd_ratio, rd_divisor) "
+        "(timm's rounding to the nearest multiple, never below rd_divisor); default 1/16",
+    )
+    rd_divisor: PosInt | None = Field(None, description="se only: default 8")
+    kernel_size: Annotated[int, Field(ge=1, le=255)] | None = Field(
+        None,
+        description="eca only: odd width of the 1-d conv; default from the channel count C: "
+        "t = int((log2(C) + 1) / 2), the odd number t or t + 1, at least 3",
+    )
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int | None) -> int | None:
+        if v is not None and v % 2 == 0:
+            raise ValueError(f"must be odd (the conv is centred on each channel), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> AttentionSpec:
+        se = [f for f in ("rd_ratio", "rd_divisor") if getattr(self, f) is not None]
+        if se and self.kind != "se":
+            raise ValueError(f"{' and '.join(se)} apply only to kind se, not {self.kind}")
+        if self.kernel_size is not None and self.kind != "eca":
+            raise ValueError(f"kernel_size applies only to kind eca, not {self.kind}")
+        return self
+
+    @property
+    def rd_ratio_(self) -> float:
+        return self.rd_ratio if self.rd_ratio is not None else 1.0 / 16
+
+    @property
+    def rd_divisor_(self) -> int:
+        return self.rd_divisor if self.rd_divisor is not None else 8
+
+
+class DownsampleSpec(_Model):
+    """The projection shortcut of a block that changes shape (shortcut B or C)."""
+
+    kind: DownsampleKind = Field(
+        description="conv: strided conv + norm; avgpool: 2x2 average pool (stride 2, ceil "
+        "mode, padding not counted) then 1x1 conv + norm (ResNet-D)"
+    )
+    kernel_size: Literal[1, 3] = Field(
+        1,
+        description="conv only: kernel of a strided projection (3: SENet-154); a stride-1 "
+        "projection is always 1x1",
+    )
+
+    @model_validator(mode="after")
+    def _kernel_of_kind(self) -> DownsampleSpec:
+        if self.kernel_size != 1 and self.kind != "conv":
+            raise ValueError("kernel_size 3 applies only to kind conv (avgpool uses a 1x1 conv)")
+        return self
 
 
 class BlockSpec(_Model):
@@ -49,6 +121,24 @@ class BlockSpec(_Model):
         description="inner 3x3 width = int(width * width_per_group / 64) * groups "
         "(64: the plain ResNet bottleneck; 128: Wide ResNet-50-2)",
     )
+    attention: AttentionSpec = Field(
+        default_factory=lambda: AttentionSpec(kind="none"),
+        description="none | se | eca, or {kind, rd_ratio, rd_divisor} / {kind, kernel_size}",
+    )
+    reduce_first: PosInt = Field(
+        1,
+        description="the first conv outputs inner width // reduce_first channels (timm's "
+        "block_reduce_first; 2 in SENet-154)",
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="dropout between the block's first and second conv, in training only (Wide "
+        "ResNet); no parameters",
+    )
+
+    _attention = field_validator("attention", mode="before")(lambda v: _shorthand(v))
 
     @property
     def expansion_(self) -> int:
@@ -63,8 +153,27 @@ class StemSpec(_Model):
         "ReLU; deep: three 3x3 convs (the first stride 2) + max pool (ResNet-C)"
     )
     width: PosInt | None = Field(
-        None, description="output channels; default: the first stage's width"
+        None, description="output channels; default: the first stage's width (deep: widths[2])"
     )
+    widths: tuple[PosInt, PosInt, PosInt] | None = Field(
+        None,
+        description="deep only: the outputs of its three 3x3 convs; default [w/2, w/2, w] for "
+        "output width w (timm 'deep'; 'deep_tiered' is [3*(s//4), s, 2s] for stem_width s)",
+    )
+    pool: StemPool | None = Field(
+        None,
+        description="max: 3x3/2 max pool; conv: 3x3/2 conv + norm + ReLU (ResNet-RS); none. "
+        "Default: max, except none for the cifar stem",
+    )
+
+    @field_validator("widths", mode="before")
+    @classmethod
+    def _widths(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @property
+    def pool_(self) -> str:
+        return self.pool if self.pool is not None else ("none" if self.kind == "cifar" else "max")
 
 
 class InputSpec(_Model):
@@ -93,10 +202,36 @@ class StageSpec(_Model):
     )
     block: BlockSpec | None = Field(None, description="override of the model's block")
     shortcut: Shortcut | None = Field(None, description="override of the model's shortcut")
-    downsample: Downsample | None = Field(None, description="override of the model's downsample")
+    downsample: DownsampleSpec | None = Field(
+        None, description="override of the model's downsample"
+    )
     stride_on: StrideOn | None = Field(None, description="override of the model's stride_on")
+    attention: AttentionSpec | None = Field(
+        None, description="override of the block's attention in this stage"
+    )
+    anti_alias: AntiAlias | None = Field(None, description="override of the model's anti_alias")
+    out_channels: PosInt | None = Field(
+        None,
+        description="the blocks' output channels; default width x expansion (set by pruned "
+        "models, with block_widths)",
+    )
+    block_widths: (
+        Annotated[
+            list[Annotated[list[PosInt], Field(min_length=1, max_length=2)]],
+            Field(max_length=MAX_BLOCKS),
+        ]
+        | None
+    ) = Field(
+        None,
+        description="per block, the output channels of its convs before the last: [first, "
+        "inner] (bottleneck) or [first] (basic); default from width, groups, width_per_group "
+        "and reduce_first (timm's pruned models give them one by one). ECA's kernel still "
+        "follows width x expansion, as in timm's pruned models",
+    )
 
-    _block = field_validator("block", mode="before")(lambda v: _shorthand(v))
+    _block = field_validator("block", "downsample", "attention", mode="before")(
+        lambda v: _shorthand(v)
+    )
 
 
 class HeadSpec(_Model):
@@ -106,12 +241,26 @@ class HeadSpec(_Model):
 
 
 class NormSpec(_Model):
-    """Batch normalisation hyper-parameters (PyTorch's momentum convention)."""
+    """Normalisation layers: BatchNorm (PyTorch's momentum convention) or GroupNorm."""
 
-    eps: float = Field(1e-5, gt=0.0, le=1.0, description="BatchNorm epsilon")
-    momentum: float = Field(
-        0.1, gt=0.0, le=1.0, description="weight of the new batch in running statistics"
+    kind: NormKind = Field(
+        "batch",
+        description="batch: BatchNorm (running statistics); group: GroupNorm (no running "
+        "statistics, no momentum)",
     )
+    groups: PosInt | None = Field(
+        None,
+        description="group only: groups of every GroupNorm; default 32; must divide every "
+        "normalised width",
+    )
+    eps: float = Field(1e-5, gt=0.0, le=1.0, description="epsilon")
+    momentum: float = Field(
+        0.1, gt=0.0, le=1.0, description="BatchNorm: weight of the new batch in running statistics"
+    )
+
+    @property
+    def groups_(self) -> int:
+        return self.groups if self.groups is not None else 32
 
 
 class InitSpec(_Model):
@@ -163,11 +312,28 @@ class Spec(_Model):
         description="A: zero-padded identity; B: projection where the shape changes; "
         "C: projections everywhere; none: plain net",
     )
-    downsample: Downsample = Field(
-        "conv", description="projection: strided 1x1 conv, or avg-pool then 1x1 conv (ResNet-D)"
+    downsample: DownsampleSpec = Field(
+        default_factory=lambda: DownsampleSpec(kind="conv"),
+        description="projection: strided conv (1x1, or {kind: conv, kernel_size: 3}), or "
+        "avg-pool then 1x1 conv (ResNet-D)",
     )
     stride_on: StrideOn = Field(
         "1x1", description="bottleneck stride on the 1x1 (paper, v1) or the 3x3 (torchvision, v1.5)"
+    )
+    anti_alias: AntiAlias = Field(
+        "none",
+        description="none; blur: a stride-2 block (only those, as in timm) runs its strided conv "
+        "at stride 1, then a "
+        "[1,2,1]x[1,2,1] depthwise blur (reflect padding) at stride 2, and the stem's max pool "
+        "runs at stride 1 before a blur (timm's BlurPool2d); avgpool: the same with a 2x2 average "
+        "pool (floor mode), the stem's max pool replaced by it (timm's aa_layer=AvgPool2d)",
+    )
+    drop_path: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="stochastic depth in training: block i of n drops its branch with "
+        "probability drop_path * i / (n - 1) (timm's drop_path_rate)",
     )
     stages: list[StageSpec] = Field(min_length=1, max_length=16, description="the stages, in order")
     head: HeadSpec = Field(default_factory=HeadSpec, description="classifier head")
@@ -175,7 +341,7 @@ class Spec(_Model):
     init: InitSpec = Field(default_factory=InitSpec, description="initialisation")
     paper: PaperRef | None = Field(None, description="published row to audit against")
 
-    _block = field_validator("block", "stem", mode="before")(lambda v: _shorthand(v))
+    _block = field_validator("block", "stem", "downsample", mode="before")(lambda v: _shorthand(v))
 
     @field_validator("name")
     @classmethod

@@ -29,9 +29,13 @@ SHORTHAND = {
     ("Spec", "block"): "BlockSpec",
     ("Spec", "stem"): "StemSpec",
     ("StageSpec", "block"): "BlockSpec",
+    ("Spec", "downsample"): "DownsampleSpec",
+    ("StageSpec", "downsample"): "DownsampleSpec",
+    ("BlockSpec", "attention"): "AttentionSpec",
+    ("StageSpec", "attention"): "AttentionSpec",
 }
 # Mapping-valued fields that ``extends`` deep-merges with the base spec's (lists are replaced).
-MERGED = ("input", "stem", "block", "head", "norm", "init", "paper")
+MERGED = ("input", "stem", "block", "downsample", "head", "norm", "init", "paper")
 
 EXTENDS_DESCRIPTION = (
     "path of a base spec (.yaml), relative to this file, or the name of a library spec "
@@ -53,6 +57,8 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("Spec", "shortcut"): "B",
     ("Spec", "downsample"): "avgpool",
     ("Spec", "stride_on"): "3x3",
+    ("Spec", "anti_alias"): "blur",
+    ("Spec", "drop_path"): 0.05,
     ("Spec", "stages"): [{"depth": 3, "width": 64}, {"depth": 4, "width": 128, "stride": 2}],
     ("Spec", "head"): {"dropout": 0.2},
     ("Spec", "norm"): {"eps": 1.0e-3, "momentum": 0.01},
@@ -62,10 +68,15 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("InputSpec", "size"): [160, 192],
     ("StemSpec", "kind"): "deep",
     ("StemSpec", "width"): 32,
+    ("StemSpec", "widths"): [24, 32, 64],
+    ("StemSpec", "pool"): "conv",
     ("BlockSpec", "kind"): "bottleneck",
     ("BlockSpec", "expansion"): 4,
     ("BlockSpec", "groups"): 32,
     ("BlockSpec", "width_per_group"): 128,
+    ("BlockSpec", "attention"): "se",
+    ("BlockSpec", "reduce_first"): 2,
+    ("BlockSpec", "dropout"): 0.3,
     ("StageSpec", "depth"): 6,
     ("StageSpec", "width"): 256,
     ("StageSpec", "stride"): 2,
@@ -73,7 +84,19 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("StageSpec", "shortcut"): "C",
     ("StageSpec", "downsample"): "avgpool",
     ("StageSpec", "stride_on"): "1x1",
+    ("StageSpec", "attention"): "none",
+    ("StageSpec", "anti_alias"): "none",
+    ("StageSpec", "out_channels"): 19,
+    ("StageSpec", "block_widths"): [[47, 18], [52, 22], [64, 35]],
+    ("AttentionSpec", "kind"): "se",
+    ("AttentionSpec", "rd_ratio"): 0.25,
+    ("AttentionSpec", "rd_divisor"): 8,
+    ("AttentionSpec", "kernel_size"): 5,
+    ("DownsampleSpec", "kind"): "conv",
+    ("DownsampleSpec", "kernel_size"): 3,
     ("HeadSpec", "dropout"): 0.5,
+    ("NormSpec", "kind"): "group",
+    ("NormSpec", "groups"): 32,
     ("NormSpec", "eps"): 1.0e-3,
     ("NormSpec", "momentum"): 0.01,
     ("InitSpec", "zero_init_residual"): True,
@@ -122,6 +145,16 @@ CHECKS = [
     "The input must be large enough for every stride: a stride may not exceed the feature map it "
     "applies to, and no feature map may shrink to zero.",
     "`rescompile check` needs `paper`, naming a table and row it knows.",
+    "`stem.widths` only with a `deep` stem; `stem.width`, if given too, must equal its last entry.",
+    "`norm.groups` only with `norm.kind: group`, and the groups must divide every normalised "
+    "width (stem, blocks, projections).",
+    "`block.reduce_first` must leave at least one channel, a multiple of the 3x3 conv's groups.",
+    "`anti_alias`, `attention` and a `conv` stem pool need post-activation blocks (`preact: "
+    "false`); `drop_path` needs residual blocks (no stage with `shortcut: none`).",
+    "A stage's `block_widths` has one entry per block, `[first, inner]` for a bottleneck "
+    "(both multiples of its groups) or `[first]` for a basic block.",
+    "`attention`: `rd_ratio` and `rd_divisor` only with `se`, `kernel_size` (odd) only with "
+    "`eca`; `downsample.kernel_size: 3` only with `kind: conv`.",
 ]
 
 _ORDER = [
@@ -129,7 +162,9 @@ _ORDER = [
     "InputSpec",
     "StemSpec",
     "BlockSpec",
+    "AttentionSpec",
     "StageSpec",
+    "DownsampleSpec",
     "HeadSpec",
     "NormSpec",
     "InitSpec",
@@ -278,29 +313,55 @@ def _required_only(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]
 
 
 # One description per value of each closed vocabulary, shown by editors as the value is picked
-# (`enumDescriptions`, the keyword VS Code's JSON and YAML language servers read).
-ENUM_DESCRIPTIONS: dict[str, str] = {
-    "imagenet": "7x7/2 conv + BN + ReLU + 3x3/2 max pool (the paper's ImageNet stem)",
-    "cifar": "3x3 conv + BN + ReLU (the paper's CIFAR stem)",
-    "deep": "three 3x3 convs, the first stride 2, + max pool (ResNet-C)",
-    "basic": "two 3x3 convs",
-    "bottleneck": "1x1, 3x3, 1x1 convs",
-    "A": "zero-padded identity shortcuts",
-    "B": "projection shortcuts where the shape changes, identity elsewhere",
-    "C": "projection shortcuts everywhere",
-    "none": "no shortcuts: a plain net",
-    "conv": "the projection is a strided 1x1 conv",
-    "avgpool": "the projection is an average pool, then a 1x1 conv (ResNet-D)",
-    "1x1": "a bottleneck strides its first 1x1 conv (the paper, v1)",
-    "3x3": "a bottleneck strides its 3x3 conv (torchvision, v1.5)",
+# (`enumDescriptions`, the keyword VS Code's JSON and YAML language servers read). A vocabulary is
+# known by its values: the same word ("none", "conv", "avgpool") means different things in
+# different fields.
+VOCABULARIES: dict[tuple, dict] = {
+    ("imagenet", "cifar", "deep"): {
+        "imagenet": "7x7/2 conv + BN + ReLU + 3x3/2 max pool (the paper's ImageNet stem)",
+        "cifar": "3x3 conv + BN + ReLU (the paper's CIFAR stem)",
+        "deep": "three 3x3 convs, the first stride 2, + max pool (ResNet-C)",
+    },
+    ("basic", "bottleneck"): {"basic": "two 3x3 convs", "bottleneck": "1x1, 3x3, 1x1 convs"},
+    ("A", "B", "C", "none"): {
+        "A": "zero-padded identity shortcuts",
+        "B": "projection shortcuts where the shape changes, identity elsewhere",
+        "C": "projection shortcuts everywhere",
+        "none": "no shortcuts: a plain net",
+    },
+    ("conv", "avgpool"): {
+        "conv": "the projection is a strided conv",
+        "avgpool": "the projection is an average pool, then a conv (ResNet-D)",
+    },
+    ("1x1", "3x3"): {
+        "1x1": "a bottleneck strides its first 1x1 conv (the paper, v1)",
+        "3x3": "a bottleneck strides its 3x3 conv (torchvision, v1.5)",
+    },
+    ("none", "blur", "avgpool"): {
+        "none": "no anti-aliasing: strided convs and pools",
+        "blur": "stride-2 convs run at stride 1, then a [1,2,1] blur pool at stride 2",
+        "avgpool": "stride-2 convs run at stride 1, then a 2x2 average pool",
+    },
+    ("none", "se", "eca"): {
+        "none": "no channel attention",
+        "se": "squeeze-and-excitation (timm's SEModule) after the last norm",
+        "eca": "efficient channel attention (timm's EcaModule) after the last norm",
+    },
+    (1, 3): {1: "a 1x1 projection conv", 3: "a 3x3 projection conv"},
+    ("batch", "group"): {"batch": "BatchNorm", "group": "GroupNorm (no running statistics)"},
+    ("max", "conv", "none"): {
+        "max": "3x3/2 max pool",
+        "conv": "3x3/2 conv + norm + activation (ResNet-RS)",
+        "none": "no stem pool",
+    },
 }
 
 
 def _describe_enum_values(node: Any) -> None:
     if isinstance(node, dict):
         values = node.get("enum")
-        if values and all(v in ENUM_DESCRIPTIONS for v in values):
-            node["enumDescriptions"] = [ENUM_DESCRIPTIONS[v] for v in values]
+        if values and tuple(values) in VOCABULARIES:
+            node["enumDescriptions"] = [VOCABULARIES[tuple(values)][v] for v in values]
         for v in node.values():
             _describe_enum_values(v)
     elif isinstance(node, list):
@@ -405,6 +466,22 @@ def _yaml_value(v: Any) -> str:
     return str(v)
 
 
+# What a field left out (None) means, where that is not "none".
+_NONE_DEFAULTS = {
+    ("BlockSpec", "expansion"): "1 (basic) or 4 (bottleneck)",
+    ("StemSpec", "width"): "the first stage's width",
+    ("StemSpec", "widths"): "[w/2, w/2, w] for width w",
+    ("StemSpec", "pool"): "`max` (`none` for cifar)",
+    ("AttentionSpec", "rd_ratio"): "1/16",
+    ("AttentionSpec", "rd_divisor"): "8",
+    ("AttentionSpec", "kernel_size"): "from the channel count",
+    ("NormSpec", "groups"): "32",
+    ("StageSpec", "attention"): "the block's",
+    ("StageSpec", "out_channels"): "width x expansion",
+    ("StageSpec", "block_widths"): "from width and the block",
+}
+
+
 def _default(model: type[BaseModel], field: str) -> str:
     f = model.model_fields[field]
     if f.is_required():
@@ -413,10 +490,8 @@ def _default(model: type[BaseModel], field: str) -> str:
     if isinstance(value, BaseModel):
         return "`" + _yaml_value(value.model_dump()) + "`"
     if value is None:
-        if (model.__name__, field) == ("BlockSpec", "expansion"):
-            return "1 (basic) or 4 (bottleneck)"
-        if (model.__name__, field) == ("StemSpec", "width"):
-            return "the first stage's width"
+        if (model.__name__, field) in _NONE_DEFAULTS:
+            return _NONE_DEFAULTS[model.__name__, field]
         if model is models.StageSpec:
             return "the model's"
         return "none"

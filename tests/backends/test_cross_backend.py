@@ -106,7 +106,7 @@ def randomise_batchnorm(model, gen, *, calibrate=None, stats=False):
 def flax_from_torch(path: Path, overrides: tuple[str, ...], state_dict):
     """The emitted flax model holding exactly ``state_dict``'s weights (built shape-only first)."""
     from rescompile.backends import flax as fb
-    from rescompile.backends.flax.runtime import abstract_model
+    from rescompile.backends.flax.tools import abstract_model
 
     model = abstract_model(flax_class(path, overrides))
     return fb.torch_state_dict_to_nnx(model, state_dict)
@@ -184,7 +184,7 @@ def test_train_mode_outputs_statistics_and_gradients_agree(case):
 
     import optax
     from rescompile.backends import flax as fb
-    from rescompile.backends.flax.runtime import linear_tracing
+    from rescompile.backends.flax.tools import linear_tracing
 
     path, overrides = variant_path(case), case[1]
     g = compiled(path, overrides)[1]
@@ -291,7 +291,7 @@ def test_zero_init_residual_zeroes_the_same_batchnorms():
 
 def test_portable_checkpoint_crosses_backends(tmp_path):
     from rescompile.backends import flax as fb
-    from rescompile.backends.flax.runtime import abstract_model
+    from rescompile.backends.flax.tools import abstract_model
 
     path, overrides = ROOT / "specs/variants/resnet50-d.yaml", ("input.size=40",)
     resolved, g = compiled(path, overrides)

@@ -26,6 +26,7 @@ import sys
 
 import pytest
 import yaml
+from emitted_classes import assert_same_definitions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spec_cases import ROOT
@@ -43,20 +44,22 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from rescompile.backends import flax as flax_backend  # noqa: E402
 from rescompile.backends import torch as torch_backend  # noqa: E402
-from rescompile.backends.flax.runtime import abstract_model, linear_tracing  # noqa: E402
+from rescompile.backends.flax.tools import abstract_model, linear_tracing  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 RUFF = [sys.executable, "-m", "ruff"]
 
 OPTIONAL = st.none()
-BLOCKS = st.sampled_from([
-    "basic",
-    "bottleneck",
-    {"kind": "basic", "expansion": 2},
-    {"kind": "bottleneck", "expansion": 2},
-    {"kind": "bottleneck", "groups": 2, "width_per_group": 32},
-    {"kind": "bottleneck", "expansion": 3, "groups": 4, "width_per_group": 16},
-])
+BLOCKS = st.sampled_from(
+    [
+        "basic",
+        "bottleneck",
+        {"kind": "basic", "expansion": 2},
+        {"kind": "bottleneck", "expansion": 2},
+        {"kind": "bottleneck", "groups": 2, "width_per_group": 32},
+        {"kind": "bottleneck", "expansion": 3, "groups": 4, "width_per_group": 16},
+    ]
+)
 SHORTCUTS = st.sampled_from(["A", "B", "C", "none"])
 DOWNSAMPLE = st.sampled_from(["conv", "avgpool"])
 STRIDE_ON = st.sampled_from(["1x1", "3x3"])
@@ -72,16 +75,22 @@ def specs(draw) -> dict:
             "width": draw(st.sampled_from([4, 8, 12, 520])),  # 520: long constructor calls
             "stride": draw(st.sampled_from([1, 2])),
         }
-        for key, values in (("block", BLOCKS), ("shortcut", SHORTCUTS),
-                            ("downsample", DOWNSAMPLE), ("stride_on", STRIDE_ON)):
+        for key, values in (
+            ("block", BLOCKS),
+            ("shortcut", SHORTCUTS),
+            ("downsample", DOWNSAMPLE),
+            ("stride_on", STRIDE_ON),
+        ):
             if value := draw(values | OPTIONAL):
                 stage[key] = value
         stages.append(stage)
     stem = draw(st.sampled_from(["cifar", "imagenet", "deep", {"kind": "cifar", "width": 6}]))
     return {
         "name": draw(st.sampled_from(NAMES)),
-        "input": {"channels": draw(st.sampled_from([1, 3])),
-                  "size": draw(st.sampled_from([9, 16, [12, 17]]))},
+        "input": {
+            "channels": draw(st.sampled_from([1, 3])),
+            "size": draw(st.sampled_from([9, 16, [12, 17]])),
+        },
         "num_classes": 5,
         "stem": stem,
         "block": draw(BLOCKS),
@@ -102,9 +111,12 @@ VALID: list[dict] = []  # those that compiled
 
 def fuzz(examples: int):
     """Derandomized (the same cases every run): CI never flakes on a newly drawn case."""
-    return settings(max_examples=examples, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 @fuzz(60)  # the default run; -m slow draws 1,000 more
@@ -131,6 +143,7 @@ def _emit_and_check(tmp_path, spec: dict) -> None:
     VALID.append(spec)
 
     sources = {"torch": torch_backend.emit(g), "flax": flax_backend.emit(g)}
+    assert_same_definitions(sources["torch"], sources["flax"])  # one plan, one design
     rows = torch_backend.check(g, sources["torch"])
     assert all(ok for *_, ok in rows), [r for r in rows if not r[-1]]
     rows = flax_backend.check(g, sources["flax"])
@@ -190,8 +203,12 @@ def _train_step_in_float64(tmp_path, spec: dict) -> None:
         cls = flax_backend.load_module(flax_backend.emit(g), g.class_name)
         fm = flax_backend.torch_state_dict_to_nnx(abstract_model(cls), state)
         graphdef, variables = nnx.split(fm)
-        fm = nnx.merge(graphdef, jax.tree.map(
-            lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, variables))
+        fm = nnx.merge(
+            graphdef,
+            jax.tree.map(
+                lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, variables
+            ),
+        )
         fm.train()
 
         def loss_fn(model, x, y):
@@ -200,7 +217,8 @@ def _train_step_in_float64(tmp_path, spec: dict) -> None:
 
         with linear_tracing():
             grads, out = nnx.jit(nnx.grad(loss_fn, has_aux=True))(
-                fm, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), jnp.asarray(y.numpy()))
+                fm, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), jnp.asarray(y.numpy())
+            )
         assert out.dtype == jnp.float64
         assert _rel(out, logits.detach().numpy()) < 1e-9
         stats = flax_backend.nnx_to_torch_state_dict(fm)

@@ -87,7 +87,7 @@ def torch_model(run: Path):
     """The PyTorch model of the run: its own model.py for a torch run; for a flax run, the
     PyTorch source emitted from the run's resolved spec (spec.json)."""
     from rescompile.backends.torch import emit
-    from rescompile.backends.torch.runtime import load_module
+    from rescompile.backends.torch.tools import load_module
 
     from rescompile import compile_spec
 

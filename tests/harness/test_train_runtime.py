@@ -55,8 +55,15 @@ def small_data(augment: bool, n: int = 64, seed: int = 0) -> TrainData:
     x = rng.integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
     y = rng.integers(0, 10, size=n)
     # a test split shaped like the training split: one compiled evaluation serves both
-    return TrainData(x, y, x[::-1].copy(), y[::-1].copy(), np.array([0.5], np.float32),
-                     np.array([0.29], np.float32), augment=augment)
+    return TrainData(
+        x,
+        y,
+        x[::-1].copy(),
+        y[::-1].copy(),
+        np.array([0.5], np.float32),
+        np.array([0.29], np.float32),
+        augment=augment,
+    )
 
 
 def batch(step: int, data: TrainData, size: int = 16) -> Batch:
@@ -109,8 +116,9 @@ def test_loop_and_runtime_import_no_framework():
         "heavy = ('torch', 'jax', 'flax', 'matplotlib', 'sklearn')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == ""
 
 

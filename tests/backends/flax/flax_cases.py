@@ -34,6 +34,6 @@ def model_class(path: Path, overrides: tuple[str, ...] = ()) -> type:
 
 def abstract(path: Path, overrides: tuple[str, ...] = ()):
     """A fresh shape-only instance of the emitted model (nothing allocated or computed)."""
-    from rescompile.backends.flax.runtime import abstract_model
+    from rescompile.backends.flax.tools import abstract_model
 
     return abstract_model(model_class(path, overrides))

@@ -13,29 +13,11 @@ nnx = pytest.importorskip("flax.nnx")
 
 from rescompile.backends import flax as fb  # noqa: E402
 
+from rescompile.emission.state import state_dict_layout as expected_state_dict  # noqa: E402
 from rescompile.harness.checkpoint import CheckpointError  # noqa: E402
-from rescompile.ir.graph import Op  # noqa: E402
 
 DEEP = ROOT / "specs/variants/resnet50-d.yaml", ("input.size=40",)  # deep stem, avg-pool, B
 SMALL = ROOT / "specs/paper/cifar-resnet20.yaml", ()
-
-
-def expected_state_dict(g) -> dict[str, tuple[int, ...]]:
-    """PyTorch's state_dict keys and shapes, derived from the IR alone."""
-    out = {}
-    for n in g:
-        a = n.attrs
-        if n.op is Op.CONV2D:
-            k = a["kernel"]
-            out[f"{n.name}.weight"] = (a["out_channels"], a["in_channels"] // a["groups"], k, k)
-        elif n.op is Op.BATCHNORM:
-            for t in ("weight", "bias", "running_mean", "running_var"):
-                out[f"{n.name}.{t}"] = (a["channels"],)
-            out[f"{n.name}.num_batches_tracked"] = ()
-        elif n.op is Op.LINEAR:
-            out[f"{n.name}.weight"] = (a["out_features"], a["in_features"])
-            out[f"{n.name}.bias"] = (a["out_features"],)
-    return out
 
 
 def random_state_dict(g, seed=0) -> dict[str, np.ndarray]:

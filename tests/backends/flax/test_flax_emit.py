@@ -99,29 +99,39 @@ def test_only_the_code_paths_a_model_uses_are_emitted():
         return emitted(ROOT / "specs" / spec, overrides)
 
     a = src("paper/cifar-resnet20.yaml")  # option A: zero-padding, no projections
-    assert "pad_channels" in a and "downsample" not in a and "AvgPool" not in a
+    assert "class ZeroPadShortcut(nnx.Module)" in a and "self.shortcut = shortcut" in a
+    assert "downsample" not in a and "AvgPool" not in a and "projection" not in a
     assert "groups" not in a and "Dropout" not in a and "zero_init" not in a
-    assert "max_pool" not in a and "self.shortcut" not in a
+    assert "max_pool" not in a
     b = src("torchvision/resnet50.yaml")  # option B: a projection where the shape changes
-    assert "pad_channels" not in b and "if stride != 1 or in_channels != out_channels:" in b
-    assert "max_pool" in b and "stride_on" not in b and "s1, s3" not in b
+    assert "ZeroPad" not in b and "downsample: nnx.Module | None = None" in b
+    assert (
+        "if self.downsample is not None:" in b and "downsample=projection(64, 256, rngs=rngs)" in b
+    )
+    assert "max_pool" in b and "Stride" not in b
     c = src("variants/cifar-resnet56-C.yaml")  # option C: projections everywhere, no condition
-    assert "self.downsample = Sequential(" in c and "is None" not in c
+    assert "*,\n        downsample: nnx.Module,\n" in c and "is not None" not in c
+    assert "identity = self.downsample(x)" in c
     plain = src("paper/cifar-plain20.yaml")
-    assert "class PlainBlock" in plain and "out + " not in plain
+    assert "class PlainBasicBlock" in plain and "out + " not in plain
     deep = src("variants/resnet50-d.yaml")
     assert "class AvgPool" in deep and "nnx.relu,\n" in deep  # the deep stem's sequence
+    assert "def avgpool_projection(" in deep
     pre = src("paper/preact-resnet164.yaml")
-    assert "class PreActBottleneck" in pre and "preact = nnx.relu(self.bn1(x))" in pre
+    assert "class PreActBottleneck" in pre and "identity = self.downsample(out)" in pre
     assert "self.norm = BatchNorm" in pre and "self.bn1 = BatchNorm(16" not in pre
     x = src("torchvision/resnext50_32x4d.yaml")
     assert "feature_group_count=groups" in x and "groups=32" in x
     mixed = src("paper/cifar-resnet20.yaml", "stages.1.shortcut=B")
-    assert 'shortcut: str = "identity"' in mixed and 'shortcut="projection"' in mixed
+    assert "downsample: nnx.Module | None = None" in mixed
+    assert "shortcut: nnx.Module | None = None" in mixed
+    assert "downsample=projection(16, 32, 2, rngs=rngs)" in mixed
+    assert "shortcut=ZeroPadShortcut(32, 64, 2)" in mixed
     drop = src("paper/cifar-resnet20.yaml", "head.dropout=0.25", "init.zero_init_residual=true")
     assert "nnx.Dropout(0.25, rngs=rngs)" in drop and "zero_init=True" in drop
     v1 = src("torchvision/resnet50.yaml", "stages.2.stride_on=1x1")
-    assert 'stride_on="1x1"' in v1 and "s1, s3 = " in v1
+    assert "class BottleneckStride3x3(nnx.Module)" in v1
+    assert "class BottleneckStride1x1(nnx.Module)" in v1
 
 
 def test_model_class_names_never_shadow_the_helpers():

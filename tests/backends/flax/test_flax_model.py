@@ -31,7 +31,7 @@ nnx = pytest.importorskip("flax.nnx")
 import jax.numpy as jnp  # noqa: E402
 from rescompile.backends.flax import check  # noqa: E402
 from rescompile.backends.flax.convert import module_paths  # noqa: E402
-from rescompile.backends.flax.runtime import (  # noqa: E402
+from rescompile.backends.flax.tools import (  # noqa: E402
     count,
     ir_param_names,
     linear_tracing,
@@ -290,9 +290,9 @@ def test_maxpool_pads_with_minus_infinity_like_torch():
 
 
 def test_option_a_subsamples_then_appends_zero_channels():
-    pad_channels = _module_global(SMALL_NET, (), "pad_channels")
+    zero_pad = _module_global(SMALL_NET, (), "ZeroPadShortcut")(3, 8, 2)
     x = jnp.arange(2 * 5 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 5, 3)
-    y = pad_channels(x, 2, 8)
+    y = zero_pad(x)
     assert y.shape == (2, 3, 3, 8)
     np.testing.assert_array_equal(y[..., :3], x[:, ::2, ::2, :])
     assert not np.asarray(y[..., 3:]).any()

@@ -14,8 +14,13 @@ CIFAR20 = ROOT / "specs" / "paper" / "cifar-resnet20.yaml"
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "rescompile", *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "rescompile", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if "No such command" in r.stderr:
         pytest.skip(f"the CLI has no {args[0]!r} command yet")
     return r

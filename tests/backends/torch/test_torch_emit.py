@@ -59,18 +59,23 @@ def test_byte_identical_across_processes_and_hash_seeds():
         "from rescompile import compile_spec\n"
         "from rescompile.backends.torch import emit\n"
         "for p in sorted(pathlib.Path('specs').rglob('*.yaml')):\n"
-        "    print(p, hashlib.sha256(emit(compile_spec(p)[1]).encode()).hexdigest())\n"
+        "    if p.parent.name not in ('timm', 'followup'):  # spec_cases.SPECS\n"
+        "        print(p, hashlib.sha256(emit(compile_spec(p)[1]).encode()).hexdigest())\n"
     )
     outputs = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         outputs.append(out)
     assert outputs[0] == outputs[1]
-    here = {
-        str(p.relative_to(ROOT)): hashlib.sha256(_src(p).encode()).hexdigest() for p in SPECS
-    }
+    here = {str(p.relative_to(ROOT)): hashlib.sha256(_src(p).encode()).hexdigest() for p in SPECS}
     there = dict(line.split() for line in outputs[0].splitlines())
     assert there == here
 
@@ -90,14 +95,19 @@ def test_imports_only_torch_and_nothing_dynamic(path, overrides):
         else:
             continue
         assert all(n == "torch" or n.startswith("torch.") for n in names), names
-    called = {n.func.id for n in ast.walk(tree)
-              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    called = {
+        n.func.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
     assert not called & {"eval", "exec", "compile", "__import__", "open", "getattr", "setattr"}
     # Top level: the docstring, imports, functions and classes only.
     body = tree.body
     assert isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-    assert all(isinstance(s, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.ClassDef)
-               for s in body[1:])
+    assert all(
+        isinstance(s, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.ClassDef)
+        for s in body[1:]
+    )
 
 
 @pytest.mark.parametrize(("path", "overrides"), ALL_CASES, ids=ALL_IDS)
@@ -111,13 +121,26 @@ def test_every_number_comes_from_the_ir(path, overrides):
         known |= {b.in_channels, b.width, b.out_channels, b.stride, b.groups}
     tree = ast.parse(_src(path, overrides))
     body = [s for s in tree.body if not isinstance(s, ast.Expr)]  # not the header docstring
-    repeats = {id(a) for s in body for n in ast.walk(s) if isinstance(n, ast.Call)
-               and isinstance(n.func, ast.Name) and n.func.id == "range" for a in n.args}
-    ints = {n.value for s in body for n in ast.walk(s)  # run lengths of blocks are counts
-            if isinstance(n, ast.Constant) and type(n.value) is int and id(n) not in repeats}
+    repeats = {
+        id(a)
+        for s in body
+        for n in ast.walk(s)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "range"
+        for a in n.args
+    }
+    ints = {
+        n.value
+        for s in body
+        for n in ast.walk(s)  # run lengths of blocks are counts
+        if isinstance(n, ast.Constant) and type(n.value) is int and id(n) not in repeats
+    }
     assert ints - {0, 1} <= known, sorted(ints - {0, 1} - known)
-    floats = {n.value for s in body for n in ast.walk(s)
-              if isinstance(n, ast.Constant) and type(n.value) is float}
+    floats = {
+        n.value
+        for s in body
+        for n in ast.walk(s)
+        if isinstance(n, ast.Constant) and type(n.value) is float
+    }
     ir_floats = {v for n in g for v in n.attrs.values() if type(v) is float}
     assert floats <= ir_floats
 
@@ -159,15 +182,38 @@ def emitted_dir(tmp_path_factory):
 def test_ruff_format_check_passes(emitted_dir, line_length):
     """Stable under ruff's default line length and under the project's (100)."""
     r = subprocess.run(
-        [_ruff(), "format", "--isolated", "--check", "--diff", f"--line-length={line_length}",
-         str(emitted_dir)], capture_output=True, text=True)
+        [
+            _ruff(),
+            "format",
+            "--isolated",
+            "--check",
+            "--diff",
+            f"--line-length={line_length}",
+            str(emitted_dir),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
 def test_ruff_check_passes(emitted_dir):
     r = subprocess.run(
-        [_ruff(), "check", "--isolated", "--select", "E,F,W,I,B,UP", "--target-version",
-         "py311", "--line-length", "88", str(emitted_dir)], capture_output=True, text=True)
+        [
+            _ruff(),
+            "check",
+            "--isolated",
+            "--select",
+            "E,F,W,I,B,UP",
+            "--target-version",
+            "py311",
+            "--line-length",
+            "88",
+            str(emitted_dir),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
@@ -177,8 +223,17 @@ def test_ruff_check_passes(emitted_dir):
 def test_option_a_model_has_no_projection_code():
     src = _src(CIFAR20)
     assert "class ZeroPadShortcut(nn.Module)" in src and "F.pad(x[:, :, ::s, ::s]" in src
-    for absent in ("downsample", "projection", "groups", "Dropout", "nn.AvgPool2d", "MaxPool2d",
-                   "zero_init", "eps=", "momentum="):
+    for absent in (
+        "downsample",
+        "projection",
+        "groups",
+        "Dropout",
+        "nn.AvgPool2d",
+        "MaxPool2d",
+        "zero_init",
+        "eps=",
+        "momentum=",
+    ):
         assert absent not in src, absent
 
 
@@ -216,8 +271,12 @@ def test_resnet_d_downsample_and_deep_stem():
     src = _src(ROOT / "specs" / "variants" / "resnet50-d.yaml")
     assert "def avgpool_projection(" in src
     assert "nn.AvgPool2d(\n" in src
-    for arg in ("kernel_size=stride,", "stride=stride,", "ceil_mode=True,",
-                "count_include_pad=False,"):
+    for arg in (
+        "kernel_size=stride,",
+        "stride=stride,",
+        "ceil_mode=True,",
+        "count_include_pad=False,",
+    ):
         assert f"\n            {arg}\n" in src
     assert "pool = nn.Identity()" in src  # layer1.0 projects at stride 1
     assert "self.conv1 = nn.Sequential(\n" in src
@@ -285,13 +344,21 @@ def test_core_rejects_hostile_spec_names(name):
 
 def test_names_that_clash_with_emitted_helpers_are_renamed():
     for name in ("F", "BasicBlock", "ZeroPadShortcut", "Projection"):
-        r = load_spec_text(f"name: {name}\nshortcut: A\n{BASE}".replace(
-            "[{depth: 1, width: 16}]", "[{depth: 1, width: 16}, {depth: 1, width: 32, stride: 2}]"))
+        r = load_spec_text(
+            f"name: {name}\nshortcut: A\n{BASE}".replace(
+                "[{depth: 1, width: 16}]",
+                "[{depth: 1, width: 16}, {depth: 1, width: 32, stride: 2}]",
+            )
+        )
         src = emit(analyse(r))
         tree = ast.parse(src)
         top = [s.name for s in tree.body if isinstance(s, ast.ClassDef | ast.FunctionDef)]
-        top += [a.asname or a.name for s in tree.body if isinstance(s, ast.Import | ast.ImportFrom)
-                for a in s.names]
+        top += [
+            a.asname or a.name
+            for s in tree.body
+            if isinstance(s, ast.Import | ast.ImportFrom)
+            for a in s.names
+        ]
         assert len(top) == len(set(top)), top
         assert name in top
 
@@ -300,16 +367,19 @@ def _graph():
     return copy.deepcopy(compiled(CIFAR20)[1])
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("class_name", "Bad Name"),
-    ("class_name", "os.system"),
-    ("class_name", "None"),
-    ("class_name", "__class__"),
-    ("class_name", "Résnet"),
-    ("name", 'x"""\nimport os'),
-    ("stem", "cifar'''"),
-    ("spec_hash", "abc; import os"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("class_name", "Bad Name"),
+        ("class_name", "os.system"),
+        ("class_name", "None"),
+        ("class_name", "__class__"),
+        ("class_name", "Résnet"),
+        ("name", 'x"""\nimport os'),
+        ("stem", "cifar'''"),
+        ("spec_hash", "abc; import os"),
+    ],
+)
 def test_emitter_rejects_unsafe_graph_fields(field, value):
     g = _graph()
     setattr(g, field, value)
@@ -327,14 +397,17 @@ def _rename(g, old: str, new: str):
     return g
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    ("fc", "fc;import os"),
-    ("fc", "forward"),
-    ("bn1", "training"),
-    ("layer1.0.conv1", "layer1.0.__class__"),
-    ("layer1.0.conv1", "layer1.0.conv1\nimport os"),
-    ("layer2.0.shortcut", "layer2.0.pad"),
-])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("fc", "fc;import os"),
+        ("fc", "forward"),
+        ("bn1", "training"),
+        ("layer1.0.conv1", "layer1.0.__class__"),
+        ("layer1.0.conv1", "layer1.0.conv1\nimport os"),
+        ("layer2.0.shortcut", "layer2.0.pad"),
+    ],
+)
 def test_emitter_rejects_unsafe_or_unknown_node_names(old, new):
     with pytest.raises(EmitError):
         emit(_rename(_graph(), old, new))
@@ -395,8 +468,9 @@ def test_emit_does_not_import_torch_and_is_fast():
         "print(len(g), t2 - t1, t2 - t)\n"
     )
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
     wall = time.perf_counter() - t
     nodes, emit_s = int(out[0]), float(out[1])
     assert nodes > 4000
@@ -411,4 +485,4 @@ def test_emitted_ir_nodes_match_graph_ops():
     _, g = compiled(CIFAR20)
     src = _src(CIFAR20)
     assert g["layer2.0.shortcut"].op is Op.PAD_CHANNELS and "self.shortcut = shortcut" in src
-    assert "self.conv1 = nn.Conv2d(3, 16, kernel_size=3, padding=1, bias=False)" in src
+    assert "self.conv1 = conv3x3(3, 16)" in src

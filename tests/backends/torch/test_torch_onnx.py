@@ -17,19 +17,28 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from rescompile.backends.torch.runtime import onnx_max_abs_diff  # noqa: E402
+from rescompile.backends.torch.tools import onnx_max_abs_diff  # noqa: E402
 
 RTOL = 1e-4
 CASES = {
     # option A: strided slicing and channel zero-padding (Slice + Pad)
     "cifar-resnet20": ("paper/cifar-resnet20", ()),
     # pre-activation bottlenecks; the projection reads the pre-activated input
-    "preact-resnet164-short": ("paper/preact-resnet164",
-                               ("stages.0.depth=2", "stages.1.depth=2", "stages.2.depth=2")),
+    "preact-resnet164-short": (
+        "paper/preact-resnet164",
+        ("stages.0.depth=2", "stages.1.depth=2", "stages.2.depth=2"),
+    ),
     # deep stem and ceil-mode average-pool downsampling on odd feature maps
-    "resnet50-d-short": ("variants/resnet50-d", (
-        "input.size=72", "stages.0.depth=1", "stages.1.depth=1", "stages.2.depth=1",
-        "stages.3.depth=1")),
+    "resnet50-d-short": (
+        "variants/resnet50-d",
+        (
+            "input.size=72",
+            "stages.0.depth=1",
+            "stages.1.depth=1",
+            "stages.2.depth=1",
+            "stages.3.depth=1",
+        ),
+    ),
 }
 
 

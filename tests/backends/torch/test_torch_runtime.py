@@ -59,8 +59,15 @@ def test_check_variants(variant):
     assert not _failures(rows), _failures(rows)
 
 
-@pytest.mark.parametrize("name", ["paper/cifar-resnet20", "torchvision/resnext50_32x4d",
-                                  "variants/resnet50-d", "paper/preact-resnet164"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "paper/cifar-resnet20",
+        "torchvision/resnext50_32x4d",
+        "variants/resnet50-d",
+        "paper/preact-resnet164",
+    ],
+)
 def test_params_shapes_and_flops_measured_directly(name):
     """The same facts as check(), measured here without it."""
     path = ROOT / "specs" / f"{name}.yaml"
@@ -74,7 +81,8 @@ def test_params_shapes_and_flops_measured_directly(name):
     for name_, mod in model.named_modules():
         if name_ in ir:
             mod.register_forward_hook(
-                lambda m, i, o, k=name_: shapes.__setitem__(k, tuple(o.shape[1:])))
+                lambda m, i, o, k=name_: shapes.__setitem__(k, tuple(o.shape[1:]))
+            )
     x = torch.randn(3, *g.input_shape)
     with FlopCounterMode(display=False) as counter:
         y = model(x)
@@ -88,18 +96,27 @@ def test_params_shapes_and_flops_measured_directly(name):
 def test_check_reports_a_model_that_disagrees_with_the_ir():
     _, g = compiled(CIFAR20)
     src = emitted(CIFAR20)
-    bad = src.replace("nn.Conv2d(3, 16, kernel_size=3, padding=1, bias=False)",
-                      "nn.Conv2d(3, 16, kernel_size=5, padding=2, bias=False)")
+    bad = src.replace(
+        "self.conv1 = conv3x3(3, 16)",
+        "self.conv1 = nn.Conv2d(3, 16, kernel_size=5, padding=2, bias=False)",
+    )
     assert bad != src
     failed = {r[0] for r in _failures(check(g, bad))}
-    assert {"parameters (trainable)", "state_dict keys and shapes", "state_dict conv1.weight",
-            "FLOPs, forward, batch 2 (2 x MACs x batch)"} <= failed
-    wrong_shape = src.replace("nn.Conv2d(3, 16, kernel_size=3, padding=1, bias=False)",
-                              "nn.Conv2d(3, 16, kernel_size=3, padding=2, bias=False)")
+    assert {
+        "parameters (trainable)",
+        "state_dict keys and shapes",
+        "state_dict conv1.weight",
+        "FLOPs, forward, batch 2 (2 x MACs x batch)",
+    } <= failed
+    wrong_shape = src.replace(
+        "self.conv1 = conv3x3(3, 16)",
+        "self.conv1 = nn.Conv2d(3, 16, kernel_size=3, padding=2, bias=False)",
+    )
     failed = {r[0] for r in _failures(check(g, wrong_shape))}
     assert {"intermediate shapes", "shape of conv1", "shape of layer1.0.conv1"} <= failed
     assert "parameters (trainable)" not in failed
-    broken = src.replace("BasicBlock(32, 64, stride=2,", "BasicBlock(32, 64, stride=1,")
+    broken = src.replace("BasicBlock(32, 64, 2,", "BasicBlock(32, 64, 1,")
+    assert broken != src
     (row,) = check(g, broken)
     assert row[0] == "forward pass" and not row[3] and "RuntimeError" in row[2]
 
@@ -126,8 +143,9 @@ def test_he_init_as_torchvision():
     assert fc.weight.abs().max() > 0.9 * bound
 
 
-@pytest.mark.parametrize("name", ["paper/cifar-resnet20", "torchvision/resnet50",
-                                  "variants/resnet50-d"])
+@pytest.mark.parametrize(
+    "name", ["paper/cifar-resnet20", "torchvision/resnet50", "variants/resnet50-d"]
+)
 def test_zero_init_residual_honoured(name):
     path = ROOT / "specs" / f"{name}.yaml"
     ov = (*small(path), "init.zero_init_residual=true")
@@ -145,8 +163,9 @@ def test_zero_init_residual_honoured(name):
     # Without the option, no BN starts at zero.
     _, g0 = compiled(path, small(path))
     model0 = build_model(g0, emitted(path, small(path)))
-    assert all(torch.all(m.weight == 1) for m in model0.modules()
-               if isinstance(m, torch.nn.BatchNorm2d))
+    assert all(
+        torch.all(m.weight == 1) for m in model0.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
 
 
 def test_bn_hyperparameters_and_dropout_reach_the_modules():

@@ -28,7 +28,8 @@ from torchvision_reference import CONFIGS, PUBLISHED_PARAMS, reference_resnet
 torch = pytest.importorskip("torch")
 
 _script = importlib.util.spec_from_file_location(
-    "torchvision_fixture", ROOT / "scripts" / "torchvision_fixture.py")
+    "torchvision_fixture", ROOT / "scripts" / "torchvision_fixture.py"
+)
 fixture_script = importlib.util.module_from_spec(_script)
 _script.loader.exec_module(fixture_script)
 randomise_batchnorm = fixture_script.randomise_batchnorm
@@ -125,16 +126,35 @@ def test_fixture_script_with_a_stand_in_torchvision(tmp_path):
     (pkg / "__init__.py").write_text("__version__ = 'stand-in'\n")
     (pkg / "models.py").write_text(
         "from torchvision_reference import reference_resnet\n\n"
-        + "".join(f"\ndef {n}(weights=None):\n    return reference_resnet({n!r})\n"
-                  for n in CONFIGS))
+        + "".join(
+            f"\ndef {n}(weights=None):\n    return reference_resnet({n!r})\n" for n in CONFIGS
+        )
+    )
     out = tmp_path / "fixture.json"
     here = ROOT / "tests" / "backends" / "torch"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pkg.parent), str(here)]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(pkg.parent), str(here)]),
+        "OMP_NUM_THREADS": "1",
+    }
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "torchvision_fixture.py"), "--device", "cpu",
-         "--size", "32", "--only", "resnet18,resnext50_32x4d", "--out", str(out)],
-        env=env, capture_output=True, text=True, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "torchvision_fixture.py"),
+            "--device",
+            "cpu",
+            "--size",
+            "32",
+            "--only",
+            "resnet18,resnext50_32x4d",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     data = json.loads(out.read_text())
     assert sorted(data["models"]) == ["resnet18", "resnext50_32x4d"]

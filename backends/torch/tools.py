@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rescompile.emission.names import ident
+from rescompile.emission.state import state_dict_layout as expected_state_dict
 from rescompile.ir.graph import Graph, Op
 
-from .codegen import ident
-from .emitter import emit
+from .render import emit
 
 Row = tuple[str, str, str, bool]
 _loaded = itertools.count()
@@ -54,33 +55,13 @@ def build_model(graph: Graph, source: str | None = None) -> nn.Module:
 # check
 
 
-def expected_state_dict(graph: Graph) -> dict[str, tuple[int, ...]]:
-    """The state_dict keys and shapes the IR implies (IR node name + parameter name)."""
-    out: dict[str, tuple[int, ...]] = {}
-    for n in graph:
-        a = n.attrs
-        if n.op is Op.CONV2D:
-            k = a["kernel"]
-            out[f"{n.name}.weight"] = (a["out_channels"], a["in_channels"] // a["groups"], k, k)
-            if a["bias"]:
-                out[f"{n.name}.bias"] = (a["out_channels"],)
-        elif n.op is Op.BATCHNORM:
-            for p in ("weight", "bias", "running_mean", "running_var"):
-                out[f"{n.name}.{p}"] = (a["channels"],)
-            out[f"{n.name}.num_batches_tracked"] = ()
-        elif n.op is Op.LINEAR:
-            out[f"{n.name}.weight"] = (a["out_features"], a["in_features"])
-            if a["bias"]:
-                out[f"{n.name}.bias"] = (a["out_features"],)
-    return out
-
-
 def _fmt(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape)) or "scalar"
 
 
-def check(graph: Graph, source: str, *, batch: int = 2, seed: int = 0,
-          max_rows: int = 20) -> list[Row]:
+def check(
+    graph: Graph, source: str, *, batch: int = 2, seed: int = 0, max_rows: int = 20
+) -> list[Row]:
     """Build ``source``, run forward and backward on random input and compare with the IR.
 
     Rows are ``(what, expected from the IR, measured, ok)``: output shape; the output shape of
@@ -104,8 +85,10 @@ def check(graph: Graph, source: str, *, batch: int = 2, seed: int = 0,
     modules = dict(model.named_modules())
     for name, mod in modules.items():
         if name in expected:
+
             def hook(_m, _i, out, name=name):
                 seen.setdefault(name, tuple(out.shape[1:]))
+
             handles.append(mod.register_forward_hook(hook))
 
     x = torch.randn(batch, *graph.input_shape)
@@ -113,8 +96,9 @@ def check(graph: Graph, source: str, *, batch: int = 2, seed: int = 0,
         with FlopCounterMode(display=False) as counter:
             y = model(x)
     except Exception as e:  # a model that cannot even run is a failed check, not a crash
-        return [("forward pass", f"input {_fmt(tuple(x.shape))}", f"{type(e).__name__}: {e}",
-                 False)]
+        return [
+            ("forward pass", f"input {_fmt(tuple(x.shape))}", f"{type(e).__name__}: {e}", False)
+        ]
     finally:
         for h in handles:
             h.remove()
@@ -126,47 +110,92 @@ def check(graph: Graph, source: str, *, batch: int = 2, seed: int = 0,
     rows.append(("output finite", "yes", "yes" if finite else "no", finite))
 
     bad = [k for k, s in seen.items() if s != expected[k]]
-    rows.append((
-        "intermediate shapes", f"{len(seen)} modules named after IR nodes",
-        f"{len(seen) - len(bad)} match", not bad and bool(seen),
-    ))
+    rows.append(
+        (
+            "intermediate shapes",
+            f"{len(seen)} modules named after IR nodes",
+            f"{len(seen) - len(bad)} match",
+            not bad and bool(seen),
+        )
+    )
     rows += [(f"shape of {k}", _fmt(expected[k]), _fmt(seen[k]), False) for k in bad[:max_rows]]
 
     weighted = [n.name for n in graph if n.op in (Op.CONV2D, Op.BATCHNORM, Op.LINEAR)]
     missing = [k for k in weighted if k not in seen]
-    rows.append(("modules for IR nodes with parameters", f"{len(weighted)}",
-                 f"{len(weighted) - len(missing)} found and run", not missing))
+    rows.append(
+        (
+            "modules for IR nodes with parameters",
+            f"{len(weighted)}",
+            f"{len(weighted) - len(missing)} found and run",
+            not missing,
+        )
+    )
     rows += [(f"module {k}", "present", "missing", False) for k in missing[:max_rows]]
 
     sd_want = expected_state_dict(graph)
     sd_got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     wrong = sorted(set(sd_want) ^ set(sd_got)) + sorted(
-        k for k in set(sd_want) & set(sd_got) if sd_want[k] != sd_got[k])
-    rows.append(("state_dict keys and shapes", f"{len(sd_want)} IR parameter names",
-                 f"{len(sd_got)}, {len(wrong)} differ", not wrong))
-    rows += [(f"state_dict {k}", _fmt(sd_want[k]) if k in sd_want else "absent",
-              _fmt(sd_got[k]) if k in sd_got else "absent", False) for k in wrong[:max_rows]]
+        k for k in set(sd_want) & set(sd_got) if sd_want[k] != sd_got[k]
+    )
+    rows.append(
+        (
+            "state_dict keys and shapes",
+            f"{len(sd_want)} IR parameter names",
+            f"{len(sd_got)}, {len(wrong)} differ",
+            not wrong,
+        )
+    )
+    rows += [
+        (
+            f"state_dict {k}",
+            _fmt(sd_want[k]) if k in sd_want else "absent",
+            _fmt(sd_got[k]) if k in sd_got else "absent",
+            False,
+        )
+        for k in wrong[:max_rows]
+    ]
 
     t = graph.totals
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rows.append(("parameters (trainable)", f"{t['params']:,}", f"{params:,}",
-                 params == t["params"]))
-    buffers = sum(b.numel() for name, b in model.named_buffers()
-                  if not name.endswith("num_batches_tracked"))
-    rows.append(("buffers (BatchNorm running mean and variance)", f"{t['buffers']:,}",
-                 f"{buffers:,}", buffers == t["buffers"]))
+    rows.append(
+        ("parameters (trainable)", f"{t['params']:,}", f"{params:,}", params == t["params"])
+    )
+    buffers = sum(
+        b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked")
+    )
+    rows.append(
+        (
+            "buffers (BatchNorm running mean and variance)",
+            f"{t['buffers']:,}",
+            f"{buffers:,}",
+            buffers == t["buffers"],
+        )
+    )
     want_flops = 2 * t["macs"] * batch
-    rows.append((f"FLOPs, forward, batch {batch} (2 x MACs x batch)", f"{want_flops:,}",
-                 f"{flops:,}", flops == want_flops))
+    rows.append(
+        (
+            f"FLOPs, forward, batch {batch} (2 x MACs x batch)",
+            f"{want_flops:,}",
+            f"{flops:,}",
+            flops == want_flops,
+        )
+    )
 
     loss = y.float().square().mean()
     loss.backward()
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     no_grad = [k for k, p in named if p.grad is None or not bool(torch.isfinite(p.grad).all())]
-    rows.append(("backward: finite gradients", f"{len(named)} parameters",
-                 f"{len(named) - len(no_grad)}", not no_grad))
-    rows += [(f"gradient of {k}", "finite", "missing or not finite", False)
-             for k in no_grad[:max_rows]]
+    rows.append(
+        (
+            "backward: finite gradients",
+            f"{len(named)} parameters",
+            f"{len(named) - len(no_grad)}",
+            not no_grad,
+        )
+    )
+    rows += [
+        (f"gradient of {k}", "finite", "missing or not finite", False) for k in no_grad[:max_rows]
+    ]
     return rows
 
 
@@ -176,8 +205,16 @@ def check(graph: Graph, source: str, *, batch: int = 2, seed: int = 0,
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
-def export(graph: Graph, source: str, out_path: str | Path, fmt: str = "onnx", *,
-           model: nn.Module | None = None, opset: int = 18, seed: int = 0) -> Path:
+def export(
+    graph: Graph,
+    source: str,
+    out_path: str | Path,
+    fmt: str = "onnx",
+    *,
+    model: nn.Module | None = None,
+    opset: int = 18,
+    seed: int = 0,
+) -> Path:
     """Export the emitted model to ONNX (inference mode, dynamic batch) and validate it.
 
     ``model`` is the instance to export (for example one with trained weights); by default a
@@ -200,10 +237,17 @@ def export(graph: Graph, source: str, out_path: str | Path, fmt: str = "onnx", *
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     try:
         torch.onnx.export(
-            model, (x,), str(out), dynamo=True, opset_version=opset,
-            input_names=["input"], output_names=["logits"],
+            model,
+            (x,),
+            str(out),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-            external_data=size > _PROTOBUF_LIMIT * 0.9, report=False, verbose=False,
+            external_data=size > _PROTOBUF_LIMIT * 0.9,
+            report=False,
+            verbose=False,
         )
     finally:
         model.train(was_training)

@@ -10,7 +10,8 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from rescompile.ir.graph import Graph, Op
+from rescompile.emission.state import tensor_owners
+from rescompile.ir.graph import Graph
 
 
 def load_module(source: str, class_name: str) -> type:
@@ -93,7 +94,7 @@ def count(model: Any) -> tuple[int, int]:
 
 def ir_param_names(g: Graph) -> set[str]:
     """IR nodes that own tensors (convs, BatchNorms and the classifier)."""
-    return {n.name for n in g.nodes_of(Op.CONV2D, Op.BATCHNORM, Op.LINEAR)}
+    return tensor_owners(g)
 
 
 def check(g: Graph, source: str) -> list[tuple[str, Any, Any, bool]]:

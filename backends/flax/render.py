@@ -1,0 +1,407 @@
+"""The emission plan -> flax.nnx source: one self-contained file importing only jax and flax.
+
+The plan (:mod:`rescompile.emission.plan`) decides the block classes, their parameters, the stages
+and every name, so this file defines the same classes with the same constructor parameters as
+the PyTorch file (plus flax's ``rngs``). This module spells them in flax.nnx, NHWC, with the
+few pieces flax lacks written out: a ``BatchNorm`` with PyTorch's semantics, a ``Sequential``
+indexed like PyTorch's, an ``AvgPool`` in ceil mode. It never imports jax or flax.
+"""
+
+from __future__ import annotations
+
+from rescompile.emission.layout import (
+    INDENT,
+    Call,
+    Kw,
+    Repeat,
+    call_lines,
+    def_lines,
+    docstring,
+    fits,
+    join_parts,
+    statements,
+)
+from rescompile.emission.names import num
+from rescompile.emission.plan import (
+    BlockCall,
+    BlockClass,
+    ConvHelper,
+    Layer,
+    Param,
+    Plan,
+    Projection,
+    Stage,
+    Step,
+    header,
+    make_plan,
+    model_doc,
+)
+from rescompile.errors import EmitError
+from rescompile.ir.graph import Graph, Op
+
+NOTES = (
+    "Layout is NHWC. Attribute paths are the IR node names (conv1, layer1.0.conv1, fc): with "
+    "PyTorch's suffixes they are the state_dict keys of the PyTorch model emitted from the same "
+    "spec, and rescompile.backends.flax converts weights between the two. model.train() and "
+    "model.eval() switch BatchNorm between batch and running statistics."
+)
+_STATELESS = {Op.RELU, Op.MAXPOOL, Op.GLOBAL_AVGPOOL}  # written inline, no attribute
+RNGS = Kw("rngs", "rngs")
+
+
+def emit(graph: Graph) -> str:
+    """The flax.nnx source of ``graph``: one self-contained, formatted Python file."""
+    if not graph.totals:
+        raise EmitError("emit needs an analysed graph (run the shape and cost passes first)")
+    return _Renderer(make_plan(graph)).source()
+
+
+def _v(x: object) -> str:
+    return x.name if isinstance(x, Param) else num(x)
+
+
+class _Renderer:
+    def __init__(self, plan: Plan):
+        self.p = plan
+        self.n = plan.names
+        if len(plan.eps) > 1 or len(plan.momentum) > 1:
+            raise EmitError("the flax backend expects one BatchNorm eps and momentum per model")
+        self.zero_init = any(c.zero for c in plan.classes)
+        self.pooled = any(h.pool != "none" for h in plan.projections)
+
+    def source(self) -> str:
+        p = self.p
+        parts = [docstring(header(p, "flax", NOTES), 0), [*self.imports(), "", *self.he_normal()]]
+        parts += [self.conv_helper(c) for c in p.convs]
+        if p.num_classes:
+            parts.append(self.linear())
+        if p.eps:
+            parts.append(self.batchnorm())
+        parts.append(self.sequential())
+        if self.pooled:
+            parts.append(self.avgpool())
+        if p.zero_pad:
+            parts.append(self.zero_pad())
+        parts += [self.projection(h) for h in p.projections]
+        parts += [self.block_class(c) for c in p.classes]
+        parts.append(self.model_class())
+        return join_parts(parts)
+
+    def imports(self) -> list[str]:
+        return ["import jax", "import jax.numpy as jnp", "from flax import nnx"]
+
+    # -- modules -------------------------------------------------------------------------------
+    def layer(self, m: Layer, zero: bool = False) -> Call | str:
+        a = dict(m.args)
+        if m.op is Op.CONV2D:
+            c = self.p.conv(a["kernel"])
+            stride = [] if a["stride"] == 1 else [_v(a["stride"])]
+            groups = [] if a["groups"] == 1 else [Kw("groups", _v(a["groups"]))]
+            args = (_v(a["in_channels"]), _v(a["out_channels"]), *stride, *groups, RNGS)
+            return Call(c.name, args)
+        if m.op is Op.BATCHNORM:
+            init = [Kw("zero_init", "True")] if zero else []
+            return Call(self.n["BatchNorm"], (_v(a["channels"]), *init, RNGS))
+        if m.op is Op.RELU:
+            return "nnx.relu"
+        if m.op is Op.AVGPOOL:
+            return Call(self.n["AvgPool"], (_v(a["stride"]),))
+        if m.op is Op.DROPOUT:
+            return Call("nnx.Dropout", (_v(a["p"]), RNGS))
+        if m.op is Op.LINEAR:
+            return Call(self.n["linear"], (_v(a["in_features"]), "num_classes", RNGS))
+        raise EmitError(f"no flax module for {m.op}")  # pragma: no cover
+
+    def conv_call(self, k: int, cin: str, cout: str, stride: str, groups: str) -> Call:
+        args: list[str | Kw] = [cin, cout, f"({k}, {k})"]
+        args += [Kw("strides", stride)] if stride != "1" else []
+        args.append(Kw("padding", str(k // 2)))
+        args += [Kw("feature_group_count", groups)] if groups != "1" else []
+        args += [Kw("use_bias", "False"), Kw("kernel_init", self.n["he_normal"]), RNGS]
+        return Call("nnx.Conv", tuple(args))
+
+    def inline(self, op: Op | None, module: str, src: str) -> str:
+        """A module call, or the expression of an op flax has no module for."""
+        if op is Op.RELU:
+            return f"nnx.relu({src})"
+        if op is Op.GLOBAL_AVGPOOL:
+            return f"{src}.mean(axis=(1, 2))"
+        if op is Op.MAXPOOL:
+            m = next(t for t in self.p.body if t.name == module).layers[0]
+            k, s, p = m["kernel"], m["stride"], m["padding"]
+            return (
+                f"nnx.max_pool({src}, ({k}, {k}), strides=({s}, {s}), "
+                f"padding=(({p}, {p}), ({p}, {p})))"
+            )
+        return f"self.{module}({src})"
+
+    def step(self, s: Step) -> list[str]:
+        if s.kind == "layer":
+            return [f"{s.out} = {self.inline(s.op, s.module, s.src)}"]
+        if s.kind == "flatten":  # the global average pool already gave (batch, channels)
+            return []
+        if s.kind == "copy":
+            return [f"{s.out} = {s.src}"]
+        if s.kind == "shortcut":
+            line = f"{s.out} = self.{s.module}({s.src})"
+            return [f"if self.{s.module} is not None:", f"    {line}"] if s.guard else [line]
+        if s.kind == "add":
+            return [f"{s.out} = {s.out} + {s.src}"]
+        if s.kind == "return":
+            return [f"return {s.src}"]
+        return [""]
+
+    def forward(self, steps: list[Step]) -> list[str]:
+        """Statements; a conv, BatchNorm and ReLU feeding each other are one nested call (where
+        it fits), and a block's groups of them are not set apart by blank lines."""
+        body: list[str] = []
+        chain: Step | None = None  # the group's layers so far: one step with a nested source
+        for i, s in enumerate(steps):
+            unit = s.kind == "layer" and s.op in (Op.CONV2D, Op.BATCHNORM, Op.RELU)
+            if chain and unit and s.src == s.out == chain.out:
+                src = self.inline(chain.op, chain.module, chain.src)
+                nested = Step("layer", s.out, src, s.module, s.op)
+                if fits(f"{INDENT * 2}{self.step(nested)[0]}"):
+                    chain = nested
+                    continue
+            body += self.step(chain) if chain else []
+            chain = s if unit else None
+            if s.kind == "blank" and 0 < i < len(steps) - 1:
+                around = (steps[i - 1], steps[i + 1])
+                if all(t.kind == "layer" and t.out == "out" for t in around):
+                    continue  # one line per conv group in a block
+            if chain is None:
+                body += self.step(s)
+        body += self.step(chain) if chain else []
+        return ["    def __call__(self, x: jax.Array) -> jax.Array:", *statements(body, 2)]
+
+    # -- helpers -------------------------------------------------------------------------------
+    def he_normal(self) -> list[str]:
+        return [
+            "# He et al. (2015) initialisation as torchvision does it: normal, std "
+            "sqrt(2 / fan_out).",
+            f'{self.n["he_normal"]} = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")',
+        ]
+
+    def conv_helper(self, c: ConvHelper) -> list[str]:
+        k, pad = c.kernel, c.kernel // 2
+        params = ["in_channels: int", "out_channels: int"]
+        params += ["stride: int = 1"] * c.stride + ["*"] + ["groups: int = 1"] * c.groups
+        lines = def_lines(c.name, [*params, "rngs: nnx.Rngs"], "nnx.Conv", level=0)
+        lines += docstring(
+            f"{k}x{k} convolution"
+            + (f", padding {pad}" if pad else "")
+            + ", no bias (BatchNorm follows).",
+            1,
+        )
+        call = self.conv_call(
+            k,
+            "in_channels",
+            "out_channels",
+            "stride" if c.stride else "1",
+            "groups" if c.groups else "1",
+        )
+        return lines + call_lines(call, 1, "return ")
+
+    def linear(self) -> list[str]:
+        return [
+            f"def {self.n['linear']}(in_features: int, out_features: int, *, rngs: nnx.Rngs) "
+            "-> nnx.Linear:",
+            '    """A fully connected layer initialised like torch.nn.Linear: '
+            'U(-1/sqrt(in), 1/sqrt(in))."""',
+            "    bound = in_features**-0.5",
+            "",
+            "    def uniform(key, shape, dtype):",
+            "        return jax.random.uniform(key, shape, dtype, -bound, bound)",
+            "",
+            *call_lines(
+                Call(
+                    "nnx.Linear",
+                    (
+                        "in_features",
+                        "out_features",
+                        Kw("kernel_init", "uniform"),
+                        Kw("bias_init", "uniform"),
+                        RNGS,
+                    ),
+                ),
+                1,
+                "return ",
+            ),
+        ]
+
+    def batchnorm(self) -> list[str]:
+        (eps,), (momentum,) = self.p.eps, self.p.momentum
+        sig = ["self", "num_features: int", "*"]
+        sig += ["zero_init: bool = False"] * self.zero_init + ["rngs: nnx.Rngs"]
+        args = [
+            "num_features",
+            Kw("momentum", num(round(1 - momentum, 12))),
+            Kw("epsilon", num(eps)),
+        ]
+        if self.zero_init:
+            args.append(
+                Kw("scale_init", "nnx.initializers.zeros if zero_init else nnx.initializers.ones")
+            )
+        return [
+            f"class {self.n['BatchNorm']}(nnx.BatchNorm):",
+            *docstring(
+                f"nnx.BatchNorm with PyTorch's semantics (its momentum {momentum:g} is flax's "
+                f"{round(1 - momentum, 12):g}).\n\nIn training mode it normalises with the batch "
+                "statistics and folds them into the running averages as PyTorch does: the "
+                "variance with Bessel's correction n/(n-1). Its variables are assigned "
+                "with set_value, which keeps tracing time linear in depth.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", sig, "None"),
+            *call_lines(Call("super().__init__", (*args, RNGS)), 2),
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        if self.use_running_average:",
+            "            return super().__call__(x)",
+            "        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 at least",
+            "        mean = xf.mean(axis=(0, 1, 2))",
+            "        var = xf.var(axis=(0, 1, 2))",
+            "        n = x.size // x.shape[-1]  # values per channel",
+            "        if n < 2:  # as torch.nn.BatchNorm2d: one value gives no batch variance",
+            "            raise ValueError(",
+            '                f"Expected more than 1 value per channel when training, '
+            'got input shape {x.shape}"',
+            "            )",
+            "        m = self.momentum",
+            "        self.mean.set_value(m * self.mean[...] + (1 - m) * mean)",
+            "        self.var.set_value(m * self.var[...] + (1 - m) * var * (n / (n - 1)))",
+            "        scale = self.scale[...] * jax.lax.rsqrt(var + self.epsilon)",
+            "        return ((xf - mean) * scale + self.bias[...]).astype(self.dtype or x.dtype)",
+        ]
+
+    def sequential(self) -> list[str]:
+        return [
+            f"class {self.n['Sequential']}(nnx.List):",
+            '    """Layers applied in order, indexed like torch.nn.Sequential '
+            '(path layer1.0.conv1)."""',
+            "",
+            "    def __init__(self, *layers) -> None:",
+            "        super().__init__(layers)",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        for layer in self:",
+            "            x = layer(x)",
+            "        return x",
+        ]
+
+    def avgpool(self) -> list[str]:
+        return [
+            f"class {self.n['AvgPool']}(nnx.Module):",
+            *docstring(
+                "torch.nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False).\n\n"
+                "A partial window at the bottom or right edge averages only the values it "
+                "covers; AvgPool(1) is the identity (a stride-1 projection shortcut).",
+                1,
+            ),
+            "",
+            "    def __init__(self, stride: int) -> None:",
+            "        self.stride = stride",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        s = self.stride",
+            "        padding = ((0, -x.shape[1] % s), (0, -x.shape[2] % s))",
+            *call_lines(
+                Call(
+                    "nnx.avg_pool",
+                    (
+                        "x",
+                        "(s, s)",
+                        Kw("strides", "(s, s)"),
+                        Kw("padding", "padding"),
+                        Kw("count_include_pad", "False"),
+                    ),
+                ),
+                2,
+                "return ",
+            ),
+        ]
+
+    def zero_pad(self) -> list[str]:
+        return [
+            f"class {self.n['ZeroPadShortcut']}(nnx.Module):",
+            *docstring(
+                "Option A shortcut (no parameters): keep every ``stride``-th row and column, "
+                "then append zero channels up to ``out_channels``.",
+                1,
+            ),
+            "",
+            *def_lines(
+                "__init__",
+                ["self", "in_channels: int", "out_channels: int", "stride: int = 1"],
+                "None",
+            ),
+            "        self.stride = stride",
+            "        self.pad = ((0, 0), (0, 0), (0, 0), (0, out_channels - in_channels))",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        s = self.stride",
+            "        return jnp.pad(x[:, ::s, ::s, :], self.pad)",
+        ]
+
+    def projection(self, h: Projection) -> list[str]:
+        params = ["in_channels: int", "out_channels: int"] + ["stride: int = 1"] * h.stride
+        lines = def_lines(h.name, [*params, "*", "rngs: nnx.Rngs"], self.n["Sequential"], 0)
+        lines += docstring(h.doc, 1)
+        items: list[str | Call] = []
+        if h.pool != "none":  # AvgPool(1) is the identity
+            items.append(Call(self.n["AvgPool"], ("stride" if h.stride else "1",)))
+        items += [self.layer(m) for m in h.layers]
+        seq = Call(self.n["Sequential"], tuple(items))
+        return lines + call_lines(seq, 1, "return ", explode=True)
+
+    # -- block classes -------------------------------------------------------------------------
+    def block_class(self, c: BlockClass) -> list[str]:
+        lines = [f"class {c.name}(nnx.Module):", *docstring(c.doc, 1), ""]
+        params = ["self", *(f"{p}: int" for p in c.channels)]
+        params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        if c.required:
+            params += ["*", f"{c.shortcuts[0]}: nnx.Module"]
+        else:
+            params += [f"{a}: nnx.Module | None = None" for a in c.shortcuts] + ["*"]
+        lines += def_lines("__init__", [*params, "rngs: nnx.Rngs"], "None")
+        for m in c.layers:
+            lines += call_lines(self.layer(m, m.name in c.zero), 2, f"self.{m.name} = ")
+        lines += [f"        self.{a} = {a}" for a in c.shortcuts]
+        return [*lines, "", *self.forward(c.forward)]
+
+    # -- the model -----------------------------------------------------------------------------
+    def model_class(self) -> list[str]:
+        p = self.p
+        params = ["self"] + [f"num_classes: int = {num(p.graph.num_classes)}"] * p.num_classes
+        lines = [f"class {p.model}(nnx.Module):", *docstring(model_doc(p), 1), ""]
+        lines += def_lines("__init__", [*params, "*", "rngs: nnx.Rngs"], "None")
+        seq = self.n["Sequential"]
+        for mod in p.body:
+            if isinstance(mod, Stage):
+                runs = tuple(
+                    Repeat(self.block_call(c), n) if n > 1 else self.block_call(c)
+                    for c, n in mod.runs
+                )
+                lines += call_lines(Call(seq, runs), 2, f"self.{mod.name} = ", explode=True)
+            elif mod.sequential:
+                layers = tuple(self.layer(m) for m in mod.layers)
+                lines += call_lines(Call(seq, layers), 2, f"self.{mod.name} = ", explode=True)
+            elif mod.layers[0].op not in _STATELESS:
+                lines += call_lines(self.layer(mod.layers[0]), 2, f"self.{mod.name} = ")
+        return [*lines, "", *self.forward(p.forward)]
+
+    def block_call(self, b: BlockCall) -> Call:
+        args: list[str | Kw | Call] = [num(c) for c in b.channels]
+        if b.stride != 1:
+            args.append(num(b.stride))
+        if b.groups != 1:
+            args.append(Kw("groups", num(b.groups)))
+        if b.shortcut:
+            param, helper, (cin, cout, stride) = b.shortcut
+            hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)
+            if helper != self.n["ZeroPadShortcut"]:
+                hargs.append(RNGS)
+            args.append(Kw(param, Call(helper, tuple(hargs))))
+        return Call(b.cls, (*args, RNGS))

@@ -1,0 +1,298 @@
+"""The emission plan -> PyTorch source: one self-contained file importing only torch.
+
+Everything structural (block classes, their parameters, stages, names, verification) is decided
+by :mod:`rescompile.emission.plan`; this module only spells plan elements as ``torch.nn`` code, in
+the shape of torchvision's resnet.py. It never imports torch.
+"""
+
+from __future__ import annotations
+
+from rescompile.emission.layout import (
+    Call,
+    Kw,
+    Repeat,
+    call_lines,
+    def_lines,
+    docstring,
+    join_parts,
+    statements,
+)
+from rescompile.emission.names import num
+from rescompile.emission.plan import (
+    BN_EPS,
+    BN_MOMENTUM,
+    BlockCall,
+    BlockClass,
+    Layer,
+    Param,
+    Plan,
+    Projection,
+    Stage,
+    Step,
+    header,
+    make_plan,
+    model_doc,
+)
+from rescompile.errors import EmitError
+from rescompile.ir.graph import Graph, Op
+
+NOTES = (
+    "torch.utils.flop_counter reports 2 x MACs. Module names follow torchvision's resnet.py, "
+    "so state_dict keys are the IR's node names."
+)
+
+
+def emit(graph: Graph) -> str:
+    """The complete source of a standalone PyTorch module file for ``graph``."""
+    return _Renderer(make_plan(graph)).source()
+
+
+def _v(x: object) -> str:
+    return x.name if isinstance(x, Param) else num(x)
+
+
+class _Renderer:
+    def __init__(self, plan: Plan):
+        self.p = plan
+        self.F = plan.names["F"]
+
+    def source(self) -> str:
+        p = self.p
+        parts = [docstring(header(p, "torch", NOTES), 0), self.imports()]
+        parts += [self.conv_helper(c) for c in p.convs]
+        if p.zero_pad:
+            parts.append(self.zero_pad())
+        parts += [self.projection(h) for h in p.projections]
+        parts += [self.block_class(c) for c in p.classes]
+        parts.append(self.model_class())
+        return join_parts(parts)
+
+    def imports(self) -> list[str]:
+        lines = ["import torch"]
+        if self.p.zero_pad:
+            lines.append(
+                "from torch.nn import functional"
+                if self.F == "functional"
+                else f"import torch.nn.functional as {self.F}"
+            )
+        return [*lines, "from torch import nn"]
+
+    # -- modules -------------------------------------------------------------------------------
+    def layer(self, m: Layer, inplace: bool = True) -> Call:
+        a = dict(m.args)
+
+        def kw(key: str, name: str, default: object) -> list[Kw]:
+            x = a[key]
+            return [] if type(x) is type(default) and x == default else [Kw(name, _v(x))]
+
+        if m.op is Op.CONV2D:
+            c = self.p.conv(a["kernel"])
+            stride = [] if a["stride"] == 1 else [_v(a["stride"])]
+            return Call(
+                c.name,
+                (_v(a["in_channels"]), _v(a["out_channels"]), *stride, *kw("groups", "groups", 1)),
+            )
+        if m.op is Op.BATCHNORM:
+            return Call(
+                "nn.BatchNorm2d",
+                (
+                    _v(a["channels"]),
+                    *kw("eps", "eps", BN_EPS),
+                    *kw("momentum", "momentum", BN_MOMENTUM),
+                ),
+            )
+        if m.op is Op.RELU:
+            return Call("nn.ReLU", (Kw("inplace", "True"),) if a.get("inplace", inplace) else ())
+        if m.op is Op.MAXPOOL:
+            return Call(
+                "nn.MaxPool2d",
+                (
+                    Kw("kernel_size", _v(a["kernel"])),
+                    Kw("stride", _v(a["stride"])),
+                    *kw("padding", "padding", 0),
+                ),
+            )
+        if m.op is Op.AVGPOOL:
+            return Call(
+                "nn.AvgPool2d",
+                (
+                    Kw("kernel_size", _v(a["kernel"])),
+                    Kw("stride", _v(a["stride"])),
+                    Kw("ceil_mode", "True"),
+                    Kw("count_include_pad", "False"),
+                ),
+            )
+        if m.op is Op.GLOBAL_AVGPOOL:
+            return Call("nn.AdaptiveAvgPool2d", ("(1, 1)",))
+        if m.op is Op.DROPOUT:
+            return Call("nn.Dropout", (Kw("p", _v(a["p"])),))
+        if m.op is Op.LINEAR:
+            return Call("nn.Linear", (_v(a["in_features"]), "num_classes"))
+        raise EmitError(f"no PyTorch module for {m.op}")  # pragma: no cover
+
+    def step(self, s: Step) -> list[str]:
+        if s.kind == "layer":
+            return [f"{s.out} = self.{s.module}({s.src})"]
+        if s.kind == "flatten":
+            return [f"{s.out} = torch.flatten({s.src}, 1)"]
+        if s.kind == "copy":
+            return [f"{s.out} = {s.src}"]
+        if s.kind == "shortcut":
+            line = f"{s.out} = self.{s.module}({s.src})"
+            return [f"if self.{s.module} is not None:", f"    {line}"] if s.guard else [line]
+        if s.kind == "add":
+            return [f"{s.out} += {s.src}" if s.inplace else f"{s.out} = {s.out} + {s.src}"]
+        if s.kind == "return":
+            return [f"return {s.src}"]
+        return [""]
+
+    def forward(self, steps: list[Step]) -> list[str]:
+        body = [line for s in steps for line in self.step(s)]
+        return ["    def forward(self, x: torch.Tensor) -> torch.Tensor:", *statements(body, 2)]
+
+    # -- helpers -------------------------------------------------------------------------------
+    def conv_helper(self, c) -> list[str]:
+        k, pad = c.kernel, c.kernel // 2
+        params = ["in_channels: int", "out_channels: int"]
+        params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        lines = def_lines(c.name, params, "nn.Conv2d", level=0)
+        lines += docstring(
+            f"{k}x{k} convolution"
+            + (f", padding {pad}" if pad else "")
+            + ", no bias (BatchNorm follows).",
+            1,
+        )
+        args = ["in_channels", "out_channels", Kw("kernel_size", str(k))]
+        args += [Kw("stride", "stride")] * c.stride + [Kw("padding", str(pad))] * (pad > 0)
+        args += [Kw("groups", "groups")] * c.groups + [Kw("bias", "False")]
+        return lines + call_lines(Call("nn.Conv2d", tuple(args)), 1, "return ")
+
+    def zero_pad(self) -> list[str]:
+        return [
+            f"class {self.p.names['ZeroPadShortcut']}(nn.Module):",
+            *docstring(
+                "Option A shortcut (no parameters): keep every ``stride``-th row and column, "
+                "then append zero channels up to ``out_channels``.",
+                1,
+            ),
+            "",
+            *def_lines(
+                "__init__",
+                ["self", "in_channels: int", "out_channels: int", "stride: int = 1"],
+                "None",
+            ),
+            "        super().__init__()",
+            "        self.stride = stride",
+            "        self.pad = (0, 0, 0, 0, 0, out_channels - in_channels)",
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            "        s = self.stride",
+            f"        return {self.F}.pad(x[:, :, ::s, ::s], self.pad)",
+        ]
+
+    def projection(self, h: Projection) -> list[str]:
+        params = ["in_channels: int", "out_channels: int"] + ["stride: int = 1"] * h.stride
+        lines = def_lines(h.name, params, "nn.Sequential", level=0) + docstring(h.doc, 1)
+        items: list[str | Call] = []
+        pool = self.layer(
+            Layer("0", Op.AVGPOOL, (("kernel", Param("stride")), ("stride", Param("stride"))))
+        )
+        if h.pool == "strided":
+            lines += [
+                "    if stride > 1:",
+                *call_lines(pool, 2, "pool = "),
+                "    else:",
+                "        pool = nn.Identity()",
+            ]
+            items.append("pool")
+        elif h.pool == "always":
+            items.append(pool)
+        elif h.pool == "never":
+            items.append(Call("nn.Identity"))
+        items += [self.layer(m) for m in h.layers]
+        return lines + call_lines(Call("nn.Sequential", tuple(items)), 1, "return ", explode=True)
+
+    # -- block classes -------------------------------------------------------------------------
+    def block_class(self, c: BlockClass) -> list[str]:
+        lines = [f"class {c.name}(nn.Module):", *docstring(c.doc, 1), ""]
+        params = ["self", *(f"{p}: int" for p in c.channels)]
+        params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        if c.required:
+            params += ["*", f"{c.shortcuts[0]}: nn.Module"]
+        else:
+            params += [f"{a}: nn.Module | None = None" for a in c.shortcuts]
+        lines += def_lines("__init__", params, "None")
+        lines.append("        super().__init__()")
+        for m in c.layers:
+            lines += call_lines(self.layer(m), 2, f"self.{m.name} = ")
+        if c.relu:
+            lines += call_lines(self.layer(Layer("relu", Op.RELU), c.inplace), 2, "self.relu = ")
+        lines += [f"        self.{a} = {a}" for a in c.shortcuts]
+        return [*lines, "", *self.forward(c.forward)]
+
+    # -- the model -----------------------------------------------------------------------------
+    def model_class(self) -> list[str]:
+        p = self.p
+        params = ["self"] + [f"num_classes: int = {num(p.graph.num_classes)}"] * p.num_classes
+        lines = [f"class {p.model}(nn.Module):", *docstring(model_doc(p), 1), ""]
+        lines += def_lines("__init__", params, "None")
+        lines.append("        super().__init__()")
+        for mod in p.body:
+            if isinstance(mod, Stage):
+                lines += call_lines(
+                    Call(
+                        "nn.Sequential",
+                        tuple(
+                            Repeat(self.block_call(c), n) if n > 1 else self.block_call(c)
+                            for c, n in mod.runs
+                        ),
+                    ),
+                    2,
+                    f"self.{mod.name} = ",
+                    explode=True,
+                )
+            elif mod.sequential:
+                lines += call_lines(
+                    Call("nn.Sequential", tuple(self.layer(m) for m in mod.layers)),
+                    2,
+                    f"self.{mod.name} = ",
+                    explode=True,
+                )
+            else:
+                lines += call_lines(self.layer(mod.layers[0]), 2, f"self.{mod.name} = ")
+        return [*lines, "", *self.init_lines(), "", *self.forward(p.forward)]
+
+    def block_call(self, b: BlockCall) -> Call:
+        args: list[str | Kw | Call] = [num(c) for c in b.channels]
+        if b.stride != 1:
+            args.append(num(b.stride))
+        if b.groups != 1:
+            args.append(Kw("groups", num(b.groups)))
+        if b.shortcut:
+            param, helper, (cin, cout, stride) = b.shortcut
+            hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)
+            args.append(Kw(param, Call(helper, tuple(hargs))))
+        return Call(b.cls, tuple(args))
+
+    def init_lines(self) -> list[str]:
+        lines = [
+            "# He initialisation, as torchvision does it (nn.Linear keeps its default).",
+            "for m in self.modules():",
+            "    if isinstance(m, nn.Conv2d):",
+            '        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")',
+            "    elif isinstance(m, nn.BatchNorm2d):",
+            "        nn.init.constant_(m.weight, 1)",
+            "        nn.init.constant_(m.bias, 0)",
+        ]
+        zeroed = [c for c in self.p.classes if c.zero]
+        if zeroed:
+            lines += [
+                "",
+                "# zero_init_residual: the last BN of each residual branch starts at zero,",
+                "# so every residual block starts as the identity (Goyal et al. 2017).",
+                "for m in self.modules():",
+            ]
+            for i, c in enumerate(zeroed):
+                lines.append(f"    {'if' if i == 0 else 'elif'} isinstance(m, {c.name}):")
+                lines += [f"        nn.init.constant_(m.{z}.weight, 0)" for z in c.zero]
+        return statements(lines, 2)

@@ -1,0 +1,1 @@
+"""The emission plan: IR -> how the model is written (framework-free), for every renderer."""

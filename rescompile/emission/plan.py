@@ -1,0 +1,1000 @@
+"""The emission plan: how a person would write the IR as source, for any framework.
+
+:func:`make_plan` takes an analysed IR apart once: each residual :class:`~rescompile.ir.graph.Block`
+into its main branch, its shortcut and what follows the addition; blocks of the same structure
+into one :class:`BlockClass` whose constructor takes the numbers that vary (channels, stride,
+groups, the shortcut module); the stem and head into the model's own modules; every stage into
+runs of identical constructor calls. It then verifies that every module the plan builds, with
+each block's arguments, has exactly the attributes of the IR node of the same name, so every
+number a renderer writes comes from the IR and module paths are IR node names (= state_dict
+keys). Names come from one :class:`~rescompile.emission.names.Namespace`.
+
+A renderer (``rescompile.backends.<name>.render``) only spells the plan in its framework.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from rescompile.errors import EmitError
+from rescompile.ir.graph import Block, Graph, Node, Op
+
+from .names import Namespace, attr_name, hexdigest, ident, node_path, text
+
+BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # the frameworks' BatchNorm defaults (PyTorch's convention)
+_BASE_NAMES = {  # (kind, preact, residual) -> class name
+    ("basic", False, True): "BasicBlock",
+    ("bottleneck", False, True): "Bottleneck",
+    ("basic", True, True): "PreActBasicBlock",
+    ("bottleneck", True, True): "PreActBottleneck",
+    ("basic", False, False): "PlainBasicBlock",
+    ("bottleneck", False, False): "PlainBottleneck",
+    ("basic", True, False): "PlainPreActBasicBlock",
+    ("bottleneck", True, False): "PlainPreActBottleneck",
+}
+SHORTCUT_ATTR = {"projection": "downsample", "pad": "shortcut"}  # IR names of shortcut modules
+_MAIN_OPS = {Op.CONV2D, Op.BATCHNORM, Op.RELU}
+_TOP_OPS = {
+    Op.CONV2D,
+    Op.BATCHNORM,
+    Op.RELU,
+    Op.MAXPOOL,
+    Op.AVGPOOL,
+    Op.GLOBAL_AVGPOOL,
+    Op.DROPOUT,
+    Op.LINEAR,
+}
+# Helper names both renderers may define, claimed after the model and block classes.
+HELPERS = ("F", "he_normal", "linear", "BatchNorm", "Sequential", "AvgPool", "ZeroPadShortcut")
+
+
+# ---------------------------------------------------------------------------------------------
+# plan elements
+
+
+@dataclass(frozen=True)
+class Param:
+    """A symbolic constructor argument: the name of a parameter of the enclosing definition."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One module a constructor builds. ``args``: IR attribute -> number/bool or :class:`Param`."""
+
+    name: str  # attribute name ("conv1") or Sequential index ("0")
+    op: Op
+    args: tuple[tuple[str, object], ...] = ()
+
+    def __getitem__(self, key: str) -> object:
+        return dict(self.args)[key]
+
+    def resolve(self, params: dict[str, int]) -> dict[str, object]:
+        return {k: params[v.name] if isinstance(v, Param) else v for k, v in self.args}
+
+    def bind(self, values: dict[str, int]) -> Layer:
+        """This layer with the parameters named in ``values`` replaced by those values."""
+        return Layer(
+            self.name,
+            self.op,
+            tuple(
+                (k, values[v.name]) if isinstance(v, Param) and v.name in values else (k, v)
+                for k, v in self.args
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One statement of a forward pass, in words a renderer spells.
+
+    ``layer``: ``out = self.<module>(src)`` (a ReLU: the framework's activation); ``flatten``;
+    ``copy``: ``out = src``; ``shortcut``: ``out = self.<module>(src)``, under ``if self.<module>
+    is not None`` when ``guard``; ``add``: ``out += src`` (``inplace``) or ``out = out + src``;
+    ``blank``: an empty line; ``return``: ``return src``.
+    """
+
+    kind: str
+    out: str = ""
+    src: str = ""
+    module: str = ""
+    op: Op | None = None
+    guard: bool = False
+    inplace: bool = False
+
+
+@dataclass(frozen=True)
+class ConvHelper:
+    """``conv<k>x<k>(in_channels, out_channels[, stride][, groups])``: a bias-free convolution."""
+
+    name: str
+    kernel: int
+    stride: bool
+    groups: bool
+
+
+@dataclass
+class BlockClass:
+    """One block class: the IR blocks it instantiates and the numbers that vary between them."""
+
+    name: str
+    kind: str
+    preact: bool
+    residual: bool
+    doc: str = ""
+    channels: list[str] = field(default_factory=list)  # in_channels, [width,] out_channels
+    stride: bool = False  # a ``stride: int = 1`` parameter
+    groups: bool = False  # a ``groups: int = 1`` parameter
+    shortcuts: list[str] = field(default_factory=list)  # module parameters: downsample, shortcut
+    required: bool = False  # the one shortcut is always given (keyword-only, no default)
+    layers: list[Layer] = field(default_factory=list)
+    relu: bool = False  # one shared ReLU module (torchvision's self.relu)
+    inplace: bool = True
+    zero: tuple[str, ...] = ()  # zero-initialised BatchNorms (zero_init_residual)
+    forward: list[Step] = field(default_factory=list)
+    members: list[_BlockIR] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[str]:
+        """Constructor parameter names, in order (framework plumbing like rngs aside)."""
+        return [
+            *self.channels,
+            *(["stride"] if self.stride else []),
+            *(["groups"] if self.groups else []),
+            *self.shortcuts,
+        ]
+
+
+@dataclass
+class Projection:
+    """A projection shortcut builder, ``name(in_channels, out_channels[, stride])``."""
+
+    name: str
+    pool: str  # "none": strided conv first; "always" | "strided" | "never": ResNet-D avg pool
+    layers: list[Layer]  # the Sequential's modules from the conv on
+    stride: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class BlockCall:
+    """``cls(channels..., stride, groups=, downsample=/shortcut=helper(in, out, stride))``."""
+
+    cls: str
+    channels: tuple[int, ...]
+    stride: int
+    groups: int
+    shortcut: tuple[str, str, tuple[int, int, int]] | None = None  # (param, helper, args)
+
+
+@dataclass
+class Stage:
+    """A stage: runs of identical consecutive block calls (a run of 2 or more is a repeat)."""
+
+    name: str
+    runs: list[tuple[BlockCall, int]]
+
+    @property
+    def depth(self) -> int:
+        return sum(n for _, n in self.runs)
+
+
+@dataclass
+class TopModule:
+    """A module of the model itself (stem or head): one layer, or a Sequential of several."""
+
+    name: str
+    layers: list[Layer]
+    sequential: bool
+
+
+@dataclass
+class Plan:
+    graph: Graph
+    model: str
+    names: dict[str, str]  # helper -> its name in the file (see HELPERS)
+    convs: list[ConvHelper]
+    classes: list[BlockClass]
+    projections: list[Projection]
+    zero_pad: bool
+    body: list[TopModule | Stage]  # the model's modules, in order
+    forward: list[Step]
+    num_classes: bool  # the classifier takes num_classes
+    eps: set[float] = field(default_factory=set)
+    momentum: set[float] = field(default_factory=set)
+
+    def conv(self, kernel: int) -> ConvHelper:
+        return next(c for c in self.convs if c.kernel == kernel)
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [m for m in self.body if isinstance(m, Stage)]
+
+
+# ---------------------------------------------------------------------------------------------
+# block analysis
+
+
+@dataclass
+class _BlockIR:
+    """One residual block of the IR, taken apart."""
+
+    block: Block
+    local: dict[str, str]  # IR node name -> name inside the block ("layer1.0.conv1" -> "conv1")
+    main: list[Node]
+    short: list[Node]  # the shortcut's nodes (empty for identity and none)
+    short_src: str | None  # the main-branch node the shortcut reads (local name); None: input
+    add: Node | None
+    post: list[Node]  # after the addition
+    mode: str  # identity | pad | projection | none
+
+    def params(self) -> dict[str, int]:
+        b = self.block
+        return dict(
+            in_channels=b.in_channels,
+            width=b.width,
+            out_channels=b.out_channels,
+            stride=b.stride,
+            groups=b.groups,
+        )
+
+
+class _View:
+    """Read-only access to the IR's nodes and edges, built once (networkx is slow)."""
+
+    def __init__(self, g: Graph):
+        self.node: dict[str, Node] = dict(g.g.nodes(data="node"))
+        ins: dict[str, list[tuple[int, str]]] = {n: [] for n in self.node}
+        self.succ: dict[str, list[str]] = {n: [] for n in self.node}
+        for u, v, i in g.g.edges(data="index"):
+            ins[v].append((i, u))
+            self.succ[u].append(v)
+        self.ins = {v: [u for _, u in sorted(p)] for v, p in ins.items()}
+
+    def __getitem__(self, name: str) -> Node:
+        return self.node[name]
+
+
+def _analyse_block(g: _View, b: Block) -> _BlockIR:
+    ident(b.stage, "stage name")
+    if not b.nodes:
+        raise EmitError(f"block {b.name!r} has no IR nodes")
+    node_path(b.name)
+    prefix, inside = b.name + ".", set(b.nodes)
+    local: dict[str, str] = {}
+    for name in b.nodes:
+        if not name.startswith(prefix) or g[name].block != b.name:
+            raise EmitError(f"IR node {name!r} does not belong to block {b.name!r}")
+        local[name] = name[len(prefix) :]
+        node_path(local[name])
+    external = {p for n in b.nodes for p in g.ins[n] if p not in inside}
+    if len(external) != 1:
+        raise EmitError(f"block {b.name!r} reads {sorted(external)}; expected one input")
+    (entry,) = external
+    out = b.nodes[-1]
+    for n in b.nodes[:-1]:
+        if any(s not in inside for s in g.succ[n]):
+            raise EmitError(f"IR node {n!r} is used outside its block {b.name!r}")
+
+    def chain_back(start: str, stop: set[str]) -> tuple[list[Node], str]:
+        nodes, cur = [], start
+        while cur in inside and cur not in stop:
+            if len(g.ins[cur]) != 1:
+                raise EmitError(f"IR node {cur!r}: expected one input inside block {b.name!r}")
+            nodes.append(g[cur])
+            cur = g.ins[cur][0]
+        return nodes[::-1], cur
+
+    adds = [n for n in b.nodes if g[n].op is Op.ADD]
+    if len(adds) > 1:
+        raise EmitError(f"block {b.name!r} has {len(adds)} additions")
+    add, short, post, short_src = None, [], [], None
+    if adds:
+        add = g[adds[0]]
+        h, s = g.ins[add.name]
+        main, src = chain_back(h, set())
+        main_names = {n.name for n in main}
+        if src != entry:
+            raise EmitError(f"block {b.name!r}: the main branch does not start at the input")
+        short, src = chain_back(s, main_names)
+        if src not in main_names and src != entry:
+            raise EmitError(f"block {b.name!r}: the shortcut reads {src!r}")
+        cur = add.name
+        while cur != out:
+            if len(g.succ[cur]) != 1:
+                raise EmitError(f"block {b.name!r}: {cur!r} does not lead to the block output")
+            nxt = g.succ[cur][0]
+            if g.ins[nxt] != [cur]:
+                raise EmitError(f"block {b.name!r}: {nxt!r} reads more than the addition")
+            post.append(g[nxt])
+            cur = nxt
+        seen = main_names | {n.name for n in (*short, add, *post)}
+        short_src = local[src] if src != entry else None
+    else:
+        main, src = chain_back(out, set())
+        if src != entry:
+            raise EmitError(f"block {b.name!r}: the main branch does not start at the input")
+        seen = {n.name for n in main}
+    if seen != inside:
+        raise EmitError(f"block {b.name!r}: unexpected IR nodes {sorted(inside - seen)}")
+    for n in main:
+        if n.op not in _MAIN_OPS:
+            raise EmitError(f"IR node {n.name!r}: {n.op} in a block's main branch")
+    for n in post:
+        if n.op is not Op.RELU:
+            raise EmitError(f"IR node {n.name!r}: {n.op} after a block's addition")
+    mode, ops = b.shortcut, [n.op for n in short]
+    ok = {
+        "none": add is None,
+        "identity": add is not None and not short and short_src is None,
+        "pad": ops == [Op.PAD_CHANNELS] and short_src is None,
+        "projection": Op.CONV2D in ops and set(ops) <= {Op.AVGPOOL, Op.CONV2D, Op.BATCHNORM},
+    }.get(mode, False)
+    if not ok:
+        raise EmitError(f"block {b.name!r}: shortcut {mode!r} does not match its IR nodes")
+    if mode == "pad" and local[short[0].name] != "shortcut":
+        raise EmitError(f"IR node {short[0].name!r}: an option A shortcut must be named 'shortcut'")
+    return _BlockIR(b, local, main, short, short_src, add, post, mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# verification: a layer, instantiated with a block's arguments, is its IR node
+
+_CHECKED = {
+    Op.CONV2D: ("in_channels", "out_channels", "kernel", "stride", "padding", "groups", "bias"),
+    Op.BATCHNORM: ("channels", "eps", "momentum"),
+    Op.AVGPOOL: ("kernel", "stride"),
+    Op.MAXPOOL: ("kernel", "stride", "padding"),
+    Op.LINEAR: ("in_features", "out_features", "bias"),
+    Op.DROPOUT: ("p",),
+    Op.PAD_CHANNELS: ("stride", "out_channels"),
+}
+
+
+def _verify(layer: Layer, params: dict[str, int], node: Node) -> None:
+    want = layer.resolve(params)
+    if node.op is not layer.op:
+        raise EmitError(f"IR node {node.name!r} is {node.op}; the emitted module is {layer.op}")
+    for k in _CHECKED.get(node.op, ()):
+        have = node.attrs.get(k)
+        if k not in want or want[k] != have or type(want[k]) is not type(have):
+            raise EmitError(
+                f"IR node {node.name!r}: {k}={have!r}, but the emitted module would "
+                f"have {k}={want.get(k)!r}"
+            )
+    if node.op is Op.CONV2D and (
+        node.attrs["bias"] is not False or node.attrs["padding"] != node.attrs["kernel"] // 2
+    ):
+        raise EmitError(
+            f"IR node {node.name!r}: only bias-free, kernel // 2 padded convolutions "
+            f"(bias={node.attrs['bias']!r}, padding={node.attrs['padding']!r})"
+        )
+    if node.op is Op.LINEAR and node.attrs["bias"] is not True:
+        raise EmitError(f"IR node {node.name!r}: the classifier is expected to have a bias")
+
+
+def _literal(name: str, n: Node) -> Layer:
+    """A layer whose arguments are all literals taken from the IR node."""
+    return Layer(name, n.op, tuple((k, n.attrs[k]) for k in _CHECKED.get(n.op, ())))
+
+
+def _conv(name: str, n: Node, cin: Param, cout: Param, stride: object, groups: object = 1) -> Layer:
+    """A convolution whose channels (and stride, groups) may be parameters; the rest from ``n``."""
+    a = n.attrs
+    return Layer(name, Op.CONV2D, (
+        ("in_channels", cin), ("out_channels", cout), ("kernel", a["kernel"]), ("stride", stride),
+        ("padding", a["padding"]), ("groups", groups), ("bias", a["bias"]),
+    ))  # fmt: skip
+
+
+def _bn(name: str, n: Node, channels: Param) -> Layer:
+    return Layer(name, Op.BATCHNORM, (
+        ("channels", channels), ("eps", n.attrs["eps"]), ("momentum", n.attrs["momentum"]),
+    ))  # fmt: skip
+
+
+def _kxk(n: Node) -> str:
+    return f"{n.attrs['kernel']}x{n.attrs['kernel']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# block classes
+
+
+def _structure(bi: _BlockIR) -> tuple:
+    """What must be equal for two blocks to share a class (numbers that vary are parameters)."""
+    main = tuple(
+        (
+            bi.local[n.name],
+            n.op,
+            (n.attrs["kernel"], n.attrs["padding"], n.attrs["bias"])
+            if n.op is Op.CONV2D
+            else (n.attrs["eps"], n.attrs["momentum"])
+            if n.op is Op.BATCHNORM
+            else (),
+        )
+        for n in bi.main
+    )
+    post = tuple((bi.local[n.name], n.op) for n in bi.post)
+    return (bi.block.kind, bi.block.preact, bi.add is not None, main, post)
+
+
+def _where(bi: _BlockIR, attr: str) -> str | None:
+    """The local name of the single main-branch conv whose ``attr`` is not 1."""
+    convs = [bi.local[n.name] for n in bi.main if n.op is Op.CONV2D and n.attrs[attr] != 1]
+    if len(convs) > 1:
+        raise EmitError(f"block {bi.block.name!r}: {attr} on {len(convs)} convolutions")
+    return convs[0] if convs else None
+
+
+def _make_classes(
+    blocks: list[_BlockIR], ns: Namespace
+) -> list[tuple[BlockClass, str | None, str | None]]:
+    order = {bi.block.name: i for i, bi in enumerate(blocks)}
+    by_structure: dict[tuple, list[_BlockIR]] = {}
+    for bi in blocks:
+        by_structure.setdefault(_structure(bi), []).append(bi)
+    found: list[tuple[BlockClass, str | None, str | None]] = []
+    for key, members in by_structure.items():
+        kind, preact, residual = key[:3]
+        # A strided block pins where its class puts the stride; stride-1 blocks fit any class.
+        split: dict[str | None, list[_BlockIR]] = {}
+        for bi in members:
+            split.setdefault(_where(bi, "stride"), []).append(bi)
+        strided = [s for s in split if s is not None]
+        loose = split.pop(None, [])
+        if loose:
+            split.setdefault(strided[0] if strided else None, []).extend(loose)
+        for where, ms in split.items():
+            ms.sort(key=lambda bi: order[bi.block.name])
+            groups = {_where(bi, "groups") for bi in ms} - {None}
+            if len(groups) > 1:
+                raise EmitError(f"blocks group different convolutions: {sorted(groups)}")
+            base = _BASE_NAMES.get((kind, preact, residual))
+            if base is None:
+                raise EmitError(f"unknown block kind {kind!r}")
+            if len(split) > 1 and where is not None:
+                conv = next(n for n in ms[0].main if ms[0].local[n.name] == where)
+                base += f"Stride{_kxk(conv)}"
+            c = BlockClass(base, kind, preact, residual, members=ms)
+            found.append((c, where, next(iter(groups)) if groups else None))
+    found.sort(key=lambda f: order[f[0].members[0].block.name])
+    for c, _, _ in found:
+        c.name = ns.create(c.name, "class name")
+    return found
+
+
+def _fill_class(
+    c: BlockClass,
+    stride_conv: str | None,
+    group_conv: str | None,
+    inplace: dict[str, bool],
+    succ: dict[str, list[str]],
+) -> None:
+    first = c.members[0]
+    merge = all(m.block.width == m.block.out_channels for m in c.members)
+    c.channels = (
+        ["in_channels", "out_channels"] if merge else ["in_channels", "width", "out_channels"]
+    )
+    width = "out_channels" if merge else "width"
+    c.stride = any(m.block.stride != 1 for m in c.members)
+    c.groups = any(m.block.groups != 1 for m in c.members)
+    convs = [n for n in first.main if n.op is Op.CONV2D]
+    if not convs:
+        raise EmitError(f"block {first.block.name!r} has no convolution")
+    role, k = "in_channels", 0
+    for n in first.main:
+        local = first.local[n.name]
+        if n.op is Op.CONV2D:
+            k += 1
+            out_role = "out_channels" if k == len(convs) else width
+            stride = Param("stride") if local == stride_conv and c.stride else 1
+            groups = Param("groups") if local == group_conv and c.groups else 1
+            c.layers.append(_conv(local, n, Param(role), Param(out_role), stride, groups))
+            role = out_role
+        elif n.op is Op.BATCHNORM:
+            c.layers.append(_bn(local, n, Param(role)))
+    names = {m.name for m in c.layers}
+    for m in (*names, "downsample", "shortcut", "relu"):
+        attr_name(m, "block module name")
+    if {"relu", "downsample", "shortcut"} & names:
+        raise EmitError(f"block {first.block.name!r}: a module name clashes with the plan's")
+    modes = [m for m in ("identity", "projection", "pad") if any(b.mode == m for b in c.members)]
+    c.shortcuts = [SHORTCUT_ATTR[m] for m in modes if m != "identity"]
+    c.required = len(modes) == 1 and bool(c.shortcuts)
+    layers = {m.name: m for m in c.layers}
+    for m in c.members:
+        p = m.params()
+        for n in m.main:
+            if n.op is not Op.RELU:
+                _verify(layers[m.local[n.name]], p, n)
+        if c.residual == (m.mode == "none"):
+            raise EmitError(f"block {m.block.name!r}: shortcut {m.mode!r} in class {c.name}")
+    # ReLUs share one module (as in torchvision); in place only where every use allows it.
+    relus = [n for m in c.members for n in (*m.main, *m.post) if n.op is Op.RELU]
+    c.relu = bool(relus)
+    c.inplace = all(inplace[n.name] for n in relus)
+    zero = {
+        tuple(m.local[n.name] for n in m.main if n.op is Op.BATCHNORM and n.attrs["zero_init"])
+        for m in c.members
+    }
+    if len(zero) != 1:
+        raise EmitError(f"class {c.name}: zero_init differs between its blocks")
+    c.zero = next(iter(zero))
+    srcs = {(m.mode, m.short_src) for m in c.members}
+    if len({mode for mode, _ in srcs}) != len(srcs):
+        raise EmitError(f"class {c.name}: a shortcut reads different tensors in different blocks")
+    c.doc = _block_doc(c, stride_conv, modes)
+    c.forward = _block_forward(c, modes, dict(srcs), len(succ[first.main[-1].name]) == 1)
+
+
+_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
+    first = c.members[0]
+    convs = [_kxk(n) for n in first.main if n.op is Op.CONV2D]
+    summary = {
+        (False, True): "residual block",
+        (True, True): "pre-activation residual block",
+        (False, False): "plain block (no shortcut)",
+        (True, False): "plain pre-activation block (no shortcut)",
+    }[(c.preact, c.residual)]
+    if len(set(convs)) == 1:
+        what = f"{_WORDS.get(len(convs), str(len(convs)))} {convs[0]}"
+    else:
+        what = ", ".join(convs[:-1]) + " and " + convs[-1]
+    steps = [
+        f"{_kxk(n)} conv" if n.op is Op.CONV2D else "BN" if n.op is Op.BATCHNORM else "ReLU"
+        for n in first.main
+    ]
+    tail = (", plus the shortcut" + (", then ReLU" if first.post else "")) if c.residual else ""
+    cite = " (He et al. 2016, Identity Mappings)" if c.preact else ""
+    doc = f"{c.kind.capitalize()} {summary}: {what} convolutions.\n\n"
+    doc += f"{' -> '.join(steps)}{tail}{cite}."
+    if stride_conv is not None and c.stride:
+        conv = next(n for n in first.main if first.local[n.name] == stride_conv)
+        doc += f" The stride is on the {_kxk(conv)} convolution ``{stride_conv}``"
+        if c.kind == "bottleneck":
+            doc += (
+                " (ResNet v1.5, as torchvision)."
+                if conv.attrs["kernel"] > 1
+                else " (the ResNet paper's v1)."
+            )
+        else:
+            doc += "."
+    sc = []
+    if "projection" in modes:
+        sc.append("``downsample`` (a projection)")
+    if "pad" in modes:
+        sc.append("``shortcut`` (option A zero padding)")
+    if sc:
+        what = " or ".join(sc)
+        doc += (
+            f" The shortcut is the identity unless {what} is given."
+            if "identity" in modes
+            else f" The shortcut is {what}."
+        )
+    return doc
+
+
+def _group_key(local: str) -> str:
+    m = re.search(r"\d+$", local)
+    return m.group() if m else local
+
+
+def _block_forward(
+    c: BlockClass, modes: list[str], src: dict[str, str | None], inplace_add: bool
+) -> list[Step]:
+    first = c.members[0]
+    multi = len(modes) > 1
+    body: list[Step] = []
+
+    def shortcut(mode: str, var: str) -> Step:
+        return Step("shortcut", "identity", var, SHORTCUT_ATTR[mode], guard=multi)
+
+    if "identity" in modes and multi:
+        body += [Step("copy", "identity", "x"), Step("blank")]
+    var, group = "x", None
+    for n in first.main:
+        local = first.local[n.name]
+        if group is not None and _group_key(local) != group:
+            body.append(Step("blank"))
+        group = _group_key(local)
+        body.append(Step("layer", "out", var, "relu" if n.op is Op.RELU else local, n.op))
+        var = "out"
+        body += [shortcut(m, "out") for m in modes if m != "identity" and src[m] == local]
+    if c.residual:
+        for m in modes:
+            if m != "identity" and src[m] is None:
+                body += [Step("blank"), shortcut(m, "x")]
+        total = "x" if modes == ["identity"] else "identity"
+        body += [Step("blank"), Step("add", "out", total, inplace=inplace_add)]
+        body += [Step("layer", "out", "out", "relu", Op.RELU) for _ in first.post]
+    return [*body, Step("blank"), Step("return", src="out")]
+
+
+# ---------------------------------------------------------------------------------------------
+# projection shortcuts
+
+
+def _projection_key(bi: _BlockIR) -> tuple:
+    idx = [int(bi.local[n.name].removeprefix("downsample.")) for n in bi.short]
+    conv = next(i for i, n in zip(idx, bi.short, strict=True) if n.op is Op.CONV2D)
+    return (conv, tuple((i, n.op) for i, n in zip(idx, bi.short, strict=True) if i >= conv))
+
+
+_POOL = Layer("0", Op.AVGPOOL, (("kernel", Param("stride")), ("stride", Param("stride"))))
+
+
+def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Projection]:
+    found: dict[tuple, Projection] = {}
+    pooled: dict[tuple, set[bool]] = {}
+    for bi in blocks:
+        if bi.mode != "projection":
+            continue
+        for n in bi.short:
+            parts = bi.local[n.name].split(".")
+            if len(parts) != 2 or parts[0] != "downsample" or not parts[1].isdecimal():
+                raise EmitError(f"IR node {n.name!r}: projection nodes are named downsample.<i>")
+        key = _projection_key(bi)
+        conv_index, ops = key
+        idx = [int(bi.local[n.name].split(".")[1]) for n in bi.short]
+        pool = [n for n in bi.short if n.op is Op.AVGPOOL]
+        expect = list(range(conv_index, conv_index + len(ops)))
+        bad = (
+            [i for i in idx if i >= conv_index] != expect
+            or conv_index > 1
+            or (conv_index == 1 and (idx[0] not in (0, 1) or len(pool) != (idx[0] == 0)))
+            or (conv_index == 0 and pool)
+        )
+        if bad:
+            raise EmitError(f"block {bi.block.name!r}: unexpected projection layout {idx}")
+        p = found.get(key)
+        if p is None:
+            layers = []
+            for (i, op), n in zip(ops, bi.short[len(bi.short) - len(ops) :], strict=True):
+                if op is Op.CONV2D:
+                    stride = Param("stride") if conv_index == 0 else 1
+                    layers.append(
+                        _conv(str(i), n, Param("in_channels"), Param("out_channels"), stride)
+                    )
+                elif op is Op.BATCHNORM:
+                    layers.append(_bn(str(i), n, Param("out_channels")))
+                else:
+                    raise EmitError(f"IR node {n.name!r}: {op} in a projection shortcut")
+            name = "projection" if conv_index == 0 else "avgpool_projection"
+            p = found[key] = Projection(name, "none" if conv_index == 0 else "", layers)
+        pooled.setdefault(key, set()).add(bool(pool))
+        params = _shortcut_args(bi)
+        p.stride |= params["stride"] != 1
+        for layer, n in zip(p.layers, bi.short[len(bi.short) - len(p.layers) :], strict=True):
+            _verify(layer, params, n)
+        for n in pool:
+            _verify(_POOL, params, n)
+        if conv_index == 1 and bool(pool) != (params["stride"] != 1):
+            raise EmitError(
+                f"block {bi.block.name!r}: avg pool present at stride {params['stride']}"
+            )
+    for key, p in found.items():
+        p.name = ns.create(p.name, "helper name")
+        if p.pool != "none":
+            p.pool = {frozenset({True}): "always", frozenset({False}): "never"}.get(
+                frozenset(pooled[key]), "strided"
+            )
+        if not p.stride:  # no stride parameter: every instance has 1
+            p.layers = [m.bind({"stride": 1}) for m in p.layers]
+        p.doc = _projection_doc(p)
+    return found
+
+
+def _projection_doc(p: Projection) -> str:
+    k = p.layers[0]["kernel"]
+    bn = len(p.layers) > 1
+    if p.pool == "none":
+        return (
+            f"Projection shortcut: a {k}x{k} convolution"
+            + (" with ``stride``" if p.stride else "")
+            + (", then BatchNorm." if bn else ".")
+        )
+    return (
+        (
+            "Projection shortcut of ResNet-D: ``stride`` x ``stride`` average pooling (ceil "
+            "mode, padding excluded), then a "
+            if p.stride
+            else "Projection shortcut of ResNet-D at stride 1 (no average pooling): a "
+        )
+        + f"{k}x{k} convolution"
+        + (" and BatchNorm." if bn else ".")
+    )
+
+
+def _shortcut_args(bi: _BlockIR) -> dict[str, int]:
+    b = bi.block
+    return dict(in_channels=b.in_channels, out_channels=b.out_channels, stride=b.stride)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+def _inplace_ok(g: _View, relu: Node) -> bool:
+    """A ReLU may run in place when the tensor it overwrites has no other reader."""
+    (src,) = g.ins[relu.name]
+    return g[src].op in (Op.CONV2D, Op.BATCHNORM, Op.ADD) and len(g.succ[src]) == 1
+
+
+class _Planner:
+    def __init__(self, g: Graph):
+        self.g = g
+        self.view = v = _View(g)
+        for n in v.node.values():
+            node_path(n.name)
+            if "shape" not in n.meta or "macs" not in n.meta:
+                raise EmitError("emit needs an analysed IR (run the shape and cost passes)")
+        text(g.name, "spec name")
+        text(g.stem, "stem kind")
+        hexdigest(g.spec_hash)
+        self.inplace = {n.name: _inplace_ok(v, n) for n in v.node.values() if n.op is Op.RELU}
+
+    def run(self) -> Plan:
+        g, v = self.g, self.view
+        ns = Namespace()
+        model = ns.claim(g.class_name, "model class name")
+        blocks = [_analyse_block(v, b) for b in g.blocks]
+        self.by_block = {bi.block.name: bi for bi in blocks}
+        found = _make_classes(blocks, ns)
+        classes = [c for c, _, _ in found]
+        self.names = names = {h: ns.create(h, "helper name") for h in HELPERS}
+        for c, stride_conv, group_conv in found:
+            _fill_class(c, stride_conv, group_conv, self.inplace, v.succ)
+        self.class_of = {bi.block.name: c for c in classes for bi in c.members}
+        self.projections = _make_projections(blocks, ns)
+        for bi in blocks:
+            if bi.mode == "pad":
+                n = bi.short[0]
+                _verify(
+                    Layer(
+                        "shortcut",
+                        Op.PAD_CHANNELS,
+                        (("stride", Param("stride")), ("out_channels", Param("out_channels"))),
+                    ),
+                    bi.params(),
+                    n,
+                )
+                if v[v.ins[n.name][0]].meta["shape"][0] != bi.block.in_channels:
+                    raise EmitError(f"IR node {n.name!r}: input channels differ from the block's")
+        body, forward = self.top_level()
+        plan = Plan(
+            g,
+            model,
+            names,
+            [],
+            classes,
+            list(self.projections.values()),
+            any(bi.mode == "pad" for bi in blocks),
+            body,
+            forward,
+            self.fc is not None,
+        )
+        layers = (
+            [m for c in classes for m in c.layers]
+            + [m for p in plan.projections for m in p.layers]
+            + [m for t in body if isinstance(t, TopModule) for m in t.layers]
+        )
+        convs = [m for m in layers if m.op is Op.CONV2D]
+        for k in sorted({m["kernel"] for m in convs}, reverse=True):
+            same = [m for m in convs if m["kernel"] == k]
+            plan.convs.append(
+                ConvHelper(
+                    ns.create(f"conv{k}x{k}", "helper name"),
+                    k,
+                    any(m["stride"] != 1 for m in same),
+                    any(m["groups"] != 1 for m in same),
+                )
+            )
+        plan.eps = {m["eps"] for m in layers if m.op is Op.BATCHNORM}
+        plan.momentum = {m["momentum"] for m in layers if m.op is Op.BATCHNORM}
+        return plan
+
+    def top_level(self) -> tuple[list[TopModule | Stage], list[Step]]:
+        """The model's own modules (stem and head), its stages and its forward, as one chain."""
+        g, v = self.g, self.view
+        top: dict[str, TopModule] = {}
+        stages: dict[str, list[_BlockIR]] = {}
+        body: list[TopModule | Stage] = []
+        forward: list[Step] = []
+        prev, group = None, "stem"
+
+        def step(grp: str, s: Step) -> None:
+            nonlocal group
+            if grp != group and forward:
+                forward.append(Step("blank"))
+            group = grp
+            forward.append(s)
+
+        for n in v.node.values():
+            ins = v.ins[n.name]
+            if n.block is not None:
+                bi = self.by_block.get(n.block)
+                if bi is None:
+                    raise EmitError(f"IR node {n.name!r}: unknown block {n.block!r}")
+                if n.name == bi.block.nodes[0]:
+                    stage = attr_name(bi.block.stage, "stage name")
+                    blocks = stages.setdefault(stage, [])
+                    if bi.block.name != f"{stage}.{len(blocks)}":
+                        raise EmitError(f"block {bi.block.name!r} is not {stage}.{len(blocks)}")
+                    if blocks and forward[-1].module != stage:
+                        raise EmitError(f"stage {stage!r} is not contiguous")
+                    if stage in top:
+                        raise EmitError(f"stage {stage!r} clashes with a module name")
+                    blocks.append(bi)
+                    if len(blocks) == 1:
+                        step("stages", Step("layer", "x", "x", stage))
+                        body.append(Stage(stage, []))
+                if not all(p in bi.local or p == prev for p in ins):
+                    raise EmitError(f"block {bi.block.name!r} does not read the previous output")
+                if n.name == bi.block.nodes[-1]:
+                    prev = n.name
+                continue
+            if n.op is Op.INPUT:
+                if prev is not None:
+                    raise EmitError("the input must come first")
+                prev = n.name
+                continue
+            if ins != [prev]:
+                raise EmitError(f"IR node {n.name!r} does not read the previous output")
+            prev = n.name
+            grp = "stem" if not stages else "head"
+            if n.op is Op.FLATTEN:
+                step(grp, Step("flatten", "x", "x"))
+                continue
+            if n.op not in _TOP_OPS:
+                raise EmitError(f"IR node {n.name!r}: {n.op} outside a block")
+            parts = node_path(n.name)
+            name = attr_name(parts[0], "module name")
+            if name in stages:
+                raise EmitError(f"IR node {n.name!r} clashes with a stage")
+            if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdecimal()):
+                raise EmitError(f"IR node {n.name!r}: unsupported module path")
+            mod = top.get(name)
+            index = len(mod.layers) if mod else 0
+            want = name if len(parts) == 1 else f"{name}.{index}"
+            if n.name != want or (mod and len(parts) == 1):
+                raise EmitError(f"IR node {n.name!r}: expected {want!r}")
+            if mod is None:
+                mod = top[name] = TopModule(name, [], len(parts) == 2)
+                body.append(mod)
+                step(grp, Step("layer", "x", "x", name, n.op))
+            elif forward[-1].module != name:
+                raise EmitError(f"IR node {n.name!r}: its Sequential is not contiguous")
+            layer = _literal(parts[-1], n)
+            _verify(layer, {}, n)
+            if n.op is Op.RELU:
+                layer = Layer(layer.name, Op.RELU, (("inplace", self.inplace[n.name]),))
+            mod.layers.append(layer)
+            if mod.sequential:
+                forward[-1] = Step("layer", "x", "x", name, None)
+        if prev != g.output:
+            raise EmitError("the model does not end at the IR's output")
+        forward += [Step("blank"), Step("return", src="x")]
+        for n in v.node.values():
+            if (
+                n.op is Op.BATCHNORM
+                and n.attrs["zero_init"]
+                and (n.block is None or any(s.name == n.name for s in self.by_block[n.block].short))
+            ):
+                raise EmitError(f"IR node {n.name!r}: zero_init outside a residual branch")
+        linears = [n for n in v.node.values() if n.op is Op.LINEAR]
+        if len(linears) > 1:
+            raise EmitError("more than one fully connected layer")
+        self.fc = linears[0] if linears else None
+        if self.fc is not None and (
+            self.fc.name != g.output or self.fc.attrs["out_features"] != g.num_classes
+        ):
+            raise EmitError("the classifier must be the last node, with num_classes outputs")
+        for s in body:
+            if isinstance(s, Stage):
+                s.runs = _runs([self.block_call(bi) for bi in stages[s.name]])
+        return body, forward
+
+    def block_call(self, bi: _BlockIR) -> BlockCall:
+        c, b = self.class_of[bi.block.name], bi.block
+        p = bi.params()
+        shortcut = None
+        if bi.mode == "projection":
+            shortcut = (
+                "downsample",
+                self.projections[_projection_key(bi)].name,
+                (b.in_channels, b.out_channels, b.stride),
+            )
+        elif bi.mode == "pad":
+            shortcut = (
+                "shortcut",
+                self.names["ZeroPadShortcut"],
+                (b.in_channels, b.out_channels, b.stride),
+            )
+        return BlockCall(c.name, tuple(p[k] for k in c.channels), b.stride, b.groups, shortcut)
+
+
+def _runs(calls: list[BlockCall]) -> list[tuple[BlockCall, int]]:
+    """Consecutive identical calls, each with its count: the one rule for writing a stage."""
+    runs: list[tuple[BlockCall, int]] = []
+    for call in calls:
+        if runs and runs[-1][0] == call:
+            runs[-1] = (call, runs[-1][1] + 1)
+        else:
+            runs.append((call, 1))
+    return runs
+
+
+def make_plan(graph: Graph) -> Plan:
+    """The emission plan of an analysed ``graph``, verified against it."""
+    return _Planner(graph).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# the header both targets write
+
+
+def header(plan: Plan, backend: str, notes: str) -> str:
+    """The file docstring: the spec, how to regenerate the file, totals and a per-stage table."""
+    g, t = plan.graph, plan.graph.totals
+    c, h, w = g.input_shape
+    rows = [("stage", "blocks", "output", "params", "MACs")]
+    sums = {"params": 0, "macs": 0}
+    by_stage: dict[str, list[Node]] = {}
+    for n in g:
+        by_stage.setdefault(n.stage, []).append(n)
+    depth = {s.name: s.depth for s in plan.stages}
+    for stage, nodes in by_stage.items():
+        p = sum(n.meta["params"] for n in nodes)
+        m = sum(n.meta["macs"] for n in nodes)
+        sums["params"] += p
+        sums["macs"] += m
+        shape = "x".join(map(str, nodes[-1].meta["shape"]))
+        rows.append((text(stage, "stage"), str(depth.get(stage, "-")), shape, f"{p:,}", f"{m:,}"))
+    if sums["params"] != t["params"] or sums["macs"] != t["macs"]:
+        raise EmitError("per-stage costs do not add up to the IR totals")
+    rows.append(("total", "", "", f"{t['params']:,}", f"{t['macs']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    table = "\n".join(
+        "    "
+        + "  ".join(
+            cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i]) for i, cell in enumerate(r)
+        ).rstrip()
+        for r in rows
+    )
+    kinds = ", ".join(f"{len(cl.members)} x {cl.name}" for cl in plan.classes)
+    return (
+        f"{plan.model}: the ResNet ``{g.name}`` for {backend}, emitted by rescompile from its "
+        "graph IR.\n\n"
+        f"Regenerate it rather than editing it: ``rescompile build SPEC --backend {backend}``, "
+        f"where SPEC is the spec file (and ``--set`` overrides) that resolves to sha256 "
+        f"{g.spec_hash or '-'}.\n\n"
+        f"\tSpec:        {g.name} (resolved-spec sha256 {g.spec_hash or '-'})\n"
+        f"Input:       {c}x{h}x{w}, {g.num_classes} classes\n"
+        f"Blocks:      {kinds or 'none'}\n"
+        f"Parameters:  {t['params']:,} trainable; {t['buffers']:,} buffers (BatchNorm "
+        f"running\n             mean and variance; num_batches_tracked not counted)\n"
+        f"MACs:        {t['macs']:,} per image\n"
+        f"FLOPs:       {2 * t['macs']:,} per image (= 2 x MACs)\n\n"
+        "MACs are multiply-accumulates of the convolutions and the fully connected layer "
+        'only (the ResNet paper\'s "FLOPs"); BatchNorm, ReLU, pooling and additions are '
+        "not counted.\n\n"
+        f"\t{table}\n\n{notes}"
+    )
+
+
+def model_doc(plan: Plan) -> str:
+    g = plan.graph
+    kind = "pre-activation ResNet" if g.preact else "ResNet"
+    stages = plan.stages
+    return (
+        f"The ``{g.name}`` network, a {kind}.\n\n"
+        f"Stem ``{g.stem}``, {len(stages)} stage{'s' if len(stages) != 1 else ''} of blocks ("
+        + ", ".join(f"{s.name}: {s.depth}" for s in stages)
+        + "), global average pooling and a fully connected classifier."
+    )
