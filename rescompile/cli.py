@@ -357,17 +357,32 @@ class ExportFormat(StrEnum):
 
 @app.command()
 def export(
-    spec: SpecArg,
+    spec: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN|SPEC",
+            help="a run directory (its latest checkpoint's weights), a checkpoint "
+            "(.safetensors), or a spec (random weights unless --checkpoint)",
+        ),
+    ],
     set_: SetOpt = None,
+    checkpoint: Annotated[
+        str | None,
+        _opt("the checkpoint whose weights to export (default: the run's latest)", "--checkpoint"),
+    ] = None,
     format: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.onnx,
+    opset: Annotated[int, _opt("ONNX opset version", "--opset")] = 18,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="default: NAME.onnx", metavar="FILE")
     ] = None,
 ) -> None:
-    """Export the emitted PyTorch model (ONNX, checked with onnx.checker)."""
+    """Export the PyTorch model with a run's trained weights to ONNX, checked with onnx.checker
+    and against PyTorch with onnxruntime."""
     from rescompile.files import atomic_output
 
-    _, g = _compile(spec, set_)
+    tensors, where, g = _weights_to_export(spec, set_, checkpoint)
+    if not 7 <= opset <= 99:
+        raise UserError(f"--opset is an ONNX opset version from 7 to 99, got {opset}")
     out = output if output is not None else f"{g.name}.{format.value}"
     if out == "-":
         raise UserError("ONNX is binary and checked on disk: give -o FILE")
@@ -376,8 +391,92 @@ def export(
     with atomic_output(out, parents=True) as tmp:  # checked before the (slow) export starts
         torch = load_backend("torch")
         require_backend_support(g, torch, "torch")
-        torch.module.export(g, torch.emit(g), tmp, fmt=format.value)
-    typer.echo(f"wrote {out}", err=True)
+        try:
+            from rescompile.backends.torch.weights import export_checked
+
+            diff, _ = export_checked(g, torch.emit(g), tmp, tensors=tensors, opset=opset)
+        except ImportError as e:
+            raise UserError(f"export needs {e.name}: install rescompile[torch]") from None
+        except ValueError as e:
+            raise UserError(f"the export of {g.name} is wrong: {e}") from None
+    if tensors is None:
+        typer.echo(
+            f"warning: {spec} is a spec and no --checkpoint was given: the weights are "
+            "randomly initialised (seed 0)",
+            err=True,
+        )
+    typer.echo(
+        f"wrote {out} ({where}; onnxruntime agrees with PyTorch within {diff:.1e})", err=True
+    )
+
+
+def _weights_to_export(spec: str, overrides: list[str] | None, checkpoint: str | None):
+    """``(model tensors or None, what they are in words, graph)`` for ``export``/``weights``."""
+    from rescompile.harness.checkpoint import CheckpointError, load_checkpoint
+    from rescompile.harness.evaluate import find_checkpoint, rebuild
+
+    target = Path(spec)
+    if target.is_dir() or target.suffix == ".safetensors":
+        if overrides:
+            raise UserError(f"{spec} is a run: its spec is fixed (drop --set)")
+        ckpt, _ = find_checkpoint(checkpoint or spec)
+        tensors, meta = load_checkpoint(ckpt)
+        _, g = rebuild(meta, str(ckpt.with_suffix(".json")))
+    else:
+        resolved, g = _compile(spec, overrides)
+        if checkpoint is None:
+            return None, "random weights, seed 0", g
+        ckpt, _ = find_checkpoint(checkpoint)
+        tensors, meta = load_checkpoint(ckpt)
+        if meta.get("spec_hash") != resolved.hash:
+            raise CheckpointError(
+                f"{ckpt} was written for spec hash {meta.get('spec_hash')}, but {spec} hashes "
+                f"to {resolved.hash}; export the run itself (rescompile export RUN)"
+            )
+    step = (meta.get("state") or {}).get("step")
+    return tensors, f"weights of {ckpt.name}, step {step}", g
+
+
+@app.command()
+def weights(
+    run: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN|CHECKPOINT",
+            help="a run directory (its latest checkpoint) or a ckpt-NNNNNN.safetensors file",
+        ),
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="default: NAME.safetensors", metavar="FILE"),
+    ] = None,
+) -> None:
+    """Write a checkpoint's model tensors alone: a plain state_dict for the run's model.py.
+
+    The file is safetensors, keyed like the emitted PyTorch model's state_dict() (optimizer
+    state dropped), so `model.load_state_dict(safetensors.torch.load_file(FILE))` loads it
+    strictly; rescompile.backends.flax.convert loads it into the Flax model.
+    """
+    from safetensors.numpy import save
+
+    from rescompile.harness.checkpoint import load_checkpoint, split_optimizer
+    from rescompile.harness.evaluate import find_checkpoint, rebuild
+
+    ckpt, _ = find_checkpoint(run)
+    tensors, meta = load_checkpoint(ckpt)
+    _, g = rebuild(meta, str(ckpt.with_suffix(".json")))
+    model, _ = split_optimizer(tensors)
+    step = (meta.get("state") or {}).get("step")
+    metadata = {"spec": g.name, "spec_hash": str(meta.get("spec_hash")), "step": str(step)}
+    out = output if output is not None else f"{g.name}.safetensors"
+    if out == "-":
+        raise UserError("safetensors is binary: give -o FILE")
+    from rescompile.files import write_file
+
+    written = write_file(out, save(model, metadata=metadata), parents=True)
+    typer.echo(
+        f"wrote {written} ({len(model)} model tensors of {ckpt.name}, step {step})", err=True
+    )
 
 
 class GraphFormat(StrEnum):
@@ -507,12 +606,70 @@ def train(
     warmup: Annotated[
         bool | None, _opt("paper warm-up (default: 110+ layers)", "--warmup/--no-warmup")
     ] = None,
+    init_from: Annotated[
+        str | None,
+        _opt(
+            "start from these weights: a run or checkpoint, a .safetensors or .pth state_dict "
+            "(another num_classes re-initialises the classifier)",
+            "--init-from",
+        ),
+    ] = None,
     quiet: Annotated[bool, _opt("no progress output", "--quiet", "-q")] = False,
 ) -> None:
     """Train a spec with a backend; writes a run directory (metrics, checkpoints, curves)."""
     from rescompile.harness.loop import run_from_cli
 
     run_from_cli(locals())
+
+
+class EvalFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN|CHECKPOINT",
+            help="a run directory (its latest checkpoint) or a ckpt-NNNNNN.safetensors file",
+        ),
+    ],
+    data: Annotated[
+        str | None, _opt("data with the run's classes (default: the run's)", "--data")
+    ] = None,
+    split: Annotated[str, _opt("test | train", "--split")] = "test",
+    backend: Annotated[
+        str | None,
+        _opt("torch | flax (default: the run's)", "--backend", "-b", autocompletion=_backend_names),
+    ] = None,
+    batch_size: Annotated[int | None, _opt("evaluation batch size", "--batch-size")] = None,
+    device: Annotated[str | None, _opt("cpu | cuda | gpu", "--device")] = None,
+    precision: Annotated[
+        str | None, _opt("fp32 | bf16 (default: the run's)", "--precision")
+    ] = None,
+    format: Annotated[EvalFormat, typer.Option("--format", "-f")] = EvalFormat.table,
+    output: OutOpt = None,
+) -> None:
+    """Evaluate a checkpoint: loss, top-1 and top-5 error and images/s, with either backend."""
+    import json
+
+    from rescompile.harness.evaluate import evaluate, render_table
+
+    result = evaluate(
+        target,
+        data=data,
+        backend=backend,
+        split=split,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+    )
+    if format is EvalFormat.json:
+        _emit(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n", output)
+    else:
+        _emit(render_table(result) + "\n", output)
 
 
 @app.command()

@@ -124,6 +124,8 @@ def test_completion_offers_the_backends():
         "check",
         "build",
         "export",
+        "weights",
+        "eval",
         "graph",
         "schema",
         "train",

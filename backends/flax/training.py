@@ -23,7 +23,7 @@ evaluations and state; see :mod:`rescompile.harness.runtime` for the contract.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,12 @@ class FlaxRuntime:
             correct = ((logits.argmax(-1) == y) * mask).sum()
             return jnp.stack([loss, correct.astype(jnp.float32)])
 
+        def logits_step(params, stats, other, x, mean, std):
+            model = nnx.merge(gd_eval, params, stats, other)
+            return model(normalize(x, mean, std)).astype(jnp.float32)
+
         rep = self.replicated
+        self._logits = jax.jit(logits_step)
         self._train = jax.jit(
             train_step,
             donate_argnums=(0, 1, 2, 3),
@@ -319,6 +324,24 @@ class FlaxRuntime:
             )
         loss, correct = np.sum(np.asarray(jax.device_get(totals), np.float64), axis=0)
         return float(loss), int(round(correct)), n
+
+    def predict(self, split: str, batch_size: int) -> Iterator[np.ndarray]:
+        """The float32 logits of a whole split, batch by batch in the split's order, in
+        evaluation mode (batches of one fixed size: the last one padded, the padding dropped)."""
+        import jax
+
+        assert self.data is not None, "set_data() first"
+        x_all, y_all = self.data.split(split)
+        n = len(y_all)
+        size = -(-min(batch_size, n) // self.num_devices) * self.num_devices
+        for start in range(0, n, size):
+            index = np.arange(start, min(start + size, n))
+            count = len(index)
+            index = np.pad(index, (0, size - count))
+            logits = self._logits(
+                self.params, self.stats, self.other, self._put(x_all[index]), *self.mean_std
+            )
+            yield np.asarray(jax.device_get(logits))[:count]
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ the data. The driver asks it for steps, evaluations and state; see
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -157,8 +157,9 @@ class TorchRuntime:
             x_np, y_np = host_batch(self.data, batch, split)
             x = torch.from_numpy(x_np).permute(0, 3, 1, 2)
             y = torch.from_numpy(y_np)
-            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else
-                             torch.contiguous_format)
+            x = x.contiguous(
+                memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+            )
             return x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
         x_all, y_all = self.splits[split]
         index = self._to_device(batch.index)
@@ -246,6 +247,24 @@ class TorchRuntime:
         loss, correct, count = totals.tolist()
         return loss, int(correct), int(count)
 
+    @torch.no_grad()
+    def predict(self, split: str, batch_size: int) -> Iterator[np.ndarray]:
+        """The float32 logits of a whole split, batch by batch in the split's order, in
+        evaluation mode (a compiled model gets its last batch padded, the padding dropped)."""
+        assert self.data is not None, "set_data() first"
+        n = len(self.data.split(split)[1])
+        size = max(1, min(batch_size, n))
+        self.model.eval()
+        for start in range(0, n, size):
+            index = np.arange(start, min(start + size, n))
+            count = len(index)
+            if self.compiled and count < size:
+                index = np.concatenate([index, np.full(size - count, index[0])])
+            x, _ = self._inputs(Batch(-1, index), split)
+            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.eval_net(x).float()[:count]
+            yield logits.cpu().numpy()
+
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -259,8 +278,9 @@ class TorchRuntime:
     def load_state_dict(self, tensors: Mapping[str, np.ndarray]) -> None:
         model, momentum = split_state(tensors)
         counters = {k for k in model if k.endswith(".num_batches_tracked")}
-        check_compatible({k: v for k, v in model.items() if k not in counters}, self.expected,
-                         ignore_prefix=None)
+        check_compatible(
+            {k: v for k, v in model.items() if k not in counters}, self.expected, ignore_prefix=None
+        )
         own = self.model.state_dict()
         with torch.no_grad():
             for key, value in own.items():
@@ -273,10 +293,15 @@ class TorchRuntime:
             p = self.params[name]
             buf = torch.from_numpy(np.array(array, dtype=np.float32)).to(self.dev)
             if buf.shape != p.shape:
-                raise ValueError(f"momentum buffer {name} has shape {tuple(buf.shape)}, "
-                                 f"the parameter {tuple(p.shape)}")
-            buf = buf.to(memory_format=torch.channels_last) if (
-                self.channels_last and p.dim() == 4) else buf
+                raise ValueError(
+                    f"momentum buffer {name} has shape {tuple(buf.shape)}, "
+                    f"the parameter {tuple(p.shape)}"
+                )
+            buf = (
+                buf.to(memory_format=torch.channels_last)
+                if (self.channels_last and p.dim() == 4)
+                else buf
+            )
             self.optimizer.state[p]["momentum_buffer"] = buf
 
     def close(self, *, aborted: bool = False) -> None:

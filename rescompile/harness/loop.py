@@ -68,6 +68,7 @@ MODEL_FILE = "model.py"
 CURVES_FILE = "curves.png"
 PROGRESS_POINTS = 200  # training-curve points logged per run, by default
 EVAL_POINTS = 50  # evaluations per run, by default
+MIN_EVAL_EVERY = 10  # by default a short run evaluates and checkpoints every 10 steps, not each
 
 
 class TrainingDiverged(UserError):
@@ -101,6 +102,7 @@ class TrainConfig:
     augment: bool | None = None  # None: the dataset's convention (CIFAR: pad-crop-flip)
     warmup: bool | None = None  # None: paper-cifar warms up nets of 110 layers or more
     quiet: bool = False
+    init_from: str | None = None  # start from these weights (rescompile.harness.init)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,7 +205,7 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
         value = getattr(config, what)
         if value is not None and value <= 0:
             raise UserError(f"--{what.replace('_', '-')} must be positive, got {value}")
-    eval_every = config.eval_every or max(1, total // EVAL_POINTS)
+    eval_every = config.eval_every or max(MIN_EVAL_EVERY, total // EVAL_POINTS)
     ckpt_every = config.ckpt_every or eval_every
     log_every = config.log_every or max(1, min(eval_every, total // PROGRESS_POINTS))
     augment = dataset.augment == "pad_crop_flip" if config.augment is None else config.augment
@@ -222,8 +224,9 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
 
 def _write_json(path: Path, data: Any) -> None:
     from rescompile.files import write_file
+    from rescompile.harness.metrics import dumps
 
-    write_file(path, json.dumps(data, indent=2, default=str) + "\n")
+    write_file(path, dumps(data, indent=2) + "\n")  # strict JSON: a NaN is the string "NaN"
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,6 +545,9 @@ class _Session:
         self.window_correct: list[int] = []
         self.window_timed = 0  # steps of the window that count towards images/s
         self.last_train_error = float("nan")
+        self.last_ips = 0.0
+        self.init_note: str | None = None
+        self.loop_start, self.loop_start_step = 0.0, 0
         self.timer = 0.0
         self.step = 0
         self.last_ckpt = -1
@@ -557,6 +563,8 @@ class _Session:
             )
         )
         resumed_from = self._restore() if saved is not None else None
+        if self.config.init_from and self.step == 0:  # a new run (or one with no checkpoint)
+            self.init_note = self._init_from(self.config.init_from)
         self.reporter = _Reporter(self.total, self.step, self.config.quiet, enabled=self.rank0)
         if self.rank0:
             self._open_run_dir(new=saved is None)
@@ -621,6 +629,22 @@ class _Session:
         self.clock = _Clock.from_state(state)
         return ckpt
 
+    def _init_from(self, path: str) -> str:
+        """Load the starting weights of a fine-tuning run; the note says what was loaded."""
+        from rescompile.harness.checkpoint import split_optimizer
+        from rescompile.harness.init import classifier_keys, fit_weights, read_weights
+
+        own = split_optimizer(self.rt.state_dict())[0]
+        fitted, fresh = fit_weights(read_weights(path), own, classifier_keys(self.graph))
+        self.rt.load_state_dict(fitted)
+        note = f"initialised from {path}"
+        if fresh:
+            note += (
+                f"; the classifier ({', '.join(fresh)}) re-initialised for "
+                f"{self.graph.num_classes} classes: the file's has another shape (fine-tuning)"
+            )
+        return note
+
     def _open_run_dir(self, new: bool) -> None:
         from rescompile.files import write_file
         from rescompile.harness.metrics import MetricsLogger
@@ -629,12 +653,12 @@ class _Session:
         if new:
             _write_json(self.run_dir / SPEC_FILE, self.spec_json)
             write_file(self.run_dir / MODEL_FILE, self.source)
-            _write_json(
-                self.run_dir / CONFIG_FILE,
-                _config_record(
-                    self.config, self.resolved, self.graph, self.dataset, self.p, self.rt
-                ),
+            record = _config_record(
+                self.config, self.resolved, self.graph, self.dataset, self.p, self.rt
             )
+            if self.init_note:
+                record["init_note"] = self.init_note
+            _write_json(self.run_dir / CONFIG_FILE, record)
         # a resumed run drops the records written after its checkpoint by the killed process
         self.logger = MetricsLogger(self.run_dir, resume_step=None if new else self.step)
 
@@ -652,6 +676,7 @@ class _Session:
             f"world size {rt.world_size}; recipe {p.recipe.name}: {self.total} steps of "
             f"{self.bs} ({plan.epochs:.1f} epochs), lr {p.recipe.lr}, milestones "
             f"{list(plan.milestones)}{warm}\nrun directory {self.run_dir}{where}"
+            + (f"\n{self.init_note}" if self.init_note else "")
         )
 
     def _loop(self) -> None:
@@ -664,6 +689,7 @@ class _Session:
         self.pending_from = self.step
         first = True
         self.timer = time.perf_counter()
+        self.loop_start, self.loop_start_step = self.timer, self.step
         while self.step < self.total:
             epoch, index = divmod(self.step, self.spe)
             if epoch != order_epoch:
@@ -793,6 +819,7 @@ class _Session:
         images = len(self.window_loss) * self.bs
         timed = self.window_timed * self.bs
         ips = timed / elapsed if elapsed > 0 and timed else 0.0
+        self.last_ips = ips or self.last_ips
         self.clock.train_s += elapsed if timed else 0.0
         self.clock.timed_images += timed
         loss = float(np.mean(self.window_loss))
@@ -825,8 +852,19 @@ class _Session:
             shown = "  n/a " if math.isnan(train_err) else f"{100 * train_err:5.1f}%"
             self.reporter.say(
                 f"step {self.step:>{width}}/{self.total}  train err {shown}  "
-                f"test err {100 * err:5.1f}%  test loss {loss:.3f}  lr {self.lr:.3g}"
+                f"test err {100 * err:5.1f}%  test loss {loss:.3f}  lr {self.lr:.3g}  "
+                f"{self._pace()}"
             )
+
+    def _pace(self) -> str:
+        """Training images/s (of the last logged window), time elapsed in this session and the
+        estimated time left (at this session's pace so far, evaluations and checkpoints
+        included): what the progress bar shows on a terminal, for logs without one."""
+        now = time.perf_counter()
+        elapsed = now - self.session_start
+        done = self.step - self.loop_start_step
+        left = (self.total - self.step) * (now - self.loop_start) / done if done > 0 else 0.0
+        return f"{self.last_ips:,.0f} img/s  elapsed {_hms(elapsed)}  ETA {_hms(left)}"
 
     def _save(self) -> None:
         from rescompile.harness.checkpoint import save_checkpoint
@@ -887,6 +925,13 @@ class _Session:
                 f"interrupted: saved a checkpoint at step {self.step}; "
                 f"continue with --resume {self.run_dir}"
             )
+
+
+def _hms(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    m, sec = divmod(int(round(max(seconds, 0.0))), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 def _checked_state(state: Any, total: int) -> dict[str, Any]:
@@ -1078,6 +1123,7 @@ _RUN_OPTIONS = {  # CLI name -> TrainConfig field
     "device": "device",
     "augment": "augment",
     "warmup": "warmup",
+    "init_from": "init_from",
 }
 
 
@@ -1106,6 +1152,8 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
         )
     if args.get("precision") not in (None, "fp32", "bf16"):
         raise UserError(f"--precision is fp32 or bf16, not {args['precision']!r}")
+    if args.get("init_from") is not None and not Path(args["init_from"]).exists():
+        raise UserError(f"--init-from {args['init_from']}: no such file or directory")
     if args.get("steps") is not None and args.get("epochs") is not None:
         raise UserError("give the run length as --steps or --epochs, not both")
     if args.get("recipe") is not None:

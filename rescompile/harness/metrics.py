@@ -8,8 +8,12 @@ One JSON object per line, written and flushed as it happens:
   ``{"kind": "eval", "step", "test_loss", "test_error", "time"}``
 
 ``step`` is the number of optimizer updates done when the record was written; errors are
-fractions in [0, 1] (plots show percent); ``time`` is seconds since the Unix epoch. A non-finite
-loss is written as ``NaN``/``Infinity``, which Python's :mod:`json` reads back.
+fractions in [0, 1] (plots show percent); ``time`` is seconds since the Unix epoch.
+
+The file is strict JSON (RFC 8259), readable by any parser: a non-finite number (the loss of a
+diverged step) is written as the **string** ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, never
+bare, and :func:`read_metrics` turns those strings back into floats. ``summary.json`` and
+``config.json`` follow the same rule (:func:`strict_json`).
 
 A run resumed from a checkpoint at step *k* opens the logger with ``resume_step=k``: records
 with ``step > k`` (written after that checkpoint by the killed process) and any partially
@@ -19,6 +23,7 @@ written last line are dropped, so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -31,7 +36,7 @@ import numpy as np
 from rescompile.errors import UserError
 from rescompile.files import write_temp
 
-__all__ = ["METRICS_FILE", "MetricsLogger", "metrics_path", "read_metrics"]
+__all__ = ["METRICS_FILE", "MetricsLogger", "dumps", "metrics_path", "read_metrics", "strict_json"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -51,6 +56,38 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to metrics.jsonl")
 
 
+NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by its string (``"NaN"``, ``"Infinity"``,
+    ``"-Infinity"``) and numpy scalars and arrays made plain, ready for strict JSON."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def dumps(value: Any, *, default: Any = str, **kw: Any) -> str:
+    """Strict JSON text of ``value`` (see :func:`strict_json`); other objects via ``default``."""
+    return json.dumps(strict_json(value), allow_nan=False, default=default, **kw)
+
+
+def _decode(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: NONFINITE[v] if isinstance(v, str) and v in NONFINITE else v for k, v in record.items()
+    }
+
+
 def _parse(text: str, source: Path, *, strict: bool) -> list[dict[str, Any]]:
     """Parse JSON lines. A final line cut short by a crash is dropped; in the middle of the
     file a bad line raises ``ValueError`` when ``strict``, else ends the parse there."""
@@ -64,7 +101,7 @@ def _parse(text: str, source: Path, *, strict: bool) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             record = None
         if isinstance(record, dict) and "step" in record:
-            records.append(record)
+            records.append(_decode(record))
             continue
         if number == len(lines) or not strict:  # unterminated last line, or lenient
             break
@@ -103,7 +140,7 @@ class MetricsLogger:
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the file with ``records`` atomically, so a crash here loses nothing."""
-        text = "".join(json.dumps(r, default=_to_json) + "\n" for r in records)
+        text = "".join(dumps(r, default=_to_json) + "\n" for r in records)
         tmp = write_temp(self.path.parent, self.path.name, text.encode("utf-8"))
         try:
             os.replace(tmp, self.path)
@@ -118,7 +155,7 @@ class MetricsLogger:
         if not isinstance(record.get("step"), int | np.integer):
             raise ValueError(f"a metrics record needs an integer 'step', got {record!r}")
         try:
-            self._file.write(json.dumps(dict(record), default=_to_json) + "\n")
+            self._file.write(dumps(dict(record), default=_to_json) + "\n")
             self._file.flush()
         except OSError as e:  # a full disk, a file-size limit
             raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None

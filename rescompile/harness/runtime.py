@@ -204,6 +204,9 @@ class Runtime(Protocol):
         """``(summed loss, correct, count)`` over a whole split (``"train"`` or ``"test"``), in
         evaluation mode (BatchNorm running statistics), without augmentation, over all ranks."""
 
+    # Optional: ``predict(split, batch_size)`` yields the float32 logits of a whole split,
+    # batch by batch in order, in evaluation mode (``rescompile eval``; both built-ins have it).
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Model tensors and ``optim/...`` momentum buffers in the portable layout."""
 

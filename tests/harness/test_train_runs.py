@@ -8,6 +8,7 @@ Small nets (digits ResNet-8: one block per stage), small batches and few steps k
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -34,24 +35,40 @@ def env(tmp_path_factory) -> dict[str, str]:
     """One thread per process (two processes share two cores in several tests) and a
     compilation cache shared by this module's flax processes."""
     e = dict(os.environ)
-    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-             RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")))
+    e.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")),
+    )
     e.pop("WORLD_SIZE", None)
     return e
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rescompile", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rescompile", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rescompile", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rescompile", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def records(run: Path, keys=("kind", "step", "loss", "train_error", "lr", "test_error",
-                             "test_loss")) -> list[tuple]:
+def records(
+    run: Path, keys=("kind", "step", "loss", "train_error", "lr", "test_error", "test_loss")
+) -> list[tuple]:
     return [tuple(r.get(k) for k in keys) for r in read_metrics(run)]
 
 
@@ -60,11 +77,31 @@ def records(run: Path, keys=("kind", "step", "loss", "train_error", "lr", "test_
 
 def test_train_writes_a_complete_run_directory_and_plot_overlays_runs(tmp_path, env):
     run = tmp_path / "run"
-    p = cli("train", *SMALL, "--steps", "30", "--eval-every", "10", "--ckpt-every", "10",
-            "--out", str(run), env=env)
+    p = cli(
+        "train",
+        *SMALL,
+        "--steps",
+        "30",
+        "--eval-every",
+        "10",
+        "--ckpt-every",
+        "10",
+        "--out",
+        str(run),
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
-    for name in ("config.json", "spec.json", "model.py", "metrics.jsonl", "summary.json",
-                 "curves.png", "latest", "ckpt-000030.safetensors", "ckpt-000030.json"):
+    for name in (
+        "config.json",
+        "spec.json",
+        "model.py",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+        "latest",
+        "ckpt-000030.safetensors",
+        "ckpt-000030.json",
+    ):
         assert (run / name).is_file(), name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -84,13 +121,20 @@ def test_train_writes_a_complete_run_directory_and_plot_overlays_runs(tmp_path, 
 
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "completed" and s["steps"] == 30 and s["backend"] == "torch"
-    for key in ("final_train_error", "final_train_error_running", "final_test_error",
-                "best_test_error"):
+    for key in (
+        "final_train_error",
+        "final_train_error_running",
+        "final_test_error",
+        "best_test_error",
+    ):
         assert 0 <= s[key] <= 1, key
     assert s["final_test_error"] < 0.5  # it learned something
     assert s["images_per_s"] > 0 and s["wall_time_s"] > 0 and s["device"].startswith("cpu")
     assert [c.name for c in list_checkpoints(run)] == [
-        "ckpt-000010.safetensors", "ckpt-000020.safetensors", "ckpt-000030.safetensors"]
+        "ckpt-000010.safetensors",
+        "ckpt-000020.safetensors",
+        "ckpt-000030.safetensors",
+    ]
 
     fig = tmp_path / "fig.png"
     p = cli("plot", str(run), str(run), "-o", str(fig), "--label", "a", "--label", "b", env=env)
@@ -101,8 +145,17 @@ def test_train_writes_a_complete_run_directory_and_plot_overlays_runs(tmp_path, 
 
 
 def test_bad_data_path_is_a_clear_error(tmp_path, env):
-    p = cli("train", DIGITS, "--data", f"cifar10:{tmp_path / 'nowhere'}", "--steps", "1",
-            "--out", str(tmp_path / "r"), env=env)
+    p = cli(
+        "train",
+        DIGITS,
+        "--data",
+        f"cifar10:{tmp_path / 'nowhere'}",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        env=env,
+    )
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "does not exist" in p.stderr and "cifar-10-batches-py" in p.stderr
     assert "never downloads" in p.stderr
@@ -110,8 +163,9 @@ def test_bad_data_path_is_a_clear_error(tmp_path, env):
 
 def test_spec_that_does_not_fit_the_data_is_a_clear_error(tmp_path, env):
     spec = str(ROOT / "specs" / "paper" / "cifar-resnet20.yaml")
-    p = cli("train", spec, "--data", "digits", "--steps", "1", "--out", str(tmp_path / "r"),
-            env=env)
+    p = cli(
+        "train", spec, "--data", "digits", "--steps", "1", "--out", str(tmp_path / "r"), env=env
+    )
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "digits images are 8x8x1" in p.stderr and "32x32x3" in p.stderr
     assert "--set input.channels=1 --set input.size=8" in p.stderr
@@ -138,14 +192,28 @@ def test_option_errors_need_no_training(tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "flax"])
 def test_sigkill_then_resume_ends_bitwise_like_an_uninterrupted_run(tmp_path, env, backend):
-    args = ["train", *SMALL, "--backend", backend, "--steps", "160", "--ckpt-every", "10",
-            "--eval-every", "40", "--keep", "2"]
+    args = [
+        "train",
+        *SMALL,
+        "--backend",
+        backend,
+        "--steps",
+        "160",
+        "--ckpt-every",
+        "10",
+        "--eval-every",
+        "40",
+        "--keep",
+        "2",
+    ]
     ref, victim = tmp_path / "ref", tmp_path / "victim"
     reference = start(*args, "--out", str(ref), env=env)
     killed = start(*args, "--out", str(victim), env=env)
     deadline = time.monotonic() + 600  # a hang check
-    while (latest_checkpoint(victim) is None or latest_checkpoint(victim).name
-           < "ckpt-000030.safetensors"):
+    while (
+        latest_checkpoint(victim) is None
+        or latest_checkpoint(victim).name < "ckpt-000030.safetensors"
+    ):
         assert killed.poll() is None, killed.communicate()[1]
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -168,15 +236,31 @@ def test_sigkill_then_resume_ends_bitwise_like_an_uninterrupted_run(tmp_path, en
     # the log reads as one uninterrupted run: same records, no step twice
     assert records(victim) == records(ref)
     summary = json.loads((victim / "summary.json").read_text())
-    assert summary["final_test_error"] == json.loads((ref / "summary.json").read_text())[
-        "final_test_error"]
+    assert (
+        summary["final_test_error"]
+        == json.loads((ref / "summary.json").read_text())["final_test_error"]
+    )
 
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, env):
     run = tmp_path / "run"
     # the paper's warm-up (lr 0.01 for the first 6 of 1000 steps) then an absurd lr 1e6
-    p = cli("train", *SMALL, "--steps", "1000", "--warmup", "--lr", "1e6", "--ckpt-every", "2",
-            "--eval-every", "1000", "--out", str(run), env=env)
+    p = cli(
+        "train",
+        *SMALL,
+        "--steps",
+        "1000",
+        "--warmup",
+        "--lr",
+        "1e6",
+        "--ckpt-every",
+        "2",
+        "--eval-every",
+        "1000",
+        "--out",
+        str(run),
+        env=env,
+    )
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "became nan" in p.stderr or "became inf" in p.stderr
     assert "the last good checkpoint is" in p.stderr
@@ -188,6 +272,12 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, env)
     assert meta["state"]["step"] < summary["step"]
     assert all(np.isfinite(v).all() for v in tensors.values())
     assert not any(r["step"] > summary["step"] for r in read_metrics(run))
+    # strict JSON: the non-finite value is the string "NaN" / "Infinity", never bare
+    assert summary["value"] in ("NaN", "Infinity", "-Infinity")
+    strict = json.JSONDecoder(parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        strict.decode(line)
+    assert not math.isfinite(read_metrics(run)[-1]["loss"])
 
 
 # -- data parallel -------------------------------------------------------------------------------
@@ -201,10 +291,26 @@ def _free_port() -> int:
 
 def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "rescompile",
-           "train", *SMALL, "--steps", "20", "--eval-every", "10", "--ckpt-every", "10",
-           "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "rescompile",
+        "train",
+        *SMALL,
+        "--steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--ckpt-every",
+        "10",
+        "--out",
+        str(run),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((run / "summary.json").read_text())
@@ -220,8 +326,22 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
 def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
     run = tmp_path / "sharded"
     e = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    p = cli("train", *SMALL, "--backend", "flax", "--steps", "20", "--eval-every", "10",
-            "--ckpt-every", "10", "--out", str(run), env=e, timeout=600)
+    p = cli(
+        "train",
+        *SMALL,
+        "--backend",
+        "flax",
+        "--steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--ckpt-every",
+        "10",
+        "--out",
+        str(run),
+        env=e,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())
     assert s["settings"]["devices"] == 2 and s["device"].startswith("cpu x2")
@@ -244,8 +364,9 @@ def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
         "print(len(leaf.sharding.device_set), leaf.sharding.is_fully_replicated,\n"
         "      [s.data.shape[0] for s in idx.addressable_shards])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env=e, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=e, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "2 True [4, 4]"
 
@@ -253,11 +374,14 @@ def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
 # -- the plan a run gets -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("spec", "layers", "warmup"), [
-    ("paper/resnet50.yaml", 50, 0),  # projection shortcuts are not layers
-    ("paper/cifar-resnet56.yaml", 56, 0),
-    ("paper/cifar-resnet110.yaml", 110, 400),  # the paper warms up ResNet-110 at lr 0.01
-])
+@pytest.mark.parametrize(
+    ("spec", "layers", "warmup"),
+    [
+        ("paper/resnet50.yaml", 50, 0),  # projection shortcuts are not layers
+        ("paper/cifar-resnet56.yaml", 56, 0),
+        ("paper/cifar-resnet110.yaml", 110, 400),  # the paper warms up ResNet-110 at lr 0.01
+    ],
+)
 def test_paper_layer_count_decides_the_warm_up(spec, layers, warmup):
     from rescompile.compiler import compile_spec
     from rescompile.harness.data import synthetic
@@ -279,8 +403,20 @@ def test_torch_compile_channels_last_bf16_on_cpu(tmp_path, env):
     """The GPU defaults (torch.compile, channels_last, bf16 autocast) on the CPU: slow (inductor
     compiles C++), so not in the default run."""
     run = tmp_path / "compiled"
-    p = cli("train", *SMALL, "--steps", "10", "--compile", "--channels-last", "--precision",
-            "bf16", "--out", str(run), env=env, timeout=900)
+    p = cli(
+        "train",
+        *SMALL,
+        "--steps",
+        "10",
+        "--compile",
+        "--channels-last",
+        "--precision",
+        "bf16",
+        "--out",
+        str(run),
+        env=env,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())
     assert s["settings"]["compile"] and s["settings"]["channels_last"]
