@@ -26,8 +26,11 @@ from rescompile.errors import EmitError
 
 NAME = "flax"
 SUFFIX = ".py"
+# The family features (rescompile.ir.features) this backend emits.
+FEATURES = frozenset({"stem_widths"})
 
 __all__ = [
+    "FEATURES",
     "NAME",
     "SUFFIX",
     "EmitError",

@@ -29,8 +29,20 @@ if TYPE_CHECKING:
 
 NAME = "torch"
 SUFFIX = ".py"
+# The family features (rescompile.ir.features) this backend emits.
+FEATURES = frozenset({"stem_widths"})
 
-__all__ = ["NAME", "SUFFIX", "EmitError", "build_model", "check", "emit", "export", "load_module"]
+__all__ = [
+    "FEATURES",
+    "NAME",
+    "SUFFIX",
+    "EmitError",
+    "build_model",
+    "check",
+    "emit",
+    "export",
+    "load_module",
+]
 
 
 def load_module(source: str, class_name: str) -> Any:

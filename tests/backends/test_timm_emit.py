@@ -1,0 +1,66 @@
+"""timm's ResNet family through the emitters, feature by feature (no timm needed).
+
+For a few ``specs/timm`` models per family feature a backend declares (``FEATURES`` in
+``backends/<name>/__init__.py``):
+
+* the emitted PyTorch model's ``state_dict`` has exactly timm's keys, order and shapes, read from
+  the committed fixture ``tests/fixtures/timm/resnet.json`` (recorded from timm itself by
+  ``scripts/timm_fixture.py``), so it loads timm's weights with ``strict=True``;
+* ``check()`` finds the emitted model equal to its IR (shapes, parameters, buffers, FLOPs);
+* the emitted flax model, given the PyTorch model's weights, computes the same logits in eval mode
+  (relative error below 1e-4, as tests/backends/test_cross_backend.py).
+
+Outputs against timm's own models need timm: ``scripts/timm_outputs_check.py`` (results in
+docs/timm-family.md). The models run at 32x32 (their final maps are 1x1).
+"""
+
+from __future__ import annotations
+
+import pytest
+from rescompile.backends import flax as flax_backend
+from rescompile.backends import torch as torch_backend
+from spec_cases import ROOT, compiled, small
+from test_cross_backend import TOL, eval_pair, rel_err
+from test_timm_family import decode_layout, fixture
+
+from rescompile.ir.features import features
+
+# feature -> the small models of timm's resnet.py that the default suite emits for it
+CASES: dict[str, list[str]] = {
+    "stem_widths": ["resnet10t", "resnet26t"],
+}
+MODELS = sorted({m for ms in CASES.values() for m in ms})
+
+
+def _path(name: str):
+    return ROOT / "specs" / "timm" / f"{name}.yaml"
+
+
+def test_both_backends_declare_the_features_tested_here():
+    for backend in (torch_backend, flax_backend):
+        assert set(CASES) <= backend.FEATURES
+    for feature, models in CASES.items():
+        for m in models:
+            assert feature in features(compiled(_path(m))[1]), (feature, m)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_emitted_torch_model_has_timms_state_dict_layout(name):
+    g = compiled(_path(name))[1]
+    model = torch_backend.build_model(g)
+    got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert got == decode_layout(fixture()["models"][name]["state_dict"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_emitted_torch_model_matches_its_ir(name):
+    g = compiled(_path(name), small(_path(name)))[1]
+    rows = torch_backend.check(g, torch_backend.emit(g))
+    assert rows and all(ok for *_, ok in rows), [r for r in rows if not r[-1]]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_flax_agrees_with_torch_on_timms_models(name):
+    got, want = eval_pair(_path(name), small(_path(name)))
+    assert got.shape == want.shape
+    assert rel_err(got, want) < TOL
