@@ -232,12 +232,11 @@ def test_library_features_outside_timm():
 
 def test_build_refuses_a_feature_the_backend_does_not_declare(tmp_path):
     out = tmp_path / "model.py"
-    r = run_cli("build", str(ROOT / "specs" / "timm" / "seresnet50.yaml"), "-o", str(out))
+    r = run_cli("build", str(ROOT / "specs" / "timm" / "resnet50_gn.yaml"), "-o", str(out))
     assert r.code == 1 and not out.exists()
     assert r.stderr == (
-        "error: the torch backend cannot emit seresnet50 yet: it does not support "
-        "squeeze-and-excitation attention (attention: se) (rescompile report, check and graph "
-        "do)\n"
+        "error: the torch backend cannot emit resnet50_gn yet: it does not support "
+        "GroupNorm (norm: {kind: group}) (rescompile report, check and graph do)\n"
     )
 
 
@@ -410,7 +409,7 @@ def test_train_refuses_a_feature_the_backend_does_not_declare(tmp_path):
         "train",
         digits,
         "--set",
-        "block={kind: basic, attention: se}",
+        "norm={kind: group, groups: 8}",
         "--data",
         "digits",
         "--steps",

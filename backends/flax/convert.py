@@ -7,7 +7,8 @@ names are PyTorch's, so the keys are those of the emitted PyTorch model's ``stat
 =====================  ==========================  ==================================
 flax (NHWC)            PyTorch (NCHW)              conversion
 =====================  ==========================  ==================================
-Conv ``kernel``        ``weight``                  HWIO <-> OIHW
+Conv ``kernel``        ``weight``                  HWIO <-> OIHW (1-d, ECA: WIO <-> OIW)
+Conv ``bias``          ``bias``                    as is (SE's 1x1 convs)
 Linear ``kernel``      ``weight``                  (in, out) <-> (out, in)
 Linear ``bias``        ``bias``                    as is
 BatchNorm ``scale``    ``weight``                  as is
@@ -83,6 +84,8 @@ def _to_torch(value: Any) -> np.ndarray:
     a = np.asarray(value)
     if a.ndim == 4:  # conv kernel HWIO -> OIHW
         return a.transpose(3, 2, 0, 1)
+    if a.ndim == 3:  # 1-d conv kernel WIO -> OIW (ECA)
+        return a.transpose(2, 1, 0)
     if a.ndim == 2:  # linear kernel (in, out) -> (out, in)
         return a.T
     return a
@@ -91,6 +94,8 @@ def _to_torch(value: Any) -> np.ndarray:
 def _from_torch(value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:  # OIHW -> HWIO
         return value.transpose(2, 3, 1, 0)
+    if value.ndim == 3:  # OIW -> WIO
+        return value.transpose(2, 1, 0)
     if value.ndim == 2:
         return value.T
     return value

@@ -23,6 +23,8 @@ from rescompile.emission.layout import (
 )
 from rescompile.emission.names import num
 from rescompile.emission.plan import (
+    ATTENTION_DEFAULTS,
+    ATTENTION_HELPERS,
     BlockCall,
     BlockClass,
     ConvHelper,
@@ -32,6 +34,7 @@ from rescompile.emission.plan import (
     Projection,
     Stage,
     Step,
+    attention_args,
     header,
     make_plan,
     model_doc,
@@ -60,6 +63,10 @@ def _v(x: object) -> str:
     return x.name if isinstance(x, Param) else num(x)
 
 
+def _lit(x: object) -> str:
+    return "None" if x is None else num(x)
+
+
 class _Renderer:
     def __init__(self, plan: Plan):
         self.p = plan
@@ -73,6 +80,7 @@ class _Renderer:
         p = self.p
         parts = [docstring(header(p, "flax", NOTES), 0), [*self.imports(), "", *self.he_normal()]]
         parts += [self.conv_helper(c) for c in p.convs]
+        parts += [self.attention(k) for k in p.attention]
         if p.num_classes:
             parts.append(self.linear())
         if p.eps:
@@ -88,7 +96,8 @@ class _Renderer:
         return join_parts(parts)
 
     def imports(self) -> list[str]:
-        return ["import jax", "import jax.numpy as jnp", "from flax import nnx"]
+        first = ["import math", ""] if "eca" in self.p.attention else []
+        return [*first, "import jax", "import jax.numpy as jnp", "from flax import nnx"]
 
     # -- modules -------------------------------------------------------------------------------
     def layer(self, m: Layer, zero: bool = False) -> Call | str:
@@ -110,6 +119,10 @@ class _Renderer:
             return Call("nnx.Dropout", (_v(a["p"]), RNGS))
         if m.op is Op.LINEAR:
             return Call(self.n["linear"], (_v(a["in_features"]), "num_classes", RNGS))
+        if m.op is Op.SCALE:
+            helper = self.n[ATTENTION_HELPERS[a["kind"]]]
+            kws = [Kw(k, _lit(v)) for k, v in attention_args(m)]
+            return Call(helper, (_v(a["channels"]), *kws, RNGS))
         raise EmitError(f"no flax module for {m.op}")  # pragma: no cover
 
     def conv_call(self, k: int, cin: str, cout: str, stride: str, groups: str) -> Call:
@@ -202,6 +215,86 @@ class _Renderer:
             "groups" if c.groups else "1",
         )
         return lines + call_lines(call, 1, "return ")
+
+    def attention(self, kind: str) -> list[str]:
+        name = self.n[ATTENTION_HELPERS[kind]]
+        d = ATTENTION_DEFAULTS[kind]
+        he = self.n["he_normal"]
+        if kind == "se":
+            conv = "nnx.Conv({}, {}, (1, 1), kernel_init=" + he + ", rngs=rngs)"
+            return [
+                f"class {name}(nnx.Module):",
+                *docstring(
+                    "Squeeze-and-excitation (Hu et al. 2018), as timm's SEModule: global average "
+                    "pool, a 1x1 conv down to ``rd_channels``, ReLU, a 1x1 conv back up, and a "
+                    "sigmoid gate that scales ``x``.\n\n``rd_channels`` is ``channels * "
+                    "rd_ratio`` rounded to the nearest multiple of ``rd_divisor`` (halves up), "
+                    "at least ``rd_divisor`` (timm's make_divisible).",
+                    1,
+                ),
+                "",
+                *def_lines(
+                    "__init__",
+                    [
+                        "self",
+                        "channels: int",
+                        f"rd_ratio: float = {num(d['rd_ratio'])}",
+                        f"rd_divisor: int = {num(d['rd_divisor'])}",
+                        "*",
+                        "rngs: nnx.Rngs",
+                    ],
+                    "None",
+                ),
+                "        rd = int(channels * rd_ratio + rd_divisor / 2) // rd_divisor * rd_divisor",
+                "        rd_channels = max(rd_divisor, rd)",
+                f"        self.fc1 = {conv.format('channels', 'rd_channels')}",
+                f"        self.fc2 = {conv.format('rd_channels', 'channels')}",
+                "",
+                "    def __call__(self, x: jax.Array) -> jax.Array:",
+                "        s = x.mean(axis=(1, 2), keepdims=True)",
+                "        s = self.fc2(nnx.relu(self.fc1(s)))",
+                "        return x * jax.nn.sigmoid(s)",
+            ]
+        return [
+            f"class {name}(nnx.Module):",
+            *docstring(
+                "Efficient channel attention (Wang et al. 2020), as timm's EcaModule: global "
+                "average pool, a 1-d convolution across the channels, and a sigmoid gate that "
+                "scales ``x``.\n\nWithout ``kernel_size`` the kernel follows the channel "
+                "count: int((log2(channels) + 1) / 2), made odd, at least 3.",
+                1,
+            ),
+            "",
+            *def_lines(
+                "__init__",
+                ["self", "channels: int", "kernel_size: int | None = None", "*", "rngs: nnx.Rngs"],
+                "None",
+            ),
+            "        if kernel_size is None:",
+            "            t = int(abs(math.log(channels, 2) + 1) / 2)",
+            "            kernel_size = max(t if t % 2 else t + 1, 3)",
+            "        padding = (kernel_size - 1) // 2",
+            *call_lines(
+                Call(
+                    "nnx.Conv",
+                    (
+                        "1",
+                        "1",
+                        "(kernel_size,)",
+                        Kw("padding", "padding"),
+                        Kw("use_bias", "False"),
+                        RNGS,
+                    ),
+                ),
+                2,
+                "self.conv = ",
+            ),
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        y = x.mean(axis=(1, 2))[:, :, None]  # the channels as a 1-d signal",
+            "        y = jax.nn.sigmoid(self.conv(y))",
+            "        return x * y.reshape(x.shape[0], 1, 1, -1)",
+        ]
 
     def linear(self) -> list[str]:
         return [

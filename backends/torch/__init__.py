@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 NAME = "torch"
 SUFFIX = ".py"
 # The family features (rescompile.ir.features) this backend emits.
-FEATURES = frozenset({"stem_widths"})
+FEATURES = frozenset({"attention_eca", "attention_se", "stem_widths"})
 
 __all__ = [
     "FEATURES",

@@ -19,6 +19,8 @@ from rescompile.emission.layout import (
 )
 from rescompile.emission.names import num
 from rescompile.emission.plan import (
+    ATTENTION_DEFAULTS,
+    ATTENTION_HELPERS,
     BN_EPS,
     BN_MOMENTUM,
     BlockCall,
@@ -29,6 +31,7 @@ from rescompile.emission.plan import (
     Projection,
     Stage,
     Step,
+    attention_args,
     header,
     make_plan,
     model_doc,
@@ -51,6 +54,10 @@ def _v(x: object) -> str:
     return x.name if isinstance(x, Param) else num(x)
 
 
+def _lit(x: object) -> str:
+    return "None" if x is None else num(x)
+
+
 class _Renderer:
     def __init__(self, plan: Plan):
         self.p = plan
@@ -60,6 +67,7 @@ class _Renderer:
         p = self.p
         parts = [docstring(header(p, "torch", NOTES), 0), self.imports()]
         parts += [self.conv_helper(c) for c in p.convs]
+        parts += [self.attention(k) for k in p.attention]
         if p.zero_pad:
             parts.append(self.zero_pad())
         parts += [self.projection(h) for h in p.projections]
@@ -68,7 +76,8 @@ class _Renderer:
         return join_parts(parts)
 
     def imports(self) -> list[str]:
-        lines = ["import torch"]
+        lines = ["import math", ""] if "eca" in self.p.attention else []
+        lines.append("import torch")
         if self.p.zero_pad:
             lines.append(
                 "from torch.nn import functional"
@@ -128,6 +137,10 @@ class _Renderer:
             return Call("nn.Dropout", (Kw("p", _v(a["p"])),))
         if m.op is Op.LINEAR:
             return Call("nn.Linear", (_v(a["in_features"]), "num_classes"))
+        if m.op is Op.SCALE:
+            helper = self.p.names[ATTENTION_HELPERS[a["kind"]]]
+            kws = [Kw(k, _lit(v)) for k, v in attention_args(m)]
+            return Call(helper, (_v(a["channels"]), *kws))
         raise EmitError(f"no PyTorch module for {m.op}")  # pragma: no cover
 
     def step(self, s: Step) -> list[str]:
@@ -166,6 +179,71 @@ class _Renderer:
         args += [Kw("stride", "stride")] * c.stride + [Kw("padding", str(pad))] * (pad > 0)
         args += [Kw("groups", "groups")] * c.groups + [Kw("bias", "False")]
         return lines + call_lines(Call("nn.Conv2d", tuple(args)), 1, "return ")
+
+    def attention(self, kind: str) -> list[str]:
+        name = self.p.names[ATTENTION_HELPERS[kind]]
+        d = ATTENTION_DEFAULTS[kind]
+        if kind == "se":
+            return [
+                f"class {name}(nn.Module):",
+                *docstring(
+                    "Squeeze-and-excitation (Hu et al. 2018), as timm's SEModule: global average "
+                    "pool, a 1x1 conv down to ``rd_channels``, ReLU, a 1x1 conv back up, and a "
+                    "sigmoid gate that scales ``x``.\n\n``rd_channels`` is ``channels * "
+                    "rd_ratio`` rounded to the nearest multiple of ``rd_divisor`` (halves up), "
+                    "at least ``rd_divisor`` (timm's make_divisible).",
+                    1,
+                ),
+                "",
+                *def_lines(
+                    "__init__",
+                    [
+                        "self",
+                        "channels: int",
+                        f"rd_ratio: float = {num(d['rd_ratio'])}",
+                        f"rd_divisor: int = {num(d['rd_divisor'])}",
+                    ],
+                    "None",
+                ),
+                "        super().__init__()",
+                "        rd = int(channels * rd_ratio + rd_divisor / 2) // rd_divisor * rd_divisor",
+                "        rd_channels = max(rd_divisor, rd)",
+                "        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1)",
+                "        self.act = nn.ReLU(inplace=True)",
+                "        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1)",
+                "",
+                "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+                "        s = x.mean((2, 3), keepdim=True)",
+                "        s = self.fc2(self.act(self.fc1(s)))",
+                "        return x * s.sigmoid()",
+            ]
+        return [
+            f"class {name}(nn.Module):",
+            *docstring(
+                "Efficient channel attention (Wang et al. 2020), as timm's EcaModule: global "
+                "average pool, a 1-d convolution across the channels, and a sigmoid gate that "
+                "scales ``x``.\n\nWithout ``kernel_size`` the kernel follows the channel "
+                "count: int((log2(channels) + 1) / 2), made odd, at least 3.",
+                1,
+            ),
+            "",
+            *def_lines(
+                "__init__",
+                ["self", "channels: int", "kernel_size: int | None = None"],
+                "None",
+            ),
+            "        super().__init__()",
+            "        if kernel_size is None:",
+            "            t = int(abs(math.log(channels, 2) + 1) / 2)",
+            "            kernel_size = max(t if t % 2 else t + 1, 3)",
+            "        padding = (kernel_size - 1) // 2",
+            "        self.conv = nn.Conv1d(1, 1, kernel_size, padding=padding, bias=False)",
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            "        y = x.mean((2, 3)).view(x.shape[0], 1, -1)",
+            "        y = self.conv(y).sigmoid()",
+            "        return x * y.view(x.shape[0], -1, 1, 1)",
+        ]
 
     def zero_pad(self) -> list[str]:
         return [

@@ -157,8 +157,9 @@ class TorchRuntime:
             x_np, y_np = host_batch(self.data, batch, split)
             x = torch.from_numpy(x_np).permute(0, 3, 1, 2)
             y = torch.from_numpy(y_np)
-            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else
-                             torch.contiguous_format)
+            x = x.contiguous(
+                memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+            )
             return x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
         x_all, y_all = self.splits[split]
         index = self._to_device(batch.index)
@@ -259,8 +260,9 @@ class TorchRuntime:
     def load_state_dict(self, tensors: Mapping[str, np.ndarray]) -> None:
         model, momentum = split_state(tensors)
         counters = {k for k in model if k.endswith(".num_batches_tracked")}
-        check_compatible({k: v for k, v in model.items() if k not in counters}, self.expected,
-                         ignore_prefix=None)
+        check_compatible(
+            {k: v for k, v in model.items() if k not in counters}, self.expected, ignore_prefix=None
+        )
         own = self.model.state_dict()
         with torch.no_grad():
             for key, value in own.items():
@@ -273,10 +275,15 @@ class TorchRuntime:
             p = self.params[name]
             buf = torch.from_numpy(np.array(array, dtype=np.float32)).to(self.dev)
             if buf.shape != p.shape:
-                raise ValueError(f"momentum buffer {name} has shape {tuple(buf.shape)}, "
-                                 f"the parameter {tuple(p.shape)}")
-            buf = buf.to(memory_format=torch.channels_last) if (
-                self.channels_last and p.dim() == 4) else buf
+                raise ValueError(
+                    f"momentum buffer {name} has shape {tuple(buf.shape)}, "
+                    f"the parameter {tuple(p.shape)}"
+                )
+            buf = (
+                buf.to(memory_format=torch.channels_last)
+                if (self.channels_last and p.dim() == 4)
+                else buf
+            )
             self.optimizer.state[p]["momentum_buffer"] = buf
 
     def close(self, *, aborted: bool = False) -> None:

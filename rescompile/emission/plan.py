@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from rescompile.errors import EmitError
 from rescompile.ir.graph import Block, Graph, Node, Op
+from rescompile.ir.lower import eca_kernel, make_divisible
 
 from .names import Namespace, attr_name, hexdigest, ident, node_path, text
 
@@ -34,7 +35,7 @@ _BASE_NAMES = {  # (kind, preact, residual) -> class name
     ("bottleneck", True, False): "PlainPreActBottleneck",
 }
 SHORTCUT_ATTR = {"projection": "downsample", "pad": "shortcut"}  # IR names of shortcut modules
-_MAIN_OPS = {Op.CONV2D, Op.BATCHNORM, Op.RELU}
+_MAIN_OPS = {Op.CONV2D, Op.BATCHNORM, Op.RELU, Op.SCALE}
 _TOP_OPS = {
     Op.CONV2D,
     Op.BATCHNORM,
@@ -46,7 +47,26 @@ _TOP_OPS = {
     Op.LINEAR,
 }
 # Helper names both renderers may define, claimed after the model and block classes.
-HELPERS = ("F", "he_normal", "linear", "BatchNorm", "Sequential", "AvgPool", "ZeroPadShortcut")
+HELPERS = (
+    "F",
+    "he_normal",
+    "linear",
+    "BatchNorm",
+    "Sequential",
+    "AvgPool",
+    "ZeroPadShortcut",
+    "SEModule",
+    "EcaModule",
+)
+# Channel attention modules (a block's ``se``, as timm names it). In a plan they are layers of op
+# Op.SCALE whose args are ``kind``, ``channels`` and the helper's own arguments; the helpers'
+# defaults are timm's (SEModule: rd_ratio 1/16, rd_divisor 8; EcaModule: the kernel from the
+# channel count), and a renderer writes an argument only where it differs.
+ATTENTION_HELPERS = {"se": "SEModule", "eca": "EcaModule"}
+ATTENTION_DEFAULTS: dict[str, dict[str, object]] = {
+    "se": {"rd_ratio": 1 / 16, "rd_divisor": 8},
+    "eca": {"kernel_size": None},
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +224,7 @@ class Plan:
     num_classes: bool  # the classifier takes num_classes
     eps: set[float] = field(default_factory=set)
     momentum: set[float] = field(default_factory=set)
+    attention: list[str] = field(default_factory=list)  # kinds of ATTENTION_HELPERS used
 
     def conv(self, kernel: int) -> ConvHelper:
         return next(c for c in self.convs if c.kernel == kernel)
@@ -229,6 +250,8 @@ class _BlockIR:
     add: Node | None
     post: list[Node]  # after the addition
     mode: str  # identity | pad | projection | none
+    # a main-branch Op.SCALE node's name -> the attention nodes computing its gate, in order
+    attention: dict[str, list[Node]] = field(default_factory=dict)
 
     def params(self) -> dict[str, int]:
         b = self.block
@@ -278,9 +301,23 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
         if any(s not in inside for s in g.succ[n]):
             raise EmitError(f"IR node {n!r} is used outside its block {b.name!r}")
 
+    attention: dict[str, list[Node]] = {}
+
     def chain_back(start: str, stop: set[str]) -> tuple[list[Node], str]:
         nodes, cur = [], start
         while cur in inside and cur not in stop:
+            if g[cur].op is Op.SCALE:  # x * gate(x): one step of the chain, reading x
+                x, gate = g.ins[cur]
+                gating, a = [], gate
+                while a != x:
+                    if a not in inside or len(g.ins[a]) != 1:
+                        raise EmitError(f"IR node {cur!r}: its gate does not read its input")
+                    gating.append(g[a])
+                    a = g.ins[a][0]
+                attention[cur] = gating[::-1]
+                nodes.append(g[cur])
+                cur = x
+                continue
             if len(g.ins[cur]) != 1:
                 raise EmitError(f"IR node {cur!r}: expected one input inside block {b.name!r}")
             nodes.append(g[cur])
@@ -311,12 +348,13 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
             post.append(g[nxt])
             cur = nxt
         seen = main_names | {n.name for n in (*short, add, *post)}
+        seen |= {n.name for ns in attention.values() for n in ns}
         short_src = local[src] if src != entry else None
     else:
         main, src = chain_back(out, set())
         if src != entry:
             raise EmitError(f"block {b.name!r}: the main branch does not start at the input")
-        seen = {n.name for n in main}
+        seen = {n.name for n in main} | {n.name for ns in attention.values() for n in ns}
     if seen != inside:
         raise EmitError(f"block {b.name!r}: unexpected IR nodes {sorted(inside - seen)}")
     for n in main:
@@ -336,7 +374,12 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
         raise EmitError(f"block {b.name!r}: shortcut {mode!r} does not match its IR nodes")
     if mode == "pad" and local[short[0].name] != "shortcut":
         raise EmitError(f"IR node {short[0].name!r}: an option A shortcut must be named 'shortcut'")
-    return _BlockIR(b, local, main, short, short_src, add, post, mode)
+    for name in attention:
+        if not local[name].endswith(".scale") or "." in local[name].removesuffix(".scale"):
+            raise EmitError(f"IR node {name!r}: an attention scale is named <module>.scale")
+        if b.attention not in ATTENTION_HELPERS:
+            raise EmitError(f"block {b.name!r}: a gate without attention {b.attention!r}")
+    return _BlockIR(b, local, main, short, short_src, add, post, mode, attention)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +416,63 @@ def _verify(layer: Layer, params: dict[str, int], node: Node) -> None:
         )
     if node.op is Op.LINEAR and node.attrs["bias"] is not True:
         raise EmitError(f"IR node {node.name!r}: the classifier is expected to have a bias")
+
+
+def attention_args(m: Layer) -> list[tuple[str, object]]:
+    """An attention layer's arguments other than ``channels`` that differ from its helper's
+    defaults: what a renderer writes as keywords."""
+    defaults = ATTENTION_DEFAULTS[m["kind"]]
+    return [(k, v) for k, v in m.args if k not in ("kind", "channels") and v != defaults[k]]
+
+
+def _module(local: str) -> str:
+    """The module a main-branch node is computed by: ``se`` for the scale ``se.scale``."""
+    return local.removesuffix(".scale")
+
+
+def _attention(name: str, b: Block, channels: Param) -> Layer:
+    return Layer(name, Op.SCALE, (("kind", b.attention), ("channels", channels), *b.attention_args))
+
+
+def _verify_attention(layer: Layer, params: dict[str, int], bi: _BlockIR, scale: Node) -> None:
+    """The attention module, built with a block's arguments, computes the gate of ``scale``."""
+    want = layer.resolve(params)
+    c, mod = want["channels"], layer.name
+    if want["kind"] == "se":
+        rd = make_divisible(c * want["rd_ratio"], want["rd_divisor"])
+        conv = dict(kernel=1, stride=1, padding=0, groups=1, bias=True)
+        expect = [
+            ("pool", Op.GLOBAL_AVGPOOL, {}),
+            ("fc1", Op.CONV2D, dict(in_channels=c, out_channels=rd, **conv)),
+            ("act", Op.RELU, {}),
+            ("fc2", Op.CONV2D, dict(in_channels=rd, out_channels=c, **conv)),
+            ("gate", Op.SIGMOID, {}),
+        ]
+    elif want["kind"] == "eca":
+        k = want["kernel_size"] if want["kernel_size"] is not None else eca_kernel(c)
+        expect = [
+            ("pool", Op.GLOBAL_AVGPOOL, {}),
+            ("conv", Op.CHANNEL_CONV, dict(kernel=k, padding=(k - 1) // 2)),
+            ("gate", Op.SIGMOID, {}),
+        ]
+    else:
+        raise EmitError(f"IR node {scale.name!r}: unknown attention {want['kind']!r}")
+    nodes = bi.attention[scale.name]
+    got = [(bi.local[n.name], n.op) for n in nodes]
+    if got != [(f"{mod}.{name}", op) for name, op, _ in expect]:
+        raise EmitError(
+            f"IR node {scale.name!r}: its gate is {got}; the emitted {want['kind']} module "
+            f"computes {[(f'{mod}.{name}', op) for name, op, _ in expect]}"
+        )
+    for n, (_, _, attrs) in zip(nodes, expect, strict=True):
+        for k, v in attrs.items():
+            have = n.attrs.get(k)
+            if have != v or type(have) is not type(v):
+                raise EmitError(
+                    f"IR node {n.name!r}: {k}={have!r}, but the emitted module would have {k}={v!r}"
+                )
+    if scale.meta["shape"][0] != c:
+        raise EmitError(f"IR node {scale.name!r}: {scale.meta['shape'][0]} channels, not {c}")
 
 
 def _literal(name: str, n: Node) -> Layer:
@@ -413,6 +513,8 @@ def _structure(bi: _BlockIR) -> tuple:
             if n.op is Op.CONV2D
             else (n.attrs["eps"], n.attrs["momentum"])
             if n.op is Op.BATCHNORM
+            else (bi.block.attention, bi.block.attention_args)
+            if n.op is Op.SCALE
             else (),
         )
         for n in bi.main
@@ -496,6 +598,8 @@ def _fill_class(
             role = out_role
         elif n.op is Op.BATCHNORM:
             c.layers.append(_bn(local, n, Param(role)))
+        elif n.op is Op.SCALE:
+            c.layers.append(_attention(_module(local), first.block, Param(role)))
     names = {m.name for m in c.layers}
     for m in (*names, "downsample", "shortcut", "relu"):
         attr_name(m, "block module name")
@@ -508,7 +612,9 @@ def _fill_class(
     for m in c.members:
         p = m.params()
         for n in m.main:
-            if n.op is not Op.RELU:
+            if n.op is Op.SCALE:
+                _verify_attention(layers[_module(m.local[n.name])], p, m, n)
+            elif n.op is not Op.RELU:
                 _verify(layers[m.local[n.name]], p, n)
         if c.residual == (m.mode == "none"):
             raise EmitError(f"block {m.block.name!r}: shortcut {m.mode!r} in class {c.name}")
@@ -547,7 +653,13 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
     else:
         what = ", ".join(convs[:-1]) + " and " + convs[-1]
     steps = [
-        f"{_kxk(n)} conv" if n.op is Op.CONV2D else "BN" if n.op is Op.BATCHNORM else "ReLU"
+        f"{_kxk(n)} conv"
+        if n.op is Op.CONV2D
+        else "BN"
+        if n.op is Op.BATCHNORM
+        else first.block.attention.upper()
+        if n.op is Op.SCALE
+        else "ReLU"
         for n in first.main
     ]
     tail = (", plus the shortcut" + (", then ReLU" if first.post else "")) if c.residual else ""
@@ -603,7 +715,8 @@ def _block_forward(
         if group is not None and _group_key(local) != group:
             body.append(Step("blank"))
         group = _group_key(local)
-        body.append(Step("layer", "out", var, "relu" if n.op is Op.RELU else local, n.op))
+        module = "relu" if n.op is Op.RELU else _module(local) if n.op is Op.SCALE else local
+        body.append(Step("layer", "out", var, module, n.op))
         var = "out"
         body += [shortcut(m, "out") for m in modes if m != "identity" and src[m] == local]
     if c.residual:
@@ -795,6 +908,8 @@ class _Planner:
                     any(m["groups"] != 1 for m in same),
                 )
             )
+        kinds = {m["kind"] for m in layers if m.op is Op.SCALE}
+        plan.attention = [k for k in ATTENTION_HELPERS if k in kinds]
         plan.eps = {m["eps"] for m in layers if m.op is Op.BATCHNORM}
         plan.momentum = {m["momentum"] for m in layers if m.op is Op.BATCHNORM}
         return plan

@@ -17,9 +17,10 @@ docs/timm-family.md). The models run at 32x32 (their final maps are 1x1).
 from __future__ import annotations
 
 import pytest
+from emitted_classes import assert_same_definitions
 from rescompile.backends import flax as flax_backend
 from rescompile.backends import torch as torch_backend
-from spec_cases import ROOT, compiled, small
+from spec_cases import ROOT, compiled, small, variant_id, variant_path
 from test_cross_backend import TOL, eval_pair, rel_err
 from test_timm_family import decode_layout, fixture
 
@@ -28,8 +29,20 @@ from rescompile.ir.features import features
 # feature -> the small models of timm's resnet.py that the default suite emits for it
 CASES: dict[str, list[str]] = {
     "stem_widths": ["resnet10t", "resnet26t"],
+    "attention_se": ["seresnet18", "seresnext26d_32x4d"],
+    "attention_eca": ["ecaresnet26t"],
 }
 MODELS = sorted({m for ms in CASES.values() for m in ms})
+# The features' non-default forms, which no timm model uses: SE with its own ratio and divisor,
+# ECA with a given kernel, attention overridden per stage (blocks of two classes).
+VARIANTS = [
+    (
+        "paper/cifar-resnet20",
+        ("block={kind: basic, attention: {kind: se, rd_ratio: 0.25, rd_divisor: 4}}",),
+    ),
+    ("paper/cifar-resnet20", ("stages.1.attention={kind: eca, kernel_size: 5}",)),
+    ("torchvision/resnet50", ("input.size=32", "stages.2.attention=se", "stages.3.attention=eca")),
+]
 
 
 def _path(name: str):
@@ -64,3 +77,30 @@ def test_flax_agrees_with_torch_on_timms_models(name):
     got, want = eval_pair(_path(name), small(_path(name)))
     assert got.shape == want.shape
     assert rel_err(got, want) < TOL
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_and_flax_define_the_same_classes(name):
+    g = compiled(_path(name))[1]
+    assert_same_definitions(torch_backend.emit(g), flax_backend.emit(g))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_non_default_forms_emit_and_agree(variant):
+    path, overrides = variant_path(variant), variant[1]
+    g = compiled(path, overrides)[1]
+    torch_source, flax_source = torch_backend.emit(g), flax_backend.emit(g)
+    assert_same_definitions(torch_source, flax_source)
+    rows = torch_backend.check(g, torch_source)
+    assert rows and all(ok for *_, ok in rows), [r for r in rows if not r[-1]]
+    got, want = eval_pair(path, overrides)
+    assert rel_err(got, want) < TOL
+
+
+def test_non_default_arguments_are_written():
+    path, overrides = variant_path(VARIANTS[0]), VARIANTS[0][1]
+    source = torch_backend.emit(compiled(path, overrides)[1])
+    assert "self.se = SEModule(out_channels, rd_ratio=0.25, rd_divisor=4)" in source
+    path, overrides = variant_path(VARIANTS[1]), VARIANTS[1][1]
+    source = flax_backend.emit(compiled(path, overrides)[1])
+    assert "self.se = EcaModule(out_channels, kernel_size=5, rngs=rngs)" in source
