@@ -27,7 +27,16 @@ from rescompile.errors import EmitError
 NAME = "flax"
 SUFFIX = ".py"
 # The family features (rescompile.ir.features) this backend emits.
-FEATURES = frozenset({"attention_eca", "attention_se", "stem_widths"})
+FEATURES = frozenset(
+    {
+        "attention_eca",
+        "attention_se",
+        "downsample_kernel",
+        "reduce_first",
+        "stem_pool",
+        "stem_widths",
+    }
+)
 
 __all__ = [
     "FEATURES",

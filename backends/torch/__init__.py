@@ -30,7 +30,16 @@ if TYPE_CHECKING:
 NAME = "torch"
 SUFFIX = ".py"
 # The family features (rescompile.ir.features) this backend emits.
-FEATURES = frozenset({"attention_eca", "attention_se", "stem_widths"})
+FEATURES = frozenset(
+    {
+        "attention_eca",
+        "attention_se",
+        "downsample_kernel",
+        "reduce_first",
+        "stem_pool",
+        "stem_widths",
+    }
+)
 
 __all__ = [
     "FEATURES",

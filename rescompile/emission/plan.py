@@ -144,7 +144,8 @@ class BlockClass:
     preact: bool
     residual: bool
     doc: str = ""
-    channels: list[str] = field(default_factory=list)  # in_channels, [width,] out_channels
+    # in_channels, [first_width,] [width,] out_channels (first_width: a reduced first conv)
+    channels: list[str] = field(default_factory=list)
     stride: bool = False  # a ``stride: int = 1`` parameter
     groups: bool = False  # a ``groups: int = 1`` parameter
     shortcuts: list[str] = field(default_factory=list)  # module parameters: downsample, shortcut
@@ -255,8 +256,10 @@ class _BlockIR:
 
     def params(self) -> dict[str, int]:
         b = self.block
+        first = next((n for n in self.main if n.op is Op.CONV2D), None)
         return dict(
             in_channels=b.in_channels,
+            first_width=first.attrs["out_channels"] if first else b.width,
             width=b.width,
             out_channels=b.out_channels,
             stride=b.stride,
@@ -577,21 +580,28 @@ def _fill_class(
 ) -> None:
     first = c.members[0]
     merge = all(m.block.width == m.block.out_channels for m in c.members)
-    c.channels = (
-        ["in_channels", "out_channels"] if merge else ["in_channels", "width", "out_channels"]
-    )
-    width = "out_channels" if merge else "width"
-    c.stride = any(m.block.stride != 1 for m in c.members)
-    c.groups = any(m.block.groups != 1 for m in c.members)
     convs = [n for n in first.main if n.op is Op.CONV2D]
     if not convs:
         raise EmitError(f"block {first.block.name!r} has no convolution")
+    # a reduced first conv (timm's block_reduce_first): its output is a parameter of its own
+    reduce = len(convs) > 1 and any(m.params()["first_width"] != m.block.width for m in c.members)
+    c.channels = [
+        "in_channels",
+        *(["first_width"] if reduce else []),
+        *([] if merge else ["width"]),
+        "out_channels",
+    ]
+    width = "out_channels" if merge else "width"
+    c.stride = any(m.block.stride != 1 for m in c.members)
+    c.groups = any(m.block.groups != 1 for m in c.members)
     role, k = "in_channels", 0
     for n in first.main:
         local = first.local[n.name]
         if n.op is Op.CONV2D:
             k += 1
-            out_role = "out_channels" if k == len(convs) else width
+            out_role = (
+                "out_channels" if k == len(convs) else "first_width" if k == 1 and reduce else width
+            )
             stride = Param("stride") if local == stride_conv and c.stride else 1
             groups = Param("groups") if local == group_conv and c.groups else 1
             c.layers.append(_conv(local, n, Param(role), Param(out_role), stride, groups))
@@ -735,8 +745,11 @@ def _block_forward(
 
 def _projection_key(bi: _BlockIR) -> tuple:
     idx = [int(bi.local[n.name].removeprefix("downsample.")) for n in bi.short]
-    conv = next(i for i, n in zip(idx, bi.short, strict=True) if n.op is Op.CONV2D)
-    return (conv, tuple((i, n.op) for i, n in zip(idx, bi.short, strict=True) if i >= conv))
+    conv, kernel = next(
+        (i, n.attrs["kernel"]) for i, n in zip(idx, bi.short, strict=True) if n.op is Op.CONV2D
+    )
+    ops = tuple((i, n.op) for i, n in zip(idx, bi.short, strict=True) if i >= conv)
+    return (conv, ops, kernel)
 
 
 _POOL = Layer("0", Op.AVGPOOL, (("kernel", Param("stride")), ("stride", Param("stride"))))
@@ -753,7 +766,7 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
             if len(parts) != 2 or parts[0] != "downsample" or not parts[1].isdecimal():
                 raise EmitError(f"IR node {n.name!r}: projection nodes are named downsample.<i>")
         key = _projection_key(bi)
-        conv_index, ops = key
+        conv_index, ops, kernel = key
         idx = [int(bi.local[n.name].split(".")[1]) for n in bi.short]
         pool = [n for n in bi.short if n.op is Op.AVGPOOL]
         expect = list(range(conv_index, conv_index + len(ops)))
@@ -779,6 +792,7 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
                 else:
                     raise EmitError(f"IR node {n.name!r}: {op} in a projection shortcut")
             name = "projection" if conv_index == 0 else "avgpool_projection"
+            name += f"{kernel}x{kernel}" if kernel != 1 else ""  # 3x3: SENet-154
             p = found[key] = Projection(name, "none" if conv_index == 0 else "", layers)
         pooled.setdefault(key, set()).add(bool(pool))
         params = _shortcut_args(bi)
