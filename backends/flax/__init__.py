@@ -29,6 +29,8 @@ SUFFIX = ".py"
 # The family features (rescompile.ir.features) this backend emits.
 FEATURES = frozenset(
     {
+        "anti_alias_avgpool",
+        "anti_alias_blur",
         "attention_eca",
         "attention_se",
         "downsample_kernel",

@@ -75,6 +75,13 @@ class _Renderer:
             raise EmitError("the flax backend expects one BatchNorm eps and momentum per model")
         self.zero_init = any(c.zero for c in plan.classes)
         self.pooled = any(h.pool != "none" for h in plan.projections)
+        # a max pool inside a Sequential (the blur stem's) needs a module; alone it is inline
+        self.max_pool = any(
+            m.op is Op.MAXPOOL
+            for t in plan.body
+            if not isinstance(t, Stage) and t.sequential
+            for m in t.layers
+        )
 
     def source(self) -> str:
         p = self.p
@@ -88,6 +95,12 @@ class _Renderer:
         parts.append(self.sequential())
         if self.pooled:
             parts.append(self.avgpool())
+        if Op.BLUR in p.ops:
+            parts.append(self.blur_pool())
+        if self.max_pool:
+            parts.append(self.max_pool_helper())
+        if Op.AA_AVGPOOL in p.ops:
+            parts.append(self.floor_avg_pool())
         if p.zero_pad:
             parts.append(self.zero_pad())
         parts += [self.projection(h) for h in p.projections]
@@ -119,6 +132,14 @@ class _Renderer:
             return Call("nnx.Dropout", (_v(a["p"]), RNGS))
         if m.op is Op.LINEAR:
             return Call(self.n["linear"], (_v(a["in_features"]), "num_classes", RNGS))
+        if m.op is Op.BLUR:
+            stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
+            return Call(self.n["BlurPool"], (_v(a["channels"]), *stride))
+        if m.op is Op.AA_AVGPOOL:
+            return Call(self.n["FloorAvgPool"], (num(a["kernel"]), num(a["stride"])))
+        if m.op is Op.MAXPOOL:
+            args = (num(a["kernel"]), num(a["stride"]), num(a["padding"]))
+            return Call(self.n["MaxPool"], args)
         if m.op is Op.SCALE:
             helper = self.n[ATTENTION_HELPERS[a["kind"]]]
             kws = [Kw(k, _lit(v)) for k, v in attention_args(m)]
@@ -149,6 +170,9 @@ class _Renderer:
         return f"self.{module}({src})"
 
     def step(self, s: Step) -> list[str]:
+        if s.kind == "layer" and s.guard:
+            line = f"{s.out} = {self.inline(s.op, s.module, s.src)}"
+            return [f"if self.{s.module} is not None:", f"    {line}"]
         if s.kind == "layer":
             return [f"{s.out} = {self.inline(s.op, s.module, s.src)}"]
         if s.kind == "flatten":  # the global average pool already gave (batch, channels)
@@ -416,6 +440,68 @@ class _Renderer:
             ),
         ]
 
+    def blur_pool(self) -> list[str]:
+        return [
+            f"class {self.n['BlurPool']}(nnx.Module):",
+            *docstring(
+                "Blur pool (Zhang 2019), as timm's BlurPool2d: reflect padding, then a depthwise "
+                "3x3 binomial filter ([1, 2, 1] x [1, 2, 1] / 16) at ``stride``; no parameters.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", ["self", "channels: int", "stride: int = 2"], "None"),
+            "        self.channels = channels",
+            "        self.stride = stride",
+            "        self.padding = (stride + 1) // 2",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        p, s = self.padding, self.stride",
+            '        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")',
+            "        k = jnp.array([1.0, 2.0, 1.0], x.dtype) / 4",
+            "        filt = jnp.tile((k[:, None] * k[None, :])[:, :, None, None], self.channels)",
+            *call_lines(
+                Call(
+                    "jax.lax.conv_general_dilated",
+                    (
+                        "x",
+                        "filt",
+                        "(s, s)",
+                        '"VALID"',
+                        Kw("dimension_numbers", '("NHWC", "HWIO", "NHWC")'),
+                        Kw("feature_group_count", "self.channels"),
+                    ),
+                ),
+                2,
+                "return ",
+            ),
+        ]
+
+    def max_pool_helper(self) -> list[str]:
+        return [
+            f"class {self.n['MaxPool']}(nnx.Module):",
+            '    """torch.nn.MaxPool2d(kernel, stride, padding) as a module of a Sequential."""',
+            "",
+            *def_lines("__init__", ["self", "kernel: int", "stride: int", "padding: int"], "None"),
+            "        self.kernel, self.stride, self.padding = kernel, stride, padding",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        k, s, p = self.kernel, self.stride, self.padding",
+            "        return nnx.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))",
+        ]
+
+    def floor_avg_pool(self) -> list[str]:
+        return [
+            f"class {self.n['FloorAvgPool']}(nnx.Module):",
+            '    """torch.nn.AvgPool2d(kernel, stride): no padding, floor mode (anti-aliasing)."""',
+            "",
+            *def_lines("__init__", ["self", "kernel: int", "stride: int"], "None"),
+            "        self.kernel, self.stride = kernel, stride",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        k, s = self.kernel, self.stride",
+            "        return nnx.avg_pool(x, (k, k), strides=(s, s))",
+        ]
+
     def zero_pad(self) -> list[str]:
         return [
             f"class {self.n['ZeroPadShortcut']}(nnx.Module):",
@@ -460,7 +546,8 @@ class _Renderer:
             params += [f"{a}: nnx.Module | None = None" for a in c.shortcuts] + ["*"]
         lines += def_lines("__init__", [*params, "rngs: nnx.Rngs"], "None")
         for m in c.layers:
-            lines += call_lines(self.layer(m, m.name in c.zero), 2, f"self.{m.name} = ")
+            tail = " if stride > 1 else None" if m.name in c.optional else ""
+            lines += call_lines(self.layer(m, m.name in c.zero), 2, f"self.{m.name} = ", tail)
         lines += [f"        self.{a} = {a}" for a in c.shortcuts]
         return [*lines, "", *self.forward(c.forward)]
 

@@ -54,6 +54,13 @@ def _v(x: object) -> str:
     return x.name if isinstance(x, Param) else num(x)
 
 
+def _check_blur(m: Layer) -> None:
+    """The BlurPool helpers are timm's 3x3 binomial filter with timm's padding."""
+    a = dict(m.args)
+    if a["kernel"] != 3 or a["padding"] != (a["stride"] + 1) // 2:
+        raise EmitError(f"a blur pool of kernel {a['kernel']}, padding {a['padding']}")
+
+
 def _lit(x: object) -> str:
     return "None" if x is None else num(x)
 
@@ -68,6 +75,8 @@ class _Renderer:
         parts = [docstring(header(p, "torch", NOTES), 0), self.imports()]
         parts += [self.conv_helper(c) for c in p.convs]
         parts += [self.attention(k) for k in p.attention]
+        if Op.BLUR in p.ops:
+            parts.append(self.blur_pool())
         if p.zero_pad:
             parts.append(self.zero_pad())
         parts += [self.projection(h) for h in p.projections]
@@ -78,7 +87,7 @@ class _Renderer:
     def imports(self) -> list[str]:
         lines = ["import math", ""] if "eca" in self.p.attention else []
         lines.append("import torch")
-        if self.p.zero_pad:
+        if self.p.zero_pad or Op.BLUR in self.p.ops:
             lines.append(
                 "from torch.nn import functional"
                 if self.F == "functional"
@@ -137,6 +146,15 @@ class _Renderer:
             return Call("nn.Dropout", (Kw("p", _v(a["p"])),))
         if m.op is Op.LINEAR:
             return Call("nn.Linear", (_v(a["in_features"]), "num_classes"))
+        if m.op is Op.BLUR:
+            _check_blur(m)
+            stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
+            return Call(self.p.names["BlurPool"], (_v(a["channels"]), *stride))
+        if m.op is Op.AA_AVGPOOL:
+            return Call(
+                "nn.AvgPool2d",
+                (Kw("kernel_size", num(a["kernel"])), Kw("stride", num(a["stride"]))),
+            )
         if m.op is Op.SCALE:
             helper = self.p.names[ATTENTION_HELPERS[a["kind"]]]
             kws = [Kw(k, _lit(v)) for k, v in attention_args(m)]
@@ -144,6 +162,8 @@ class _Renderer:
         raise EmitError(f"no PyTorch module for {m.op}")  # pragma: no cover
 
     def step(self, s: Step) -> list[str]:
+        if s.kind == "layer" and s.guard:
+            return [f"if self.{s.module} is not None:", f"    {s.out} = self.{s.module}({s.src})"]
         if s.kind == "layer":
             return [f"{s.out} = self.{s.module}({s.src})"]
         if s.kind == "flatten":
@@ -245,6 +265,32 @@ class _Renderer:
             "        return x * y.view(x.shape[0], -1, 1, 1)",
         ]
 
+    def blur_pool(self) -> list[str]:
+        return [
+            f"class {self.p.names['BlurPool']}(nn.Module):",
+            *docstring(
+                "Blur pool (Zhang 2019), as timm's BlurPool2d: reflect padding, then a depthwise "
+                "3x3 binomial filter ([1, 2, 1] x [1, 2, 1] / 16) at ``stride``. The filter is a "
+                "non-persistent buffer: it is not in the state_dict.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", ["self", "channels: int", "stride: int = 2"], "None"),
+            "        super().__init__()",
+            "        self.channels = channels",
+            "        self.stride = stride",
+            "        self.padding = [(stride + 1) // 2] * 4",
+            "        coeffs = torch.tensor([1.0, 2.0, 1.0]) / 4",
+            "        filt = (coeffs[:, None] * coeffs[None, :])[None, None]",
+            "        filt = filt.repeat(channels, 1, 1, 1)",
+            '        self.register_buffer("filt", filt, persistent=False)',
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            f'        x = {self.F}.pad(x, self.padding, mode="reflect")',
+            f"        return {self.F}.conv2d("
+            "x, self.filt, stride=self.stride, groups=self.channels)",
+        ]
+
     def zero_pad(self) -> list[str]:
         return [
             f"class {self.p.names['ZeroPadShortcut']}(nn.Module):",
@@ -302,7 +348,8 @@ class _Renderer:
         lines += def_lines("__init__", params, "None")
         lines.append("        super().__init__()")
         for m in c.layers:
-            lines += call_lines(self.layer(m), 2, f"self.{m.name} = ")
+            tail = " if stride > 1 else None" if m.name in c.optional else ""
+            lines += call_lines(self.layer(m), 2, f"self.{m.name} = ", tail)
         if c.relu:
             lines += call_lines(self.layer(Layer("relu", Op.RELU), c.inplace), 2, "self.relu = ")
         lines += [f"        self.{a} = {a}" for a in c.shortcuts]

@@ -166,8 +166,11 @@ def check(
     rows.append(
         ("parameters (trainable)", f"{t['params']:,}", f"{params:,}", params == t["params"])
     )
+    persistent = model.state_dict().keys()  # not BlurPool's fixed filters
     buffers = sum(
-        b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked")
+        b.numel()
+        for name, b in model.named_buffers()
+        if name in persistent and not name.endswith("num_batches_tracked")
     )
     rows.append(
         (

@@ -35,7 +35,8 @@ _BASE_NAMES = {  # (kind, preact, residual) -> class name
     ("bottleneck", True, False): "PlainPreActBottleneck",
 }
 SHORTCUT_ATTR = {"projection": "downsample", "pad": "shortcut"}  # IR names of shortcut modules
-_MAIN_OPS = {Op.CONV2D, Op.BATCHNORM, Op.RELU, Op.SCALE}
+_AA_OPS = {Op.BLUR, Op.AA_AVGPOOL}  # anti-aliasing after a block's conv run at stride 1
+_MAIN_OPS = {Op.CONV2D, Op.BATCHNORM, Op.RELU, Op.SCALE, *_AA_OPS}
 _TOP_OPS = {
     Op.CONV2D,
     Op.BATCHNORM,
@@ -45,6 +46,7 @@ _TOP_OPS = {
     Op.GLOBAL_AVGPOOL,
     Op.DROPOUT,
     Op.LINEAR,
+    *_AA_OPS,
 }
 # Helper names both renderers may define, claimed after the model and block classes.
 HELPERS = (
@@ -57,6 +59,9 @@ HELPERS = (
     "ZeroPadShortcut",
     "SEModule",
     "EcaModule",
+    "BlurPool",
+    "MaxPool",
+    "FloorAvgPool",
 )
 # Channel attention modules (a block's ``se``, as timm names it). In a plan they are layers of op
 # Op.SCALE whose args are ``kind``, ``channels`` and the helper's own arguments; the helpers'
@@ -110,7 +115,8 @@ class Layer:
 class Step:
     """One statement of a forward pass, in words a renderer spells.
 
-    ``layer``: ``out = self.<module>(src)`` (a ReLU: the framework's activation); ``flatten``;
+    ``layer``: ``out = self.<module>(src)`` (a ReLU: the framework's activation), under ``if
+    self.<module> is not None`` when ``guard``; ``flatten``;
     ``copy``: ``out = src``; ``shortcut``: ``out = self.<module>(src)``, under ``if self.<module>
     is not None`` when ``guard``; ``add``: ``out += src`` (``inplace``) or ``out = out + src``;
     ``blank``: an empty line; ``return``: ``return src``.
@@ -154,6 +160,7 @@ class BlockClass:
     relu: bool = False  # one shared ReLU module (torchvision's self.relu)
     inplace: bool = True
     zero: tuple[str, ...] = ()  # zero-initialised BatchNorms (zero_init_residual)
+    optional: tuple[str, ...] = ()  # modules built only when stride > 1 (anti-aliasing), or None
     forward: list[Step] = field(default_factory=list)
     members: list[_BlockIR] = field(default_factory=list)
 
@@ -226,6 +233,7 @@ class Plan:
     eps: set[float] = field(default_factory=set)
     momentum: set[float] = field(default_factory=set)
     attention: list[str] = field(default_factory=list)  # kinds of ATTENTION_HELPERS used
+    ops: set[Op] = field(default_factory=set)  # the ops of every module the plan builds
 
     def conv(self, kernel: int) -> ConvHelper:
         return next(c for c in self.convs if c.kernel == kernel)
@@ -396,6 +404,8 @@ _CHECKED = {
     Op.LINEAR: ("in_features", "out_features", "bias"),
     Op.DROPOUT: ("p",),
     Op.PAD_CHANNELS: ("stride", "out_channels"),
+    Op.BLUR: ("channels", "kernel", "stride", "padding"),
+    Op.AA_AVGPOOL: ("kernel", "stride"),
 }
 
 
@@ -521,6 +531,7 @@ def _structure(bi: _BlockIR) -> tuple:
             else (),
         )
         for n in bi.main
+        if n.op not in _AA_OPS  # present only where the block strides: an optional module
     )
     post = tuple((bi.local[n.name], n.op) for n in bi.post)
     return (bi.block.kind, bi.block.preact, bi.add is not None, main, post)
@@ -547,7 +558,9 @@ def _make_classes(
         # A strided block pins where its class puts the stride; stride-1 blocks fit any class.
         split: dict[str | None, list[_BlockIR]] = {}
         for bi in members:
-            split.setdefault(_where(bi, "stride"), []).append(bi)
+            # an anti-aliased block strides in its filter (aa:<op>), its convs at stride 1
+            aa = [f"aa:{n.op}" for n in bi.main if n.op in _AA_OPS]
+            split.setdefault(_where(bi, "stride") or (aa[0] if aa else None), []).append(bi)
         strided = [s for s in split if s is not None]
         loose = split.pop(None, [])
         if loose:
@@ -560,7 +573,9 @@ def _make_classes(
             base = _BASE_NAMES.get((kind, preact, residual))
             if base is None:
                 raise EmitError(f"unknown block kind {kind!r}")
-            if len(split) > 1 and where is not None:
+            if len(split) > 1 and where is not None and where.startswith("aa:"):
+                base += "AntiAliased"
+            elif len(split) > 1 and where is not None:
                 conv = next(n for n in ms[0].main if ms[0].local[n.name] == where)
                 base += f"Stride{_kxk(conv)}"
             c = BlockClass(base, kind, preact, residual, members=ms)
@@ -578,7 +593,7 @@ def _fill_class(
     inplace: dict[str, bool],
     succ: dict[str, list[str]],
 ) -> None:
-    first = c.members[0]
+    first = _representative(c)
     merge = all(m.block.width == m.block.out_channels for m in c.members)
     convs = [n for n in first.main if n.op is Op.CONV2D]
     if not convs:
@@ -610,6 +625,16 @@ def _fill_class(
             c.layers.append(_bn(local, n, Param(role)))
         elif n.op is Op.SCALE:
             c.layers.append(_attention(_module(local), first.block, Param(role)))
+        elif n.op is Op.BLUR:
+            a = n.attrs
+            c.layers.append(Layer(local, n.op, (
+                ("channels", Param(role)), ("kernel", a["kernel"]), ("stride", a["stride"]),
+                ("padding", a["padding"]),
+            )))  # fmt: skip
+            c.optional += (local,)
+        elif n.op is Op.AA_AVGPOOL:
+            c.layers.append(_literal(local, n))
+            c.optional += (local,)
     names = {m.name for m in c.layers}
     for m in (*names, "downsample", "shortcut", "relu"):
         attr_name(m, "block module name")
@@ -626,6 +651,12 @@ def _fill_class(
                 _verify_attention(layers[_module(m.local[n.name])], p, m, n)
             elif n.op is not Op.RELU:
                 _verify(layers[m.local[n.name]], p, n)
+        if c.optional:  # built where the block strides, None elsewhere
+            aa = tuple(m.local[n.name] for n in m.main if n.op in _AA_OPS)
+            if aa != (c.optional if m.block.stride > 1 else ()):
+                raise EmitError(
+                    f"block {m.block.name!r}: anti-aliasing {aa} at stride {m.block.stride}"
+                )
         if c.residual == (m.mode == "none"):
             raise EmitError(f"block {m.block.name!r}: shortcut {m.mode!r} in class {c.name}")
     # ReLUs share one module (as in torchvision); in place only where every use allows it.
@@ -646,11 +677,16 @@ def _fill_class(
     c.forward = _block_forward(c, modes, dict(srcs), len(succ[first.main[-1].name]) == 1)
 
 
+def _representative(c: BlockClass) -> _BlockIR:
+    """The member that shows every module of its class (an anti-aliased one, if any)."""
+    return next((m for m in c.members if any(n.op in _AA_OPS for n in m.main)), c.members[0])
+
+
 _WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 
 def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
-    first = c.members[0]
+    first = _representative(c)
     convs = [_kxk(n) for n in first.main if n.op is Op.CONV2D]
     summary = {
         (False, True): "residual block",
@@ -669,6 +705,10 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
         if n.op is Op.BATCHNORM
         else first.block.attention.upper()
         if n.op is Op.SCALE
+        else "blur pool"
+        if n.op is Op.BLUR
+        else "2x2 avg pool"
+        if n.op is Op.AA_AVGPOOL
         else "ReLU"
         for n in first.main
     ]
@@ -676,7 +716,13 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
     cite = " (He et al. 2016, Identity Mappings)" if c.preact else ""
     doc = f"{c.kind.capitalize()} {summary}: {what} convolutions.\n\n"
     doc += f"{' -> '.join(steps)}{tail}{cite}."
-    if stride_conv is not None and c.stride:
+    if c.optional:
+        aa = ", ".join(f"``{m}``" for m in c.optional)
+        doc += (
+            f" Where ``stride`` > 1 the convolutions run at stride 1 and {aa} (anti-aliasing, "
+            "as timm's aa_layer) strides after the ReLU; elsewhere it is None."
+        )
+    elif stride_conv is not None and c.stride:
         conv = next(n for n in first.main if first.local[n.name] == stride_conv)
         doc += f" The stride is on the {_kxk(conv)} convolution ``{stride_conv}``"
         if c.kind == "bottleneck":
@@ -710,7 +756,7 @@ def _group_key(local: str) -> str:
 def _block_forward(
     c: BlockClass, modes: list[str], src: dict[str, str | None], inplace_add: bool
 ) -> list[Step]:
-    first = c.members[0]
+    first = _representative(c)
     multi = len(modes) > 1
     body: list[Step] = []
 
@@ -726,7 +772,7 @@ def _block_forward(
             body.append(Step("blank"))
         group = _group_key(local)
         module = "relu" if n.op is Op.RELU else _module(local) if n.op is Op.SCALE else local
-        body.append(Step("layer", "out", var, module, n.op))
+        body.append(Step("layer", "out", var, module, n.op, guard=local in c.optional))
         var = "out"
         body += [shortcut(m, "out") for m in modes if m != "identity" and src[m] == local]
     if c.residual:
@@ -922,6 +968,7 @@ class _Planner:
                     any(m["groups"] != 1 for m in same),
                 )
             )
+        plan.ops = {m.op for m in layers}
         kinds = {m["kind"] for m in layers if m.op is Op.SCALE}
         plan.attention = [k for k in ATTENTION_HELPERS if k in kinds]
         plan.eps = {m["eps"] for m in layers if m.op is Op.BATCHNORM}

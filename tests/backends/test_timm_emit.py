@@ -36,6 +36,8 @@ CASES: dict[str, list[str]] = {
     "stem_pool": ["resnetrs50"],
     "reduce_first": ["senet154"],
     "downsample_kernel": ["senet154"],
+    "anti_alias_blur": ["resnetblur18"],
+    "anti_alias_avgpool": ["resnetaa34d"],
 }
 MODELS = sorted({m for ms in CASES.values() for m in ms})
 # Too large to run in the default suite (115M parameters): its layout and definitions are checked
@@ -57,6 +59,10 @@ VARIANTS = [
         ("input.size=32", "block.reduce_first=2", "downsample={kind: conv, kernel_size: 3}"),
     ),
     ("paper/cifar-resnet20", ("shortcut=B", "block.reduce_first=2", "stem.pool=conv")),
+    # anti-aliasing: a blur conv stem pool; a stage without it (two block classes)
+    ("paper/cifar-resnet20", ("shortcut=B", "anti_alias=blur", "stem.pool=conv")),
+    ("torchvision/resnet50", ("input.size=64", "anti_alias=avgpool", "stages.1.anti_alias=none")),
+    ("torchvision/resnet18", ("input.size=64", "anti_alias=blur", "block.attention=eca")),
 ]
 
 
