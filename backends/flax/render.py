@@ -64,7 +64,7 @@ def _v(x: object) -> str:
 
 
 def _lit(x: object) -> str:
-    return "None" if x is None else num(x)
+    return "None" if x is None else _v(x)
 
 
 class _Renderer:
@@ -540,6 +540,7 @@ class _Renderer:
         lines = [f"class {c.name}(nnx.Module):", *docstring(c.doc, 1), ""]
         params = ["self", *(f"{p}: int" for p in c.channels)]
         params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        params += ["eca_kernel_size: int | None = None"] * c.eca_kernel
         if c.required:
             params += ["*", f"{c.shortcuts[0]}: nnx.Module"]
         else:
@@ -578,6 +579,8 @@ class _Renderer:
             args.append(num(b.stride))
         if b.groups != 1:
             args.append(Kw("groups", num(b.groups)))
+        if b.eca_kernel_size is not None:
+            args.append(Kw("eca_kernel_size", num(b.eca_kernel_size)))
         if b.shortcut:
             param, helper, (cin, cout, stride) = b.shortcut
             hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)

@@ -36,6 +36,7 @@ FEATURES = frozenset(
         "anti_alias_blur",
         "attention_eca",
         "attention_se",
+        "block_widths",
         "downsample_kernel",
         "reduce_first",
         "stem_pool",

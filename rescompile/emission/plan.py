@@ -154,6 +154,9 @@ class BlockClass:
     channels: list[str] = field(default_factory=list)
     stride: bool = False  # a ``stride: int = 1`` parameter
     groups: bool = False  # a ``groups: int = 1`` parameter
+    # an ``eca_kernel_size: int | None = None`` parameter: ECA kernels that do not follow the
+    # block's channels (timm's pruned models take them from the unpruned width)
+    eca_kernel: bool = False
     shortcuts: list[str] = field(default_factory=list)  # module parameters: downsample, shortcut
     required: bool = False  # the one shortcut is always given (keyword-only, no default)
     layers: list[Layer] = field(default_factory=list)
@@ -171,6 +174,7 @@ class BlockClass:
             *self.channels,
             *(["stride"] if self.stride else []),
             *(["groups"] if self.groups else []),
+            *(["eca_kernel_size"] if self.eca_kernel else []),
             *self.shortcuts,
         ]
 
@@ -195,6 +199,7 @@ class BlockCall:
     stride: int
     groups: int
     shortcut: tuple[str, str, tuple[int, int, int]] | None = None  # (param, helper, args)
+    eca_kernel_size: int | None = None
 
 
 @dataclass
@@ -272,7 +277,18 @@ class _BlockIR:
             out_channels=b.out_channels,
             stride=b.stride,
             groups=b.groups,
+            eca_kernel_size=self.eca_kernel_size(),
         )
+
+    def eca_kernel_size(self) -> int | None:
+        """The ECA kernel where the spec leaves it to the channels but it does not follow the
+        block's output channels (a pruned block), else None."""
+        b = self.block
+        if b.attention != "eca" or dict(b.attention_args).get("kernel_size") is not None:
+            return None
+        conv = next(n for ns in self.attention.values() for n in ns if n.op is Op.CHANNEL_CONV)
+        k = conv.attrs["kernel"]
+        return k if k != eca_kernel(b.out_channels) else None
 
 
 class _View:
@@ -435,7 +451,11 @@ def attention_args(m: Layer) -> list[tuple[str, object]]:
     """An attention layer's arguments other than ``channels`` that differ from its helper's
     defaults: what a renderer writes as keywords."""
     defaults = ATTENTION_DEFAULTS[m["kind"]]
-    return [(k, v) for k, v in m.args if k not in ("kind", "channels") and v != defaults[k]]
+    return [
+        (k, v)
+        for k, v in m.args
+        if k not in ("kind", "channels") and (isinstance(v, Param) or v != defaults[k])
+    ]
 
 
 def _module(local: str) -> str:
@@ -443,8 +463,12 @@ def _module(local: str) -> str:
     return local.removesuffix(".scale")
 
 
-def _attention(name: str, b: Block, channels: Param) -> Layer:
-    return Layer(name, Op.SCALE, (("kind", b.attention), ("channels", channels), *b.attention_args))
+def _attention(name: str, b: Block, channels: Param, eca_param: bool = False) -> Layer:
+    args = tuple(
+        (k, Param("eca_kernel_size") if eca_param and k == "kernel_size" else v)
+        for k, v in b.attention_args
+    )
+    return Layer(name, Op.SCALE, (("kind", b.attention), ("channels", channels), *args))
 
 
 def _verify_attention(layer: Layer, params: dict[str, int], bi: _BlockIR, scale: Node) -> None:
@@ -609,6 +633,7 @@ def _fill_class(
     width = "out_channels" if merge else "width"
     c.stride = any(m.block.stride != 1 for m in c.members)
     c.groups = any(m.block.groups != 1 for m in c.members)
+    c.eca_kernel = any(m.params()["eca_kernel_size"] is not None for m in c.members)
     role, k = "in_channels", 0
     for n in first.main:
         local = first.local[n.name]
@@ -624,7 +649,7 @@ def _fill_class(
         elif n.op is Op.BATCHNORM:
             c.layers.append(_bn(local, n, Param(role)))
         elif n.op is Op.SCALE:
-            c.layers.append(_attention(_module(local), first.block, Param(role)))
+            c.layers.append(_attention(_module(local), first.block, Param(role), c.eca_kernel))
         elif n.op is Op.BLUR:
             a = n.attrs
             c.layers.append(Layer(local, n.op, (
@@ -1092,7 +1117,14 @@ class _Planner:
                 self.names["ZeroPadShortcut"],
                 (b.in_channels, b.out_channels, b.stride),
             )
-        return BlockCall(c.name, tuple(p[k] for k in c.channels), b.stride, b.groups, shortcut)
+        return BlockCall(
+            c.name,
+            tuple(p[k] for k in c.channels),
+            b.stride,
+            b.groups,
+            shortcut,
+            p["eca_kernel_size"] if c.eca_kernel else None,
+        )
 
 
 def _runs(calls: list[BlockCall]) -> list[tuple[BlockCall, int]]:

@@ -38,6 +38,7 @@ CASES: dict[str, list[str]] = {
     "downsample_kernel": ["senet154"],
     "anti_alias_blur": ["resnetblur18"],
     "anti_alias_avgpool": ["resnetaa34d"],
+    "block_widths": ["ecaresnet50d_pruned"],  # and ECA kernels from the unpruned width
 }
 MODELS = sorted({m for ms in CASES.values() for m in ms})
 # Too large to run in the default suite (115M parameters): its layout and definitions are checked
