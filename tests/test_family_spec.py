@@ -232,11 +232,12 @@ def test_library_features_outside_timm():
 
 def test_build_refuses_a_feature_the_backend_does_not_declare(tmp_path):
     out = tmp_path / "model.py"
-    r = run_cli("build", str(ROOT / "specs" / "timm" / "resnet50_gn.yaml"), "-o", str(out))
+    spec = str(ROOT / "specs" / "timm" / "resnet50.yaml")
+    r = run_cli("build", spec, "--set", "drop_path=0.05", "-o", str(out))
     assert r.code == 1 and not out.exists()
     assert r.stderr == (
-        "error: the torch backend cannot emit resnet50_gn yet: it does not support "
-        "GroupNorm (norm: {kind: group}) (rescompile report, check and graph do)\n"
+        "error: the torch backend cannot emit resnet50 yet: it does not support "
+        "stochastic depth (drop_path) (rescompile report, check and graph do)\n"
     )
 
 
@@ -409,7 +410,7 @@ def test_train_refuses_a_feature_the_backend_does_not_declare(tmp_path):
         "train",
         digits,
         "--set",
-        "norm={kind: group, groups: 8}",
+        "drop_path=0.1",
         "--data",
         "digits",
         "--steps",

@@ -35,6 +35,7 @@ FEATURES = frozenset(
         "attention_se",
         "block_widths",
         "downsample_kernel",
+        "group_norm",
         "reduce_first",
         "stem_pool",
         "stem_widths",

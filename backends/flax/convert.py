@@ -11,7 +11,7 @@ Conv ``kernel``        ``weight``                  HWIO <-> OIHW (1-d, ECA: WIO 
 Conv ``bias``          ``bias``                    as is (SE's 1x1 convs)
 Linear ``kernel``      ``weight``                  (in, out) <-> (out, in)
 Linear ``bias``        ``bias``                    as is
-BatchNorm ``scale``    ``weight``                  as is
+BatchNorm ``scale``    ``weight``                  as is (GroupNorm's too)
 BatchNorm ``bias``     ``bias``                    as is
 BatchNorm ``mean``     ``running_mean``            as is
 BatchNorm ``var``      ``running_var``             as is (both hold the unbiased estimate)
@@ -52,7 +52,7 @@ def module_paths(model: Any) -> dict[str, Any]:
     found = [
         (path, module)
         for path, module in nnx.iter_modules(model)
-        if isinstance(module, nnx.Conv | nnx.BatchNorm | nnx.Linear)
+        if isinstance(module, nnx.Conv | nnx.BatchNorm | nnx.GroupNorm | nnx.Linear)
     ]
     found.sort(key=lambda item: _natural(item[0]))
     return {".".join(str(p) for p in path): module for path, module in found}
@@ -70,6 +70,8 @@ def _tensors(module: Any) -> dict[str, tuple[str, Any]]:
 
     if isinstance(module, nnx.BatchNorm):
         names = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+    elif isinstance(module, nnx.GroupNorm):
+        names = {"weight": "scale", "bias": "bias"}
     else:
         names = {"weight": "kernel", "bias": "bias"}
     out = {}

@@ -124,6 +124,9 @@ class _Renderer:
         if m.op is Op.BATCHNORM:
             init = [Kw("zero_init", "True")] if zero else []
             return Call(self.n["BatchNorm"], (_v(a["channels"]), *init, RNGS))
+        if m.op is Op.GROUPNORM:
+            args = (_v(a["channels"]), Kw("num_groups", _v(a["groups"])))
+            return Call("nnx.GroupNorm", (*args, Kw("epsilon", num(a["eps"])), RNGS))
         if m.op is Op.RELU:
             return "nnx.relu"
         if m.op is Op.AVGPOOL:

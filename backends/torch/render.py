@@ -119,6 +119,9 @@ class _Renderer:
                     *kw("momentum", "momentum", BN_MOMENTUM),
                 ),
             )
+        if m.op is Op.GROUPNORM:
+            eps = kw("eps", "eps", BN_EPS)
+            return Call("nn.GroupNorm", (_v(a["groups"]), _v(a["channels"]), *eps))
         if m.op is Op.RELU:
             return Call("nn.ReLU", (Kw("inplace", "True"),) if a.get("inplace", inplace) else ())
         if m.op is Op.MAXPOOL:

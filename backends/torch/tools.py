@@ -125,7 +125,9 @@ def check(
     rows += [(f"shape of {k}", _fmt(expected[k]), _fmt(seen[k]), False) for k in bad[:max_rows]]
 
     weighted = [
-        n.name for n in graph if n.op in (Op.CONV2D, Op.CHANNEL_CONV, Op.BATCHNORM, Op.LINEAR)
+        n.name
+        for n in graph
+        if n.op in (Op.CONV2D, Op.CHANNEL_CONV, Op.BATCHNORM, Op.GROUPNORM, Op.LINEAR)
     ]
     missing = [k for k in weighted if k not in seen]
     rows.append(

@@ -36,10 +36,12 @@ _BASE_NAMES = {  # (kind, preact, residual) -> class name
 }
 SHORTCUT_ATTR = {"projection": "downsample", "pad": "shortcut"}  # IR names of shortcut modules
 _AA_OPS = {Op.BLUR, Op.AA_AVGPOOL}  # anti-aliasing after a block's conv run at stride 1
-_MAIN_OPS = {Op.CONV2D, Op.BATCHNORM, Op.RELU, Op.SCALE, *_AA_OPS}
+_NORM_OPS = {Op.BATCHNORM, Op.GROUPNORM}
+_MAIN_OPS = {Op.CONV2D, Op.RELU, Op.SCALE, *_NORM_OPS, *_AA_OPS}
 _TOP_OPS = {
     Op.CONV2D,
     Op.BATCHNORM,
+    Op.GROUPNORM,
     Op.RELU,
     Op.MAXPOOL,
     Op.AVGPOOL,
@@ -395,7 +397,7 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
         "none": add is None,
         "identity": add is not None and not short and short_src is None,
         "pad": ops == [Op.PAD_CHANNELS] and short_src is None,
-        "projection": Op.CONV2D in ops and set(ops) <= {Op.AVGPOOL, Op.CONV2D, Op.BATCHNORM},
+        "projection": Op.CONV2D in ops and set(ops) <= {Op.AVGPOOL, Op.CONV2D, *_NORM_OPS},
     }.get(mode, False)
     if not ok:
         raise EmitError(f"block {b.name!r}: shortcut {mode!r} does not match its IR nodes")
@@ -415,6 +417,7 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
 _CHECKED = {
     Op.CONV2D: ("in_channels", "out_channels", "kernel", "stride", "padding", "groups", "bias"),
     Op.BATCHNORM: ("channels", "eps", "momentum"),
+    Op.GROUPNORM: ("channels", "groups", "eps"),
     Op.AVGPOOL: ("kernel", "stride"),
     Op.MAXPOOL: ("kernel", "stride", "padding"),
     Op.LINEAR: ("in_features", "out_features", "bias"),
@@ -527,6 +530,11 @@ def _conv(name: str, n: Node, cin: Param, cout: Param, stride: object, groups: o
 
 
 def _bn(name: str, n: Node, channels: Param) -> Layer:
+    """The norm layer of ``n``: BatchNorm, or GroupNorm (its groups fixed by the spec)."""
+    if n.op is Op.GROUPNORM:
+        return Layer(name, Op.GROUPNORM, (
+            ("channels", channels), ("groups", n.attrs["groups"]), ("eps", n.attrs["eps"]),
+        ))  # fmt: skip
     return Layer(name, Op.BATCHNORM, (
         ("channels", channels), ("eps", n.attrs["eps"]), ("momentum", n.attrs["momentum"]),
     ))  # fmt: skip
@@ -550,6 +558,8 @@ def _structure(bi: _BlockIR) -> tuple:
             if n.op is Op.CONV2D
             else (n.attrs["eps"], n.attrs["momentum"])
             if n.op is Op.BATCHNORM
+            else (n.attrs["groups"], n.attrs["eps"])
+            if n.op is Op.GROUPNORM
             else (bi.block.attention, bi.block.attention_args)
             if n.op is Op.SCALE
             else (),
@@ -646,7 +656,7 @@ def _fill_class(
             groups = Param("groups") if local == group_conv and c.groups else 1
             c.layers.append(_conv(local, n, Param(role), Param(out_role), stride, groups))
             role = out_role
-        elif n.op is Op.BATCHNORM:
+        elif n.op in _NORM_OPS:
             c.layers.append(_bn(local, n, Param(role)))
         elif n.op is Op.SCALE:
             c.layers.append(_attention(_module(local), first.block, Param(role), c.eca_kernel))
@@ -858,7 +868,7 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
                     layers.append(
                         _conv(str(i), n, Param("in_channels"), Param("out_channels"), stride)
                     )
-                elif op is Op.BATCHNORM:
+                elif op in _NORM_OPS:
                     layers.append(_bn(str(i), n, Param("out_channels")))
                 else:
                     raise EmitError(f"IR node {n.name!r}: {op} in a projection shortcut")
@@ -1082,6 +1092,8 @@ class _Planner:
             raise EmitError("the model does not end at the IR's output")
         forward += [Step("blank"), Step("return", src="x")]
         for n in v.node.values():
+            if n.op is Op.GROUPNORM and n.attrs["zero_init"]:
+                raise EmitError(f"IR node {n.name!r}: zero_init of a GroupNorm is not emitted")
             if (
                 n.op is Op.BATCHNORM
                 and n.attrs["zero_init"]

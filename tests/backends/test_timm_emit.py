@@ -39,6 +39,7 @@ CASES: dict[str, list[str]] = {
     "anti_alias_blur": ["resnetblur18"],
     "anti_alias_avgpool": ["resnetaa34d"],
     "block_widths": ["ecaresnet50d_pruned"],  # and ECA kernels from the unpruned width
+    "group_norm": ["resnet50_gn"],
 }
 MODELS = sorted({m for ms in CASES.values() for m in ms})
 # Too large to run in the default suite (115M parameters): its layout and definitions are checked
