@@ -36,6 +36,7 @@ FEATURES = frozenset(
         "anti_alias_blur",
         "attention_eca",
         "attention_se",
+        "block_dropout",
         "block_widths",
         "downsample_kernel",
         "group_norm",

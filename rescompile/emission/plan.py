@@ -37,7 +37,7 @@ _BASE_NAMES = {  # (kind, preact, residual) -> class name
 SHORTCUT_ATTR = {"projection": "downsample", "pad": "shortcut"}  # IR names of shortcut modules
 _AA_OPS = {Op.BLUR, Op.AA_AVGPOOL}  # anti-aliasing after a block's conv run at stride 1
 _NORM_OPS = {Op.BATCHNORM, Op.GROUPNORM}
-_MAIN_OPS = {Op.CONV2D, Op.RELU, Op.SCALE, *_NORM_OPS, *_AA_OPS}
+_MAIN_OPS = {Op.CONV2D, Op.RELU, Op.SCALE, Op.DROPOUT, *_NORM_OPS, *_AA_OPS}
 _TOP_OPS = {
     Op.CONV2D,
     Op.BATCHNORM,
@@ -560,6 +560,8 @@ def _structure(bi: _BlockIR) -> tuple:
             if n.op is Op.BATCHNORM
             else (n.attrs["groups"], n.attrs["eps"])
             if n.op is Op.GROUPNORM
+            else (n.attrs["p"],)
+            if n.op is Op.DROPOUT
             else (bi.block.attention, bi.block.attention_args)
             if n.op is Op.SCALE
             else (),
@@ -670,6 +672,8 @@ def _fill_class(
         elif n.op is Op.AA_AVGPOOL:
             c.layers.append(_literal(local, n))
             c.optional += (local,)
+        elif n.op is Op.DROPOUT:  # block dropout (Wide ResNet): active in training only
+            c.layers.append(_literal(local, n))
     names = {m.name for m in c.layers}
     for m in (*names, "downsample", "shortcut", "relu"):
         attr_name(m, "block module name")
@@ -744,6 +748,8 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
         if n.op is Op.BLUR
         else "2x2 avg pool"
         if n.op is Op.AA_AVGPOOL
+        else "dropout"
+        if n.op is Op.DROPOUT
         else "ReLU"
         for n in first.main
     ]

@@ -65,6 +65,8 @@ VARIANTS = [
     ("paper/cifar-resnet20", ("shortcut=B", "anti_alias=blur", "stem.pool=conv")),
     ("torchvision/resnet50", ("input.size=64", "anti_alias=avgpool", "stages.1.anti_alias=none")),
     ("torchvision/resnet18", ("input.size=64", "anti_alias=blur", "block.attention=eca")),
+    # block dropout (no timm model has it; eval mode: the identity)
+    ("paper/cifar-resnet20", ("block.dropout=0.3", "block.attention=se")),
 ]
 
 
@@ -128,3 +130,18 @@ def test_non_default_arguments_are_written():
     path, overrides = variant_path(VARIANTS[1]), VARIANTS[1][1]
     source = flax_backend.emit(compiled(path, overrides)[1])
     assert "self.se = EcaModule(out_channels, kernel_size=5, rngs=rngs)" in source
+
+
+def test_block_dropout_is_active_in_training_only():
+    path = ROOT / "specs" / "paper" / "cifar-resnet20.yaml"
+    g = compiled(path, ("block.dropout=0.5",))[1]
+    torch.manual_seed(0)
+    model = torch_backend.build_model(g)
+    plain = torch_backend.build_model(compiled(path)[1])
+    plain.load_state_dict(model.state_dict())  # the same weights, no dropout modules
+    x = torch.randn(4, *g.input_shape)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+        model.train(), plain.train()
+        assert not torch.allclose(model(x), plain(x))
