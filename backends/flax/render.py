@@ -97,6 +97,8 @@ class _Renderer:
             parts.append(self.avgpool())
         if Op.BLUR in p.ops:
             parts.append(self.blur_pool())
+        if Op.DROP_PATH in p.ops:
+            parts.append(self.drop_path())
         if self.max_pool:
             parts.append(self.max_pool_helper())
         if Op.AA_AVGPOOL in p.ops:
@@ -135,6 +137,8 @@ class _Renderer:
             return Call("nnx.Dropout", (_v(a["p"]), RNGS))
         if m.op is Op.LINEAR:
             return Call(self.n["linear"], (_v(a["in_features"]), "num_classes", RNGS))
+        if m.op is Op.DROP_PATH:
+            return Call(self.n["DropPath"], (_v(a["p"]), RNGS))
         if m.op is Op.BLUR:
             stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
             return Call(self.n["BlurPool"], (_v(a["channels"]), *stride))
@@ -443,6 +447,24 @@ class _Renderer:
             ),
         ]
 
+    def drop_path(self) -> list[str]:
+        return [
+            f"class {self.n['DropPath']}(nnx.Module):",
+            *docstring(
+                "Stochastic depth per sample (timm's DropPath): in training, a sample's residual "
+                "branch is zeroed with probability ``p`` and the others scaled by 1 / (1 - p); "
+                "the identity after model.eval(). A dropout whose mask is shared by a sample's "
+                "positions and channels.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", ["self", "p: float", "*", "rngs: nnx.Rngs"], "None"),
+            "        self.dropout = nnx.Dropout(p, broadcast_dims=(1, 2, 3), rngs=rngs)",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        return self.dropout(x)",
+        ]
+
     def blur_pool(self) -> list[str]:
         return [
             f"class {self.n['BlurPool']}(nnx.Module):",
@@ -544,6 +566,7 @@ class _Renderer:
         params = ["self", *(f"{p}: int" for p in c.channels)]
         params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
         params += ["eca_kernel_size: int | None = None"] * c.eca_kernel
+        params += ["drop_path_rate: float = 0.0"] * c.drop_path
         if c.required:
             params += ["*", f"{c.shortcuts[0]}: nnx.Module"]
         else:
@@ -551,6 +574,7 @@ class _Renderer:
         lines += def_lines("__init__", [*params, "rngs: nnx.Rngs"], "None")
         for m in c.layers:
             tail = " if stride > 1 else None" if m.name in c.optional else ""
+            tail = " if drop_path_rate > 0 else None" if m.op is Op.DROP_PATH else tail
             lines += call_lines(self.layer(m, m.name in c.zero), 2, f"self.{m.name} = ", tail)
         lines += [f"        self.{a} = {a}" for a in c.shortcuts]
         return [*lines, "", *self.forward(c.forward)]
@@ -584,6 +608,8 @@ class _Renderer:
             args.append(Kw("groups", num(b.groups)))
         if b.eca_kernel_size is not None:
             args.append(Kw("eca_kernel_size", num(b.eca_kernel_size)))
+        if b.drop_path_rate > 0:
+            args.append(Kw("drop_path_rate", num(b.drop_path_rate)))
         if b.shortcut:
             param, helper, (cin, cout, stride) = b.shortcut
             hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)

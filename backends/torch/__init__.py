@@ -39,6 +39,7 @@ FEATURES = frozenset(
         "block_dropout",
         "block_widths",
         "downsample_kernel",
+        "drop_path",
         "group_norm",
         "reduce_first",
         "stem_pool",

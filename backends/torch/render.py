@@ -77,6 +77,8 @@ class _Renderer:
         parts += [self.attention(k) for k in p.attention]
         if Op.BLUR in p.ops:
             parts.append(self.blur_pool())
+        if Op.DROP_PATH in p.ops:
+            parts.append(self.drop_path())
         if p.zero_pad:
             parts.append(self.zero_pad())
         parts += [self.projection(h) for h in p.projections]
@@ -149,6 +151,8 @@ class _Renderer:
             return Call("nn.Dropout", (Kw("p", _v(a["p"])),))
         if m.op is Op.LINEAR:
             return Call("nn.Linear", (_v(a["in_features"]), "num_classes"))
+        if m.op is Op.DROP_PATH:
+            return Call(self.p.names["DropPath"], (_v(a["p"]),))
         if m.op is Op.BLUR:
             _check_blur(m)
             stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
@@ -268,6 +272,28 @@ class _Renderer:
             "        return x * y.view(x.shape[0], -1, 1, 1)",
         ]
 
+    def drop_path(self) -> list[str]:
+        return [
+            f"class {self.p.names['DropPath']}(nn.Module):",
+            *docstring(
+                "Stochastic depth per sample (timm's DropPath): in training, a sample's residual "
+                "branch is zeroed with probability ``p`` and the others scaled by 1 / (1 - p); "
+                "the identity in eval mode.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", ["self", "p: float"], "None"),
+            "        super().__init__()",
+            "        self.p = p",
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            "        if not self.training or self.p == 0.0:",
+            "            return x",
+            "        keep = 1 - self.p",
+            "        mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep)",
+            "        return x * mask.div_(keep)",
+        ]
+
     def blur_pool(self) -> list[str]:
         return [
             f"class {self.p.names['BlurPool']}(nn.Module):",
@@ -345,6 +371,7 @@ class _Renderer:
         params = ["self", *(f"{p}: int" for p in c.channels)]
         params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
         params += ["eca_kernel_size: int | None = None"] * c.eca_kernel
+        params += ["drop_path_rate: float = 0.0"] * c.drop_path
         if c.required:
             params += ["*", f"{c.shortcuts[0]}: nn.Module"]
         else:
@@ -353,6 +380,7 @@ class _Renderer:
         lines.append("        super().__init__()")
         for m in c.layers:
             tail = " if stride > 1 else None" if m.name in c.optional else ""
+            tail = " if drop_path_rate > 0 else None" if m.op is Op.DROP_PATH else tail
             lines += call_lines(self.layer(m), 2, f"self.{m.name} = ", tail)
         if c.relu:
             lines += call_lines(self.layer(Layer("relu", Op.RELU), c.inplace), 2, "self.relu = ")
@@ -399,6 +427,8 @@ class _Renderer:
             args.append(Kw("groups", num(b.groups)))
         if b.eca_kernel_size is not None:
             args.append(Kw("eca_kernel_size", num(b.eca_kernel_size)))
+        if b.drop_path_rate > 0:
+            args.append(Kw("drop_path_rate", num(b.drop_path_rate)))
         if b.shortcut:
             param, helper, (cin, cout, stride) = b.shortcut
             hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)

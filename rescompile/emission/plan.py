@@ -37,7 +37,7 @@ _BASE_NAMES = {  # (kind, preact, residual) -> class name
 SHORTCUT_ATTR = {"projection": "downsample", "pad": "shortcut"}  # IR names of shortcut modules
 _AA_OPS = {Op.BLUR, Op.AA_AVGPOOL}  # anti-aliasing after a block's conv run at stride 1
 _NORM_OPS = {Op.BATCHNORM, Op.GROUPNORM}
-_MAIN_OPS = {Op.CONV2D, Op.RELU, Op.SCALE, Op.DROPOUT, *_NORM_OPS, *_AA_OPS}
+_MAIN_OPS = {Op.CONV2D, Op.RELU, Op.SCALE, Op.DROPOUT, Op.DROP_PATH, *_NORM_OPS, *_AA_OPS}
 _TOP_OPS = {
     Op.CONV2D,
     Op.BATCHNORM,
@@ -64,6 +64,7 @@ HELPERS = (
     "BlurPool",
     "MaxPool",
     "FloorAvgPool",
+    "DropPath",
 )
 # Channel attention modules (a block's ``se``, as timm names it). In a plan they are layers of op
 # Op.SCALE whose args are ``kind``, ``channels`` and the helper's own arguments; the helpers'
@@ -166,6 +167,8 @@ class BlockClass:
     inplace: bool = True
     zero: tuple[str, ...] = ()  # zero-initialised BatchNorms (zero_init_residual)
     optional: tuple[str, ...] = ()  # modules built only when stride > 1 (anti-aliasing), or None
+    # a ``drop_path_rate: float = 0.0`` parameter; its ``drop_path`` module is None at rate 0
+    drop_path: bool = False
     forward: list[Step] = field(default_factory=list)
     members: list[_BlockIR] = field(default_factory=list)
 
@@ -177,6 +180,7 @@ class BlockClass:
             *(["stride"] if self.stride else []),
             *(["groups"] if self.groups else []),
             *(["eca_kernel_size"] if self.eca_kernel else []),
+            *(["drop_path_rate"] if self.drop_path else []),
             *self.shortcuts,
         ]
 
@@ -202,6 +206,7 @@ class BlockCall:
     groups: int
     shortcut: tuple[str, str, tuple[int, int, int]] | None = None  # (param, helper, args)
     eca_kernel_size: int | None = None
+    drop_path_rate: float = 0.0
 
 
 @dataclass
@@ -280,6 +285,7 @@ class _BlockIR:
             stride=b.stride,
             groups=b.groups,
             eca_kernel_size=self.eca_kernel_size(),
+            drop_path_rate=b.drop_path,
         )
 
     def eca_kernel_size(self) -> int | None:
@@ -422,6 +428,7 @@ _CHECKED = {
     Op.MAXPOOL: ("kernel", "stride", "padding"),
     Op.LINEAR: ("in_features", "out_features", "bias"),
     Op.DROPOUT: ("p",),
+    Op.DROP_PATH: ("p",),
     Op.PAD_CHANNELS: ("stride", "out_channels"),
     Op.BLUR: ("channels", "kernel", "stride", "padding"),
     Op.AA_AVGPOOL: ("kernel", "stride"),
@@ -568,6 +575,7 @@ def _structure(bi: _BlockIR) -> tuple:
         )
         for n in bi.main
         if n.op not in _AA_OPS  # present only where the block strides: an optional module
+        and n.op is not Op.DROP_PATH  # present only at a rate above 0
     )
     post = tuple((bi.local[n.name], n.op) for n in bi.post)
     return (bi.block.kind, bi.block.preact, bi.add is not None, main, post)
@@ -674,6 +682,9 @@ def _fill_class(
             c.optional += (local,)
         elif n.op is Op.DROPOUT:  # block dropout (Wide ResNet): active in training only
             c.layers.append(_literal(local, n))
+        elif n.op is Op.DROP_PATH:  # stochastic depth at the block's rate: training only
+            c.layers.append(Layer(local, n.op, (("p", Param("drop_path_rate")),)))
+            c.drop_path = True
     names = {m.name for m in c.layers}
     for m in (*names, "downsample", "shortcut", "relu"):
         attr_name(m, "block module name")
@@ -690,6 +701,11 @@ def _fill_class(
                 _verify_attention(layers[_module(m.local[n.name])], p, m, n)
             elif n.op is not Op.RELU:
                 _verify(layers[m.local[n.name]], p, n)
+        has_dp = any(n.op is Op.DROP_PATH for n in m.main)
+        if has_dp != (m.block.drop_path > 0) or (
+            has_dp and m.local[m.main[-1].name] != "drop_path"
+        ):
+            raise EmitError(f"block {m.block.name!r}: drop path at rate {m.block.drop_path}")
         if c.optional:  # built where the block strides, None elsewhere
             aa = tuple(m.local[n.name] for n in m.main if n.op in _AA_OPS)
             if aa != (c.optional if m.block.stride > 1 else ()):
@@ -718,7 +734,7 @@ def _fill_class(
 
 def _representative(c: BlockClass) -> _BlockIR:
     """The member that shows every module of its class (an anti-aliased one, if any)."""
-    return next((m for m in c.members if any(n.op in _AA_OPS for n in m.main)), c.members[0])
+    return max(c.members, key=lambda m: len(m.main))  # the first of the longest
 
 
 _WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -750,6 +766,8 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
         if n.op is Op.AA_AVGPOOL
         else "dropout"
         if n.op is Op.DROPOUT
+        else "drop path"
+        if n.op is Op.DROP_PATH
         else "ReLU"
         for n in first.main
     ]
@@ -813,7 +831,8 @@ def _block_forward(
             body.append(Step("blank"))
         group = _group_key(local)
         module = "relu" if n.op is Op.RELU else _module(local) if n.op is Op.SCALE else local
-        body.append(Step("layer", "out", var, module, n.op, guard=local in c.optional))
+        guard = local in c.optional or n.op is Op.DROP_PATH
+        body.append(Step("layer", "out", var, module, n.op, guard=guard))
         var = "out"
         body += [shortcut(m, "out") for m in modes if m != "identity" and src[m] == local]
     if c.residual:
@@ -1142,6 +1161,7 @@ class _Planner:
             b.groups,
             shortcut,
             p["eca_kernel_size"] if c.eca_kernel else None,
+            b.drop_path if c.drop_path else 0.0,
         )
 
 

@@ -21,7 +21,7 @@ from emitted_classes import assert_same_definitions
 from rescompile.backends import flax as flax_backend
 from rescompile.backends import torch as torch_backend
 from spec_cases import ROOT, compiled, small, variant_id, variant_path
-from test_cross_backend import TOL, eval_pair, rel_err
+from test_cross_backend import TOL, eval_pair, jax, np, rel_err
 from test_timm_family import decode_layout, fixture
 
 from rescompile.ir.features import features
@@ -67,6 +67,8 @@ VARIANTS = [
     ("torchvision/resnet18", ("input.size=64", "anti_alias=blur", "block.attention=eca")),
     # block dropout (no timm model has it; eval mode: the identity)
     ("paper/cifar-resnet20", ("block.dropout=0.3", "block.attention=se")),
+    # stochastic depth (timm's drop_path_rate; the identity in eval mode)
+    ("torchvision/resnet50", ("input.size=32", "drop_path=0.1", "anti_alias=blur")),
 ]
 
 
@@ -132,9 +134,10 @@ def test_non_default_arguments_are_written():
     assert "self.se = EcaModule(out_channels, kernel_size=5, rngs=rngs)" in source
 
 
-def test_block_dropout_is_active_in_training_only():
+@pytest.mark.parametrize("setting", ["block.dropout=0.5", "drop_path=0.5"])
+def test_dropout_and_drop_path_are_active_in_training_only(setting):
     path = ROOT / "specs" / "paper" / "cifar-resnet20.yaml"
-    g = compiled(path, ("block.dropout=0.5",))[1]
+    g = compiled(path, (setting,))[1]
     torch.manual_seed(0)
     model = torch_backend.build_model(g)
     plain = torch_backend.build_model(compiled(path)[1])
@@ -145,3 +148,20 @@ def test_block_dropout_is_active_in_training_only():
         assert torch.equal(model(x), plain(x))
         model.train(), plain.train()
         assert not torch.allclose(model(x), plain(x))
+
+
+def test_drop_path_drops_whole_samples_in_flax_training_only():
+    from flax import nnx
+
+    path = ROOT / "specs" / "paper" / "cifar-resnet20.yaml"
+    g = compiled(path, ("drop_path=0.5",))[1]
+    model = flax_backend.load_module(flax_backend.emit(g), g.class_name)(rngs=nnx.Rngs(0))
+    block = model.layer3[-1]  # the last block: rate 0.5
+    x = jax.random.normal(jax.random.key(0), (64, 8, 8, 64))
+    model.eval()
+    assert (block.drop_path(x) == x).all()
+    model.train()
+    y = np.asarray(block.drop_path(x))
+    kept = np.array([np.allclose(y[i], 2 * np.asarray(x[i]), rtol=1e-6) for i in range(64)])
+    dropped = (y == 0).reshape(64, -1).all(axis=1)
+    assert (kept | dropped).all() and kept.any() and dropped.any()
