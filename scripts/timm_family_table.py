@@ -6,8 +6,11 @@ Reads the committed fixture (``tests/fixtures/timm/resnet.json``, recorded from 
 ``scripts/timm_fixture.py``) and compiles every ``specs/timm`` spec at 224x224 and 193x211. A
 model is exact when its parameters, buffers, MACs at both sizes (or, where timm's own model
 fails at 193x211, a refusal by rescompile too) and its state_dict layout (keys, order, shapes)
-all equal timm's. The last column names the spec-language features the emitters must support
-before the model can be built (``rescompile.ir.features``).
+all equal timm's. The outputs column is the emitted PyTorch model against timm's own, read from
+``docs/timm-outputs.json`` (written by ``scripts/timm_outputs_check.py --record``): timm's
+state_dict loaded with ``strict=True`` and the logits bitwise equal (or their largest
+difference). The last column names the spec-language features that a backend does not emit yet
+(``rescompile.ir.features``; what both backends declare in ``FEATURES``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from rescompile.backends import flax as flax_backend  # noqa: E402
+from rescompile.backends import torch as torch_backend  # noqa: E402
 from test_timm_family import NOT_EXPRESSIBLE, decode_layout  # noqa: E402
 
 from rescompile import compile_spec  # noqa: E402
@@ -32,14 +37,29 @@ def _mark(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def table() -> tuple[str, int, int]:
+OUTPUTS = ROOT / "docs" / "timm-outputs.json"
+
+
+def _outputs(r: dict | None) -> tuple[str, bool]:
+    if r is None:
+        return "not checked", False
+    if not r["strict"]:
+        return "**strict load fails**", False
+    if r["bitwise"]:
+        return "bitwise", r["ok"]
+    return f"max diff {r['max_abs_diff']:.2g}" if r["ok"] else "**differs**", r["ok"]
+
+
+def table() -> tuple[str, int, int, int]:
     fx = json.loads((ROOT / "tests" / "fixtures" / "timm" / "resnet.json").read_text())
+    outputs = json.loads(OUTPUTS.read_text())["models"] if OUTPUTS.exists() else {}
+    declared = torch_backend.FEATURES & flax_backend.FEATURES
     lines = [
         "| model | params | buffers | MACs 224x224 | MACs 193x211 | state_dict keys | "
-        "params | buffers | MACs | keys | exact | emitter features needed |",
-        "|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|",
+        "params | buffers | MACs | keys | exact | outputs | emitter features needed |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|",
     ]
-    exact = 0
+    exact = all_four = 0
     for name in fx["registered"]:
         e = fx["models"][name]
         odd = e["macs"]["193x211"]
@@ -48,7 +68,7 @@ def table() -> tuple[str, int, int]:
         head = f"| {name} | {e['params']:,} | {e['buffers']:,} | {e['macs']['224x224']:,} | "
         head += f"{odd_text} | {keys} | "
         if name in NOT_EXPRESSIBLE:
-            lines.append(head + "| | | | **no** | per-block widths (not expressible yet) |")
+            lines.append(head + "| | | | **no** | | per-block widths (not expressible yet) |")
             continue
         path = ROOT / "specs" / "timm" / f"{name}.yaml"
         _, g = compile_spec(path, ["input.size=224"])
@@ -64,16 +84,19 @@ def table() -> tuple[str, int, int]:
             state_layout(g) == decode_layout(e["state_dict"]),
         ]
         exact += all(ok)
-        feats = ", ".join(features(g)) or "none (emits today)"
-        lines.append(head + " | ".join(map(_mark, ok)) + f" | {_mark(all(ok))} | {feats} |")
-    return "\n".join(lines) + "\n", exact, len(fx["registered"])
+        missing = [f for f in features(g) if f not in declared]
+        out, out_ok = _outputs(outputs.get(name)) if not missing else ("not emitted yet", False)
+        all_four += all(ok) and out_ok
+        feats = ", ".join(missing) or "none (emits today)"
+        lines.append(head + " | ".join(map(_mark, ok)) + f" | {_mark(all(ok))} | {out} | {feats} |")
+    return "\n".join(lines) + "\n", exact, all_four, len(fx["registered"])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", type=Path)
     args = ap.parse_args(argv)
-    body, exact, total = table()
+    body, exact, all_four, total = table()
     fx = json.loads((ROOT / "tests" / "fixtures" / "timm" / "resnet.json").read_text())
     text = (
         "# timm's ResNet family in rescompile\n\n"
@@ -85,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         "variances (timm's `num_batches_tracked` counters are in the key count, not the buffer "
         "count; BlurPool's fixed filters are non-persistent and in neither).\n\n"
         f"**{exact} of {total}** models are exact in parameters, buffers, MACs at both sizes and "
-        "state_dict layout. Output equality needs the emitters (the last column: features they do "
-        "not declare yet).\n\n" + body
+        f"state_dict layout; **{all_four} of {total}** also in outputs: the emitted PyTorch model "
+        "loads timm's state_dict with `strict=True` and gives timm's logits (column outputs, from "
+        "`scripts/timm_outputs_check.py --record docs/timm-outputs.json`: timm's randomised "
+        "weights and BN statistics, a 2x3x64x96 input, CPU, float32). The emitted flax models "
+        "agree with the PyTorch ones to 1e-4 (`tests/backends/test_timm_emit.py`, per feature). "
+        "The last column: features the backends do not emit yet.\n\n" + body
     )
     if args.output:
         args.output.write_text(text)
-        print(f"wrote {args.output}: {exact} of {total} exact")
+        print(f"wrote {args.output}: {exact} of {total} exact, {all_four} with outputs")
     else:
         sys.stdout.write(text)
     return 0

@@ -1,7 +1,7 @@
 """Emitted PyTorch models against timm's: strict state_dict load and the same outputs.
 
     .venv/bin/python -m rescompile build specs/timm/NAME.yaml -o DIR/NAME.py   (for each spec)
-    /work/timm-venv/bin/python scripts/timm_outputs_check.py DIR [NAME ...]
+    /work/timm-venv/bin/python scripts/timm_outputs_check.py DIR [NAME ...] [--record FILE]
 
 Runs in the timm venv (the emitted source needs only torch). For every ``DIR/NAME.py`` (an
 emitted module; its class is the one subclass of ``torch.nn.Module`` defined last), it builds
@@ -10,6 +10,9 @@ timm's ``NAME``, loads timm's state_dict into the emitted model with ``strict=Tr
 input: bitwise (torch.equal), and the largest absolute difference. It also compares the emitted
 model's logits with the fixture's recorded sha256 (the same figures, recorded earlier).
 Exits 1 if any model fails to load strictly or differs by more than 1e-5 relative.
+``--record FILE`` merges the results into a JSON file (model -> strict, bitwise, max_abs_diff,
+ok; ``docs/timm-outputs.json``, which ``scripts/timm_family_table.py`` turns into the table's
+outputs column), with the timm and torch versions.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ def main(argv: list[str]) -> int:
     import timm
     import torch
 
+    record = None
+    if "--record" in argv:
+        i = argv.index("--record")
+        record = Path(argv[i + 1])
+        argv = argv[:i] + argv[i + 2 :]
+    results: dict[str, dict] = {}
     torch.set_num_threads(1)
     tf = _load(ROOT / "scripts" / "timm_fixture.py", "timm_fixture")
     fx = json.loads((ROOT / "tests" / "fixtures" / "timm" / "resnet.json").read_text())
@@ -59,6 +68,7 @@ def main(argv: list[str]) -> int:
         except RuntimeError as e:
             print(f"FAIL {name:24s} strict load: {str(e).splitlines()[0]}")
             bad += 1
+            results[name] = dict(strict=False, bitwise=False, max_abs_diff=None, ok=False)
             continue
         tf.randomise(ours)
         tf.randomise(theirs)
@@ -71,10 +81,16 @@ def main(argv: list[str]) -> int:
         same_as_fixture = sha == fx["models"][name]["output"]["sha256"]
         ok = strict and rel <= TOLERANCE
         bad += not ok
+        results[name] = dict(strict=strict, bitwise=torch.equal(a, b), max_abs_diff=diff, ok=ok)
         print(
             f"{'ok  ' if ok else 'FAIL'} {name:24s} strict load {strict}  bitwise "
             f"{torch.equal(a, b)}  max |diff| {diff:.3g}  fixture sha256 {same_as_fixture}"
         )
+    if record is not None:
+        old = json.loads(record.read_text()) if record.exists() else {"models": {}}
+        old.update(timm=timm.__version__, torch=torch.__version__, input=list(tf.OUTPUT_INPUT))
+        old["models"] = dict(sorted({**old["models"], **results}.items()))
+        record.write_text(json.dumps(old, indent=1) + "\n")
     return 1 if bad else 0
 
 

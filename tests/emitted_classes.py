@@ -7,7 +7,7 @@ import re
 
 # Definitions only the flax file has: what torch.nn provides and flax.nnx lacks (a spec's own
 # class name may push them to a trailing underscore).
-FLAX_ONLY = re.compile(r"(BatchNorm|Sequential|AvgPool|linear)_*")
+FLAX_ONLY = re.compile(r"(BatchNorm|Sequential|AvgPool|FloorAvgPool|MaxPool|linear)_*")
 
 
 def definitions(source: str) -> dict[str, list[str]]:

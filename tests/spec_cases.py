@@ -18,7 +18,8 @@ LIBRARY_SPECS = sorted((ROOT / "specs").rglob("*.yaml"))
 TIMM_SPECS = sorted((ROOT / "specs" / "timm").glob("*.yaml"))
 # ... and the specs the backends' tests emit and run: the library without the ResNet family
 # (specs/timm: 79 models of up to 800M parameters; specs/followup: the follow-up papers' audit
-# rows), which uses features the emitters do not declare yet and has tests of its own.
+# rows), which has tests of its own: tests/test_timm_family.py (numbers and layout for all) and
+# tests/backends/test_timm_emit.py (a few small models per family feature through both emitters).
 SPECS = [p for p in LIBRARY_SPECS if p.parent.name not in ("timm", "followup")]
 TORCHVISION_SPECS = sorted((ROOT / "specs" / "torchvision").glob("*.yaml"))
 SMALL = 32  # ImageNet-size specs run at 32x32 (final maps 1x1) where a model is executed

@@ -230,7 +230,16 @@ def test_library_features_outside_timm():
 # -- backends that do not emit a feature refuse it cleanly ----------------------------------------
 
 
-def test_build_refuses_a_feature_the_backend_does_not_declare(tmp_path):
+@pytest.fixture
+def torch_declares_nothing(monkeypatch):
+    """Both backends now emit every feature: the refusal is tested with a torch backend that
+    declares none (as a new backend, or a new feature, would be)."""
+    from rescompile.backends import torch as torch_backend
+
+    monkeypatch.setattr(torch_backend, "FEATURES", frozenset())
+
+
+def test_build_refuses_a_feature_the_backend_does_not_declare(tmp_path, torch_declares_nothing):
     out = tmp_path / "model.py"
     r = run_cli("build", str(ROOT / "specs" / "timm" / "seresnet50.yaml"), "-o", str(out))
     assert r.code == 1 and not out.exists()
@@ -403,7 +412,7 @@ def test_pruned_widths_shape_the_block():
     assert "block_widths" in features(g)
 
 
-def test_train_refuses_a_feature_the_backend_does_not_declare(tmp_path):
+def test_train_refuses_a_feature_the_backend_does_not_declare(tmp_path, torch_declares_nothing):
     digits = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
     out = tmp_path / "run"
     r = run_cli(

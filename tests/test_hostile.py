@@ -82,7 +82,8 @@ def torch_backend():
 
 # -- the emitted-source check -----------------------------------------------------------------
 
-ALLOWED_IMPORTS = {"__future__", "torch", "torch.nn", "torch.nn.functional"}
+# math: the ECA module computes its kernel from the channel count with timm's math.log
+ALLOWED_IMPORTS = {"__future__", "math", "torch", "torch.nn", "torch.nn.functional"}
 FORBIDDEN_NAMES = {
     "exec",
     "eval",

@@ -26,8 +26,26 @@ from rescompile.errors import EmitError
 
 NAME = "flax"
 SUFFIX = ".py"
+# The family features (rescompile.ir.features) this backend emits.
+FEATURES = frozenset(
+    {
+        "anti_alias_avgpool",
+        "anti_alias_blur",
+        "attention_eca",
+        "attention_se",
+        "block_dropout",
+        "block_widths",
+        "downsample_kernel",
+        "drop_path",
+        "group_norm",
+        "reduce_first",
+        "stem_pool",
+        "stem_widths",
+    }
+)
 
 __all__ = [
+    "FEATURES",
     "NAME",
     "SUFFIX",
     "EmitError",

@@ -7,10 +7,11 @@ names are PyTorch's, so the keys are those of the emitted PyTorch model's ``stat
 =====================  ==========================  ==================================
 flax (NHWC)            PyTorch (NCHW)              conversion
 =====================  ==========================  ==================================
-Conv ``kernel``        ``weight``                  HWIO <-> OIHW
+Conv ``kernel``        ``weight``                  HWIO <-> OIHW (1-d, ECA: WIO <-> OIW)
+Conv ``bias``          ``bias``                    as is (SE's 1x1 convs)
 Linear ``kernel``      ``weight``                  (in, out) <-> (out, in)
 Linear ``bias``        ``bias``                    as is
-BatchNorm ``scale``    ``weight``                  as is
+BatchNorm ``scale``    ``weight``                  as is (GroupNorm's too)
 BatchNorm ``bias``     ``bias``                    as is
 BatchNorm ``mean``     ``running_mean``            as is
 BatchNorm ``var``      ``running_var``             as is (both hold the unbiased estimate)
@@ -51,7 +52,7 @@ def module_paths(model: Any) -> dict[str, Any]:
     found = [
         (path, module)
         for path, module in nnx.iter_modules(model)
-        if isinstance(module, nnx.Conv | nnx.BatchNorm | nnx.Linear)
+        if isinstance(module, nnx.Conv | nnx.BatchNorm | nnx.GroupNorm | nnx.Linear)
     ]
     found.sort(key=lambda item: _natural(item[0]))
     return {".".join(str(p) for p in path): module for path, module in found}
@@ -69,6 +70,8 @@ def _tensors(module: Any) -> dict[str, tuple[str, Any]]:
 
     if isinstance(module, nnx.BatchNorm):
         names = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+    elif isinstance(module, nnx.GroupNorm):
+        names = {"weight": "scale", "bias": "bias"}
     else:
         names = {"weight": "kernel", "bias": "bias"}
     out = {}
@@ -83,6 +86,8 @@ def _to_torch(value: Any) -> np.ndarray:
     a = np.asarray(value)
     if a.ndim == 4:  # conv kernel HWIO -> OIHW
         return a.transpose(3, 2, 0, 1)
+    if a.ndim == 3:  # 1-d conv kernel WIO -> OIW (ECA)
+        return a.transpose(2, 1, 0)
     if a.ndim == 2:  # linear kernel (in, out) -> (out, in)
         return a.T
     return a
@@ -91,6 +96,8 @@ def _to_torch(value: Any) -> np.ndarray:
 def _from_torch(value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:  # OIHW -> HWIO
         return value.transpose(2, 3, 1, 0)
+    if value.ndim == 3:  # OIW -> WIO
+        return value.transpose(2, 1, 0)
     if value.ndim == 2:
         return value.T
     return value

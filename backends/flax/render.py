@@ -23,6 +23,8 @@ from rescompile.emission.layout import (
 )
 from rescompile.emission.names import num
 from rescompile.emission.plan import (
+    ATTENTION_DEFAULTS,
+    ATTENTION_HELPERS,
     BlockCall,
     BlockClass,
     ConvHelper,
@@ -32,6 +34,7 @@ from rescompile.emission.plan import (
     Projection,
     Stage,
     Step,
+    attention_args,
     header,
     make_plan,
     model_doc,
@@ -60,6 +63,10 @@ def _v(x: object) -> str:
     return x.name if isinstance(x, Param) else num(x)
 
 
+def _lit(x: object) -> str:
+    return "None" if x is None else _v(x)
+
+
 class _Renderer:
     def __init__(self, plan: Plan):
         self.p = plan
@@ -68,11 +75,19 @@ class _Renderer:
             raise EmitError("the flax backend expects one BatchNorm eps and momentum per model")
         self.zero_init = any(c.zero for c in plan.classes)
         self.pooled = any(h.pool != "none" for h in plan.projections)
+        # a max pool inside a Sequential (the blur stem's) needs a module; alone it is inline
+        self.max_pool = any(
+            m.op is Op.MAXPOOL
+            for t in plan.body
+            if not isinstance(t, Stage) and t.sequential
+            for m in t.layers
+        )
 
     def source(self) -> str:
         p = self.p
         parts = [docstring(header(p, "flax", NOTES), 0), [*self.imports(), "", *self.he_normal()]]
         parts += [self.conv_helper(c) for c in p.convs]
+        parts += [self.attention(k) for k in p.attention]
         if p.num_classes:
             parts.append(self.linear())
         if p.eps:
@@ -80,6 +95,14 @@ class _Renderer:
         parts.append(self.sequential())
         if self.pooled:
             parts.append(self.avgpool())
+        if Op.BLUR in p.ops:
+            parts.append(self.blur_pool())
+        if Op.DROP_PATH in p.ops:
+            parts.append(self.drop_path())
+        if self.max_pool:
+            parts.append(self.max_pool_helper())
+        if Op.AA_AVGPOOL in p.ops:
+            parts.append(self.floor_avg_pool())
         if p.zero_pad:
             parts.append(self.zero_pad())
         parts += [self.projection(h) for h in p.projections]
@@ -88,7 +111,8 @@ class _Renderer:
         return join_parts(parts)
 
     def imports(self) -> list[str]:
-        return ["import jax", "import jax.numpy as jnp", "from flax import nnx"]
+        first = ["import math", ""] if "eca" in self.p.attention else []
+        return [*first, "import jax", "import jax.numpy as jnp", "from flax import nnx"]
 
     # -- modules -------------------------------------------------------------------------------
     def layer(self, m: Layer, zero: bool = False) -> Call | str:
@@ -102,6 +126,9 @@ class _Renderer:
         if m.op is Op.BATCHNORM:
             init = [Kw("zero_init", "True")] if zero else []
             return Call(self.n["BatchNorm"], (_v(a["channels"]), *init, RNGS))
+        if m.op is Op.GROUPNORM:
+            args = (_v(a["channels"]), Kw("num_groups", _v(a["groups"])))
+            return Call("nnx.GroupNorm", (*args, Kw("epsilon", num(a["eps"])), RNGS))
         if m.op is Op.RELU:
             return "nnx.relu"
         if m.op is Op.AVGPOOL:
@@ -110,6 +137,20 @@ class _Renderer:
             return Call("nnx.Dropout", (_v(a["p"]), RNGS))
         if m.op is Op.LINEAR:
             return Call(self.n["linear"], (_v(a["in_features"]), "num_classes", RNGS))
+        if m.op is Op.DROP_PATH:
+            return Call(self.n["DropPath"], (_v(a["p"]), RNGS))
+        if m.op is Op.BLUR:
+            stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
+            return Call(self.n["BlurPool"], (_v(a["channels"]), *stride))
+        if m.op is Op.AA_AVGPOOL:
+            return Call(self.n["FloorAvgPool"], (num(a["kernel"]), num(a["stride"])))
+        if m.op is Op.MAXPOOL:
+            args = (num(a["kernel"]), num(a["stride"]), num(a["padding"]))
+            return Call(self.n["MaxPool"], args)
+        if m.op is Op.SCALE:
+            helper = self.n[ATTENTION_HELPERS[a["kind"]]]
+            kws = [Kw(k, _lit(v)) for k, v in attention_args(m)]
+            return Call(helper, (_v(a["channels"]), *kws, RNGS))
         raise EmitError(f"no flax module for {m.op}")  # pragma: no cover
 
     def conv_call(self, k: int, cin: str, cout: str, stride: str, groups: str) -> Call:
@@ -136,6 +177,9 @@ class _Renderer:
         return f"self.{module}({src})"
 
     def step(self, s: Step) -> list[str]:
+        if s.kind == "layer" and s.guard:
+            line = f"{s.out} = {self.inline(s.op, s.module, s.src)}"
+            return [f"if self.{s.module} is not None:", f"    {line}"]
         if s.kind == "layer":
             return [f"{s.out} = {self.inline(s.op, s.module, s.src)}"]
         if s.kind == "flatten":  # the global average pool already gave (batch, channels)
@@ -202,6 +246,86 @@ class _Renderer:
             "groups" if c.groups else "1",
         )
         return lines + call_lines(call, 1, "return ")
+
+    def attention(self, kind: str) -> list[str]:
+        name = self.n[ATTENTION_HELPERS[kind]]
+        d = ATTENTION_DEFAULTS[kind]
+        he = self.n["he_normal"]
+        if kind == "se":
+            conv = "nnx.Conv({}, {}, (1, 1), kernel_init=" + he + ", rngs=rngs)"
+            return [
+                f"class {name}(nnx.Module):",
+                *docstring(
+                    "Squeeze-and-excitation (Hu et al. 2018), as timm's SEModule: global average "
+                    "pool, a 1x1 conv down to ``rd_channels``, ReLU, a 1x1 conv back up, and a "
+                    "sigmoid gate that scales ``x``.\n\n``rd_channels`` is ``channels * "
+                    "rd_ratio`` rounded to the nearest multiple of ``rd_divisor`` (halves up), "
+                    "at least ``rd_divisor`` (timm's make_divisible).",
+                    1,
+                ),
+                "",
+                *def_lines(
+                    "__init__",
+                    [
+                        "self",
+                        "channels: int",
+                        f"rd_ratio: float = {num(d['rd_ratio'])}",
+                        f"rd_divisor: int = {num(d['rd_divisor'])}",
+                        "*",
+                        "rngs: nnx.Rngs",
+                    ],
+                    "None",
+                ),
+                "        rd = int(channels * rd_ratio + rd_divisor / 2) // rd_divisor * rd_divisor",
+                "        rd_channels = max(rd_divisor, rd)",
+                f"        self.fc1 = {conv.format('channels', 'rd_channels')}",
+                f"        self.fc2 = {conv.format('rd_channels', 'channels')}",
+                "",
+                "    def __call__(self, x: jax.Array) -> jax.Array:",
+                "        s = x.mean(axis=(1, 2), keepdims=True)",
+                "        s = self.fc2(nnx.relu(self.fc1(s)))",
+                "        return x * jax.nn.sigmoid(s)",
+            ]
+        return [
+            f"class {name}(nnx.Module):",
+            *docstring(
+                "Efficient channel attention (Wang et al. 2020), as timm's EcaModule: global "
+                "average pool, a 1-d convolution across the channels, and a sigmoid gate that "
+                "scales ``x``.\n\nWithout ``kernel_size`` the kernel follows the channel "
+                "count: int((log2(channels) + 1) / 2), made odd, at least 3.",
+                1,
+            ),
+            "",
+            *def_lines(
+                "__init__",
+                ["self", "channels: int", "kernel_size: int | None = None", "*", "rngs: nnx.Rngs"],
+                "None",
+            ),
+            "        if kernel_size is None:",
+            "            t = int(abs(math.log(channels, 2) + 1) / 2)",
+            "            kernel_size = max(t if t % 2 else t + 1, 3)",
+            "        padding = (kernel_size - 1) // 2",
+            *call_lines(
+                Call(
+                    "nnx.Conv",
+                    (
+                        "1",
+                        "1",
+                        "(kernel_size,)",
+                        Kw("padding", "padding"),
+                        Kw("use_bias", "False"),
+                        RNGS,
+                    ),
+                ),
+                2,
+                "self.conv = ",
+            ),
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        y = x.mean(axis=(1, 2))[:, :, None]  # the channels as a 1-d signal",
+            "        y = jax.nn.sigmoid(self.conv(y))",
+            "        return x * y.reshape(x.shape[0], 1, 1, -1)",
+        ]
 
     def linear(self) -> list[str]:
         return [
@@ -323,6 +447,86 @@ class _Renderer:
             ),
         ]
 
+    def drop_path(self) -> list[str]:
+        return [
+            f"class {self.n['DropPath']}(nnx.Module):",
+            *docstring(
+                "Stochastic depth per sample (timm's DropPath): in training, a sample's residual "
+                "branch is zeroed with probability ``p`` and the others scaled by 1 / (1 - p); "
+                "the identity after model.eval(). A dropout whose mask is shared by a sample's "
+                "positions and channels.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", ["self", "p: float", "*", "rngs: nnx.Rngs"], "None"),
+            "        self.dropout = nnx.Dropout(p, broadcast_dims=(1, 2, 3), rngs=rngs)",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        return self.dropout(x)",
+        ]
+
+    def blur_pool(self) -> list[str]:
+        return [
+            f"class {self.n['BlurPool']}(nnx.Module):",
+            *docstring(
+                "Blur pool (Zhang 2019), as timm's BlurPool2d: reflect padding, then a depthwise "
+                "3x3 binomial filter ([1, 2, 1] x [1, 2, 1] / 16) at ``stride``; no parameters.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", ["self", "channels: int", "stride: int = 2"], "None"),
+            "        self.channels = channels",
+            "        self.stride = stride",
+            "        self.padding = (stride + 1) // 2",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        p, s = self.padding, self.stride",
+            '        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")',
+            "        k = jnp.array([1.0, 2.0, 1.0], x.dtype) / 4",
+            "        filt = jnp.tile((k[:, None] * k[None, :])[:, :, None, None], self.channels)",
+            *call_lines(
+                Call(
+                    "jax.lax.conv_general_dilated",
+                    (
+                        "x",
+                        "filt",
+                        "(s, s)",
+                        '"VALID"',
+                        Kw("dimension_numbers", '("NHWC", "HWIO", "NHWC")'),
+                        Kw("feature_group_count", "self.channels"),
+                    ),
+                ),
+                2,
+                "return ",
+            ),
+        ]
+
+    def max_pool_helper(self) -> list[str]:
+        return [
+            f"class {self.n['MaxPool']}(nnx.Module):",
+            '    """torch.nn.MaxPool2d(kernel, stride, padding) as a module of a Sequential."""',
+            "",
+            *def_lines("__init__", ["self", "kernel: int", "stride: int", "padding: int"], "None"),
+            "        self.kernel, self.stride, self.padding = kernel, stride, padding",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        k, s, p = self.kernel, self.stride, self.padding",
+            "        return nnx.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))",
+        ]
+
+    def floor_avg_pool(self) -> list[str]:
+        return [
+            f"class {self.n['FloorAvgPool']}(nnx.Module):",
+            '    """torch.nn.AvgPool2d(kernel, stride): no padding, floor mode (anti-aliasing)."""',
+            "",
+            *def_lines("__init__", ["self", "kernel: int", "stride: int"], "None"),
+            "        self.kernel, self.stride = kernel, stride",
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        k, s = self.kernel, self.stride",
+            "        return nnx.avg_pool(x, (k, k), strides=(s, s))",
+        ]
+
     def zero_pad(self) -> list[str]:
         return [
             f"class {self.n['ZeroPadShortcut']}(nnx.Module):",
@@ -361,13 +565,17 @@ class _Renderer:
         lines = [f"class {c.name}(nnx.Module):", *docstring(c.doc, 1), ""]
         params = ["self", *(f"{p}: int" for p in c.channels)]
         params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        params += ["eca_kernel_size: int | None = None"] * c.eca_kernel
+        params += ["drop_path_rate: float = 0.0"] * c.drop_path
         if c.required:
             params += ["*", f"{c.shortcuts[0]}: nnx.Module"]
         else:
             params += [f"{a}: nnx.Module | None = None" for a in c.shortcuts] + ["*"]
         lines += def_lines("__init__", [*params, "rngs: nnx.Rngs"], "None")
         for m in c.layers:
-            lines += call_lines(self.layer(m, m.name in c.zero), 2, f"self.{m.name} = ")
+            tail = " if stride > 1 else None" if m.name in c.optional else ""
+            tail = " if drop_path_rate > 0 else None" if m.op is Op.DROP_PATH else tail
+            lines += call_lines(self.layer(m, m.name in c.zero), 2, f"self.{m.name} = ", tail)
         lines += [f"        self.{a} = {a}" for a in c.shortcuts]
         return [*lines, "", *self.forward(c.forward)]
 
@@ -398,6 +606,10 @@ class _Renderer:
             args.append(num(b.stride))
         if b.groups != 1:
             args.append(Kw("groups", num(b.groups)))
+        if b.eca_kernel_size is not None:
+            args.append(Kw("eca_kernel_size", num(b.eca_kernel_size)))
+        if b.drop_path_rate > 0:
+            args.append(Kw("drop_path_rate", num(b.drop_path_rate)))
         if b.shortcut:
             param, helper, (cin, cout, stride) = b.shortcut
             hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)

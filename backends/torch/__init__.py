@@ -29,8 +29,35 @@ if TYPE_CHECKING:
 
 NAME = "torch"
 SUFFIX = ".py"
+# The family features (rescompile.ir.features) this backend emits.
+FEATURES = frozenset(
+    {
+        "anti_alias_avgpool",
+        "anti_alias_blur",
+        "attention_eca",
+        "attention_se",
+        "block_dropout",
+        "block_widths",
+        "downsample_kernel",
+        "drop_path",
+        "group_norm",
+        "reduce_first",
+        "stem_pool",
+        "stem_widths",
+    }
+)
 
-__all__ = ["NAME", "SUFFIX", "EmitError", "build_model", "check", "emit", "export", "load_module"]
+__all__ = [
+    "FEATURES",
+    "NAME",
+    "SUFFIX",
+    "EmitError",
+    "build_model",
+    "check",
+    "emit",
+    "export",
+    "load_module",
+]
 
 
 def load_module(source: str, class_name: str) -> Any:

@@ -19,6 +19,8 @@ from rescompile.emission.layout import (
 )
 from rescompile.emission.names import num
 from rescompile.emission.plan import (
+    ATTENTION_DEFAULTS,
+    ATTENTION_HELPERS,
     BN_EPS,
     BN_MOMENTUM,
     BlockCall,
@@ -29,6 +31,7 @@ from rescompile.emission.plan import (
     Projection,
     Stage,
     Step,
+    attention_args,
     header,
     make_plan,
     model_doc,
@@ -51,6 +54,17 @@ def _v(x: object) -> str:
     return x.name if isinstance(x, Param) else num(x)
 
 
+def _check_blur(m: Layer) -> None:
+    """The BlurPool helpers are timm's 3x3 binomial filter with timm's padding."""
+    a = dict(m.args)
+    if a["kernel"] != 3 or a["padding"] != (a["stride"] + 1) // 2:
+        raise EmitError(f"a blur pool of kernel {a['kernel']}, padding {a['padding']}")
+
+
+def _lit(x: object) -> str:
+    return "None" if x is None else _v(x)
+
+
 class _Renderer:
     def __init__(self, plan: Plan):
         self.p = plan
@@ -60,6 +74,11 @@ class _Renderer:
         p = self.p
         parts = [docstring(header(p, "torch", NOTES), 0), self.imports()]
         parts += [self.conv_helper(c) for c in p.convs]
+        parts += [self.attention(k) for k in p.attention]
+        if Op.BLUR in p.ops:
+            parts.append(self.blur_pool())
+        if Op.DROP_PATH in p.ops:
+            parts.append(self.drop_path())
         if p.zero_pad:
             parts.append(self.zero_pad())
         parts += [self.projection(h) for h in p.projections]
@@ -68,8 +87,9 @@ class _Renderer:
         return join_parts(parts)
 
     def imports(self) -> list[str]:
-        lines = ["import torch"]
-        if self.p.zero_pad:
+        lines = ["import math", ""] if "eca" in self.p.attention else []
+        lines.append("import torch")
+        if self.p.zero_pad or Op.BLUR in self.p.ops:
             lines.append(
                 "from torch.nn import functional"
                 if self.F == "functional"
@@ -101,6 +121,9 @@ class _Renderer:
                     *kw("momentum", "momentum", BN_MOMENTUM),
                 ),
             )
+        if m.op is Op.GROUPNORM:
+            eps = kw("eps", "eps", BN_EPS)
+            return Call("nn.GroupNorm", (_v(a["groups"]), _v(a["channels"]), *eps))
         if m.op is Op.RELU:
             return Call("nn.ReLU", (Kw("inplace", "True"),) if a.get("inplace", inplace) else ())
         if m.op is Op.MAXPOOL:
@@ -128,9 +151,26 @@ class _Renderer:
             return Call("nn.Dropout", (Kw("p", _v(a["p"])),))
         if m.op is Op.LINEAR:
             return Call("nn.Linear", (_v(a["in_features"]), "num_classes"))
+        if m.op is Op.DROP_PATH:
+            return Call(self.p.names["DropPath"], (_v(a["p"]),))
+        if m.op is Op.BLUR:
+            _check_blur(m)
+            stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
+            return Call(self.p.names["BlurPool"], (_v(a["channels"]), *stride))
+        if m.op is Op.AA_AVGPOOL:
+            return Call(
+                "nn.AvgPool2d",
+                (Kw("kernel_size", num(a["kernel"])), Kw("stride", num(a["stride"]))),
+            )
+        if m.op is Op.SCALE:
+            helper = self.p.names[ATTENTION_HELPERS[a["kind"]]]
+            kws = [Kw(k, _lit(v)) for k, v in attention_args(m)]
+            return Call(helper, (_v(a["channels"]), *kws))
         raise EmitError(f"no PyTorch module for {m.op}")  # pragma: no cover
 
     def step(self, s: Step) -> list[str]:
+        if s.kind == "layer" and s.guard:
+            return [f"if self.{s.module} is not None:", f"    {s.out} = self.{s.module}({s.src})"]
         if s.kind == "layer":
             return [f"{s.out} = self.{s.module}({s.src})"]
         if s.kind == "flatten":
@@ -166,6 +206,119 @@ class _Renderer:
         args += [Kw("stride", "stride")] * c.stride + [Kw("padding", str(pad))] * (pad > 0)
         args += [Kw("groups", "groups")] * c.groups + [Kw("bias", "False")]
         return lines + call_lines(Call("nn.Conv2d", tuple(args)), 1, "return ")
+
+    def attention(self, kind: str) -> list[str]:
+        name = self.p.names[ATTENTION_HELPERS[kind]]
+        d = ATTENTION_DEFAULTS[kind]
+        if kind == "se":
+            return [
+                f"class {name}(nn.Module):",
+                *docstring(
+                    "Squeeze-and-excitation (Hu et al. 2018), as timm's SEModule: global average "
+                    "pool, a 1x1 conv down to ``rd_channels``, ReLU, a 1x1 conv back up, and a "
+                    "sigmoid gate that scales ``x``.\n\n``rd_channels`` is ``channels * "
+                    "rd_ratio`` rounded to the nearest multiple of ``rd_divisor`` (halves up), "
+                    "at least ``rd_divisor`` (timm's make_divisible).",
+                    1,
+                ),
+                "",
+                *def_lines(
+                    "__init__",
+                    [
+                        "self",
+                        "channels: int",
+                        f"rd_ratio: float = {num(d['rd_ratio'])}",
+                        f"rd_divisor: int = {num(d['rd_divisor'])}",
+                    ],
+                    "None",
+                ),
+                "        super().__init__()",
+                "        rd = int(channels * rd_ratio + rd_divisor / 2) // rd_divisor * rd_divisor",
+                "        rd_channels = max(rd_divisor, rd)",
+                "        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1)",
+                "        self.act = nn.ReLU(inplace=True)",
+                "        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1)",
+                "",
+                "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+                "        s = x.mean((2, 3), keepdim=True)",
+                "        s = self.fc2(self.act(self.fc1(s)))",
+                "        return x * s.sigmoid()",
+            ]
+        return [
+            f"class {name}(nn.Module):",
+            *docstring(
+                "Efficient channel attention (Wang et al. 2020), as timm's EcaModule: global "
+                "average pool, a 1-d convolution across the channels, and a sigmoid gate that "
+                "scales ``x``.\n\nWithout ``kernel_size`` the kernel follows the channel "
+                "count: int((log2(channels) + 1) / 2), made odd, at least 3.",
+                1,
+            ),
+            "",
+            *def_lines(
+                "__init__",
+                ["self", "channels: int", "kernel_size: int | None = None"],
+                "None",
+            ),
+            "        super().__init__()",
+            "        if kernel_size is None:",
+            "            t = int(abs(math.log(channels, 2) + 1) / 2)",
+            "            kernel_size = max(t if t % 2 else t + 1, 3)",
+            "        padding = (kernel_size - 1) // 2",
+            "        self.conv = nn.Conv1d(1, 1, kernel_size, padding=padding, bias=False)",
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            "        y = x.mean((2, 3)).view(x.shape[0], 1, -1)",
+            "        y = self.conv(y).sigmoid()",
+            "        return x * y.view(x.shape[0], -1, 1, 1)",
+        ]
+
+    def drop_path(self) -> list[str]:
+        return [
+            f"class {self.p.names['DropPath']}(nn.Module):",
+            *docstring(
+                "Stochastic depth per sample (timm's DropPath): in training, a sample's residual "
+                "branch is zeroed with probability ``p`` and the others scaled by 1 / (1 - p); "
+                "the identity in eval mode.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", ["self", "p: float"], "None"),
+            "        super().__init__()",
+            "        self.p = p",
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            "        if not self.training or self.p == 0.0:",
+            "            return x",
+            "        keep = 1 - self.p",
+            "        mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep)",
+            "        return x * mask.div_(keep)",
+        ]
+
+    def blur_pool(self) -> list[str]:
+        return [
+            f"class {self.p.names['BlurPool']}(nn.Module):",
+            *docstring(
+                "Blur pool (Zhang 2019), as timm's BlurPool2d: reflect padding, then a depthwise "
+                "3x3 binomial filter ([1, 2, 1] x [1, 2, 1] / 16) at ``stride``. The filter is a "
+                "non-persistent buffer: it is not in the state_dict.",
+                1,
+            ),
+            "",
+            *def_lines("__init__", ["self", "channels: int", "stride: int = 2"], "None"),
+            "        super().__init__()",
+            "        self.channels = channels",
+            "        self.stride = stride",
+            "        self.padding = [(stride + 1) // 2] * 4",
+            "        coeffs = torch.tensor([1.0, 2.0, 1.0]) / 4",
+            "        filt = (coeffs[:, None] * coeffs[None, :])[None, None]",
+            "        filt = filt.repeat(channels, 1, 1, 1)",
+            '        self.register_buffer("filt", filt, persistent=False)',
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            f'        x = {self.F}.pad(x, self.padding, mode="reflect")',
+            f"        return {self.F}.conv2d("
+            "x, self.filt, stride=self.stride, groups=self.channels)",
+        ]
 
     def zero_pad(self) -> list[str]:
         return [
@@ -217,6 +370,8 @@ class _Renderer:
         lines = [f"class {c.name}(nn.Module):", *docstring(c.doc, 1), ""]
         params = ["self", *(f"{p}: int" for p in c.channels)]
         params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        params += ["eca_kernel_size: int | None = None"] * c.eca_kernel
+        params += ["drop_path_rate: float = 0.0"] * c.drop_path
         if c.required:
             params += ["*", f"{c.shortcuts[0]}: nn.Module"]
         else:
@@ -224,7 +379,9 @@ class _Renderer:
         lines += def_lines("__init__", params, "None")
         lines.append("        super().__init__()")
         for m in c.layers:
-            lines += call_lines(self.layer(m), 2, f"self.{m.name} = ")
+            tail = " if stride > 1 else None" if m.name in c.optional else ""
+            tail = " if drop_path_rate > 0 else None" if m.op is Op.DROP_PATH else tail
+            lines += call_lines(self.layer(m), 2, f"self.{m.name} = ", tail)
         if c.relu:
             lines += call_lines(self.layer(Layer("relu", Op.RELU), c.inplace), 2, "self.relu = ")
         lines += [f"        self.{a} = {a}" for a in c.shortcuts]
@@ -268,6 +425,10 @@ class _Renderer:
             args.append(num(b.stride))
         if b.groups != 1:
             args.append(Kw("groups", num(b.groups)))
+        if b.eca_kernel_size is not None:
+            args.append(Kw("eca_kernel_size", num(b.eca_kernel_size)))
+        if b.drop_path_rate > 0:
+            args.append(Kw("drop_path_rate", num(b.drop_path_rate)))
         if b.shortcut:
             param, helper, (cin, cout, stride) = b.shortcut
             hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)

@@ -77,7 +77,11 @@ def check(
     torch.manual_seed(seed)
     model = build_model(graph, source).train()
 
-    expected = {n.name: tuple(n.meta["shape"]) for n in graph}
+    # ECA's 1-d conv runs on the pooled channels as a signal: (batch, 1, C), the IR's C x 1 x 1
+    expected = {
+        n.name: (1, n.meta["shape"][0]) if n.op is Op.CHANNEL_CONV else tuple(n.meta["shape"])
+        for n in graph
+    }
     for b in graph.blocks:
         expected.setdefault(b.name, expected[b.nodes[-1]])
     seen: dict[str, tuple[int, ...]] = {}
@@ -120,7 +124,11 @@ def check(
     )
     rows += [(f"shape of {k}", _fmt(expected[k]), _fmt(seen[k]), False) for k in bad[:max_rows]]
 
-    weighted = [n.name for n in graph if n.op in (Op.CONV2D, Op.BATCHNORM, Op.LINEAR)]
+    weighted = [
+        n.name
+        for n in graph
+        if n.op in (Op.CONV2D, Op.CHANNEL_CONV, Op.BATCHNORM, Op.GROUPNORM, Op.LINEAR)
+    ]
     missing = [k for k in weighted if k not in seen]
     rows.append(
         (
@@ -160,8 +168,11 @@ def check(
     rows.append(
         ("parameters (trainable)", f"{t['params']:,}", f"{params:,}", params == t["params"])
     )
+    persistent = model.state_dict().keys()  # not BlurPool's fixed filters
     buffers = sum(
-        b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked")
+        b.numel()
+        for name, b in model.named_buffers()
+        if name in persistent and not name.endswith("num_batches_tracked")
     )
     rows.append(
         (

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from rescompile.errors import EmitError
 from rescompile.ir.graph import Block, Graph, Node, Op
+from rescompile.ir.lower import eca_kernel, make_divisible
 
 from .names import Namespace, attr_name, hexdigest, ident, node_path, text
 
@@ -34,19 +35,46 @@ _BASE_NAMES = {  # (kind, preact, residual) -> class name
     ("bottleneck", True, False): "PlainPreActBottleneck",
 }
 SHORTCUT_ATTR = {"projection": "downsample", "pad": "shortcut"}  # IR names of shortcut modules
-_MAIN_OPS = {Op.CONV2D, Op.BATCHNORM, Op.RELU}
+_AA_OPS = {Op.BLUR, Op.AA_AVGPOOL}  # anti-aliasing after a block's conv run at stride 1
+_NORM_OPS = {Op.BATCHNORM, Op.GROUPNORM}
+_MAIN_OPS = {Op.CONV2D, Op.RELU, Op.SCALE, Op.DROPOUT, Op.DROP_PATH, *_NORM_OPS, *_AA_OPS}
 _TOP_OPS = {
     Op.CONV2D,
     Op.BATCHNORM,
+    Op.GROUPNORM,
     Op.RELU,
     Op.MAXPOOL,
     Op.AVGPOOL,
     Op.GLOBAL_AVGPOOL,
     Op.DROPOUT,
     Op.LINEAR,
+    *_AA_OPS,
 }
 # Helper names both renderers may define, claimed after the model and block classes.
-HELPERS = ("F", "he_normal", "linear", "BatchNorm", "Sequential", "AvgPool", "ZeroPadShortcut")
+HELPERS = (
+    "F",
+    "he_normal",
+    "linear",
+    "BatchNorm",
+    "Sequential",
+    "AvgPool",
+    "ZeroPadShortcut",
+    "SEModule",
+    "EcaModule",
+    "BlurPool",
+    "MaxPool",
+    "FloorAvgPool",
+    "DropPath",
+)
+# Channel attention modules (a block's ``se``, as timm names it). In a plan they are layers of op
+# Op.SCALE whose args are ``kind``, ``channels`` and the helper's own arguments; the helpers'
+# defaults are timm's (SEModule: rd_ratio 1/16, rd_divisor 8; EcaModule: the kernel from the
+# channel count), and a renderer writes an argument only where it differs.
+ATTENTION_HELPERS = {"se": "SEModule", "eca": "EcaModule"}
+ATTENTION_DEFAULTS: dict[str, dict[str, object]] = {
+    "se": {"rd_ratio": 1 / 16, "rd_divisor": 8},
+    "eca": {"kernel_size": None},
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +118,8 @@ class Layer:
 class Step:
     """One statement of a forward pass, in words a renderer spells.
 
-    ``layer``: ``out = self.<module>(src)`` (a ReLU: the framework's activation); ``flatten``;
+    ``layer``: ``out = self.<module>(src)`` (a ReLU: the framework's activation), under ``if
+    self.<module> is not None`` when ``guard``; ``flatten``;
     ``copy``: ``out = src``; ``shortcut``: ``out = self.<module>(src)``, under ``if self.<module>
     is not None`` when ``guard``; ``add``: ``out += src`` (``inplace``) or ``out = out + src``;
     ``blank``: an empty line; ``return``: ``return src``.
@@ -124,15 +153,22 @@ class BlockClass:
     preact: bool
     residual: bool
     doc: str = ""
-    channels: list[str] = field(default_factory=list)  # in_channels, [width,] out_channels
+    # in_channels, [first_width,] [width,] out_channels (first_width: a reduced first conv)
+    channels: list[str] = field(default_factory=list)
     stride: bool = False  # a ``stride: int = 1`` parameter
     groups: bool = False  # a ``groups: int = 1`` parameter
+    # an ``eca_kernel_size: int | None = None`` parameter: ECA kernels that do not follow the
+    # block's channels (timm's pruned models take them from the unpruned width)
+    eca_kernel: bool = False
     shortcuts: list[str] = field(default_factory=list)  # module parameters: downsample, shortcut
     required: bool = False  # the one shortcut is always given (keyword-only, no default)
     layers: list[Layer] = field(default_factory=list)
     relu: bool = False  # one shared ReLU module (torchvision's self.relu)
     inplace: bool = True
     zero: tuple[str, ...] = ()  # zero-initialised BatchNorms (zero_init_residual)
+    optional: tuple[str, ...] = ()  # modules built only when stride > 1 (anti-aliasing), or None
+    # a ``drop_path_rate: float = 0.0`` parameter; its ``drop_path`` module is None at rate 0
+    drop_path: bool = False
     forward: list[Step] = field(default_factory=list)
     members: list[_BlockIR] = field(default_factory=list)
 
@@ -143,6 +179,8 @@ class BlockClass:
             *self.channels,
             *(["stride"] if self.stride else []),
             *(["groups"] if self.groups else []),
+            *(["eca_kernel_size"] if self.eca_kernel else []),
+            *(["drop_path_rate"] if self.drop_path else []),
             *self.shortcuts,
         ]
 
@@ -167,6 +205,8 @@ class BlockCall:
     stride: int
     groups: int
     shortcut: tuple[str, str, tuple[int, int, int]] | None = None  # (param, helper, args)
+    eca_kernel_size: int | None = None
+    drop_path_rate: float = 0.0
 
 
 @dataclass
@@ -204,6 +244,8 @@ class Plan:
     num_classes: bool  # the classifier takes num_classes
     eps: set[float] = field(default_factory=set)
     momentum: set[float] = field(default_factory=set)
+    attention: list[str] = field(default_factory=list)  # kinds of ATTENTION_HELPERS used
+    ops: set[Op] = field(default_factory=set)  # the ops of every module the plan builds
 
     def conv(self, kernel: int) -> ConvHelper:
         return next(c for c in self.convs if c.kernel == kernel)
@@ -229,16 +271,32 @@ class _BlockIR:
     add: Node | None
     post: list[Node]  # after the addition
     mode: str  # identity | pad | projection | none
+    # a main-branch Op.SCALE node's name -> the attention nodes computing its gate, in order
+    attention: dict[str, list[Node]] = field(default_factory=dict)
 
     def params(self) -> dict[str, int]:
         b = self.block
+        first = next((n for n in self.main if n.op is Op.CONV2D), None)
         return dict(
             in_channels=b.in_channels,
+            first_width=first.attrs["out_channels"] if first else b.width,
             width=b.width,
             out_channels=b.out_channels,
             stride=b.stride,
             groups=b.groups,
+            eca_kernel_size=self.eca_kernel_size(),
+            drop_path_rate=b.drop_path,
         )
+
+    def eca_kernel_size(self) -> int | None:
+        """The ECA kernel where the spec leaves it to the channels but it does not follow the
+        block's output channels (a pruned block), else None."""
+        b = self.block
+        if b.attention != "eca" or dict(b.attention_args).get("kernel_size") is not None:
+            return None
+        conv = next(n for ns in self.attention.values() for n in ns if n.op is Op.CHANNEL_CONV)
+        k = conv.attrs["kernel"]
+        return k if k != eca_kernel(b.out_channels) else None
 
 
 class _View:
@@ -278,9 +336,23 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
         if any(s not in inside for s in g.succ[n]):
             raise EmitError(f"IR node {n!r} is used outside its block {b.name!r}")
 
+    attention: dict[str, list[Node]] = {}
+
     def chain_back(start: str, stop: set[str]) -> tuple[list[Node], str]:
         nodes, cur = [], start
         while cur in inside and cur not in stop:
+            if g[cur].op is Op.SCALE:  # x * gate(x): one step of the chain, reading x
+                x, gate = g.ins[cur]
+                gating, a = [], gate
+                while a != x:
+                    if a not in inside or len(g.ins[a]) != 1:
+                        raise EmitError(f"IR node {cur!r}: its gate does not read its input")
+                    gating.append(g[a])
+                    a = g.ins[a][0]
+                attention[cur] = gating[::-1]
+                nodes.append(g[cur])
+                cur = x
+                continue
             if len(g.ins[cur]) != 1:
                 raise EmitError(f"IR node {cur!r}: expected one input inside block {b.name!r}")
             nodes.append(g[cur])
@@ -311,12 +383,13 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
             post.append(g[nxt])
             cur = nxt
         seen = main_names | {n.name for n in (*short, add, *post)}
+        seen |= {n.name for ns in attention.values() for n in ns}
         short_src = local[src] if src != entry else None
     else:
         main, src = chain_back(out, set())
         if src != entry:
             raise EmitError(f"block {b.name!r}: the main branch does not start at the input")
-        seen = {n.name for n in main}
+        seen = {n.name for n in main} | {n.name for ns in attention.values() for n in ns}
     if seen != inside:
         raise EmitError(f"block {b.name!r}: unexpected IR nodes {sorted(inside - seen)}")
     for n in main:
@@ -330,13 +403,18 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
         "none": add is None,
         "identity": add is not None and not short and short_src is None,
         "pad": ops == [Op.PAD_CHANNELS] and short_src is None,
-        "projection": Op.CONV2D in ops and set(ops) <= {Op.AVGPOOL, Op.CONV2D, Op.BATCHNORM},
+        "projection": Op.CONV2D in ops and set(ops) <= {Op.AVGPOOL, Op.CONV2D, *_NORM_OPS},
     }.get(mode, False)
     if not ok:
         raise EmitError(f"block {b.name!r}: shortcut {mode!r} does not match its IR nodes")
     if mode == "pad" and local[short[0].name] != "shortcut":
         raise EmitError(f"IR node {short[0].name!r}: an option A shortcut must be named 'shortcut'")
-    return _BlockIR(b, local, main, short, short_src, add, post, mode)
+    for name in attention:
+        if not local[name].endswith(".scale") or "." in local[name].removesuffix(".scale"):
+            raise EmitError(f"IR node {name!r}: an attention scale is named <module>.scale")
+        if b.attention not in ATTENTION_HELPERS:
+            raise EmitError(f"block {b.name!r}: a gate without attention {b.attention!r}")
+    return _BlockIR(b, local, main, short, short_src, add, post, mode, attention)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,11 +423,15 @@ def _analyse_block(g: _View, b: Block) -> _BlockIR:
 _CHECKED = {
     Op.CONV2D: ("in_channels", "out_channels", "kernel", "stride", "padding", "groups", "bias"),
     Op.BATCHNORM: ("channels", "eps", "momentum"),
+    Op.GROUPNORM: ("channels", "groups", "eps"),
     Op.AVGPOOL: ("kernel", "stride"),
     Op.MAXPOOL: ("kernel", "stride", "padding"),
     Op.LINEAR: ("in_features", "out_features", "bias"),
     Op.DROPOUT: ("p",),
+    Op.DROP_PATH: ("p",),
     Op.PAD_CHANNELS: ("stride", "out_channels"),
+    Op.BLUR: ("channels", "kernel", "stride", "padding"),
+    Op.AA_AVGPOOL: ("kernel", "stride"),
 }
 
 
@@ -375,6 +457,71 @@ def _verify(layer: Layer, params: dict[str, int], node: Node) -> None:
         raise EmitError(f"IR node {node.name!r}: the classifier is expected to have a bias")
 
 
+def attention_args(m: Layer) -> list[tuple[str, object]]:
+    """An attention layer's arguments other than ``channels`` that differ from its helper's
+    defaults: what a renderer writes as keywords."""
+    defaults = ATTENTION_DEFAULTS[m["kind"]]
+    return [
+        (k, v)
+        for k, v in m.args
+        if k not in ("kind", "channels") and (isinstance(v, Param) or v != defaults[k])
+    ]
+
+
+def _module(local: str) -> str:
+    """The module a main-branch node is computed by: ``se`` for the scale ``se.scale``."""
+    return local.removesuffix(".scale")
+
+
+def _attention(name: str, b: Block, channels: Param, eca_param: bool = False) -> Layer:
+    args = tuple(
+        (k, Param("eca_kernel_size") if eca_param and k == "kernel_size" else v)
+        for k, v in b.attention_args
+    )
+    return Layer(name, Op.SCALE, (("kind", b.attention), ("channels", channels), *args))
+
+
+def _verify_attention(layer: Layer, params: dict[str, int], bi: _BlockIR, scale: Node) -> None:
+    """The attention module, built with a block's arguments, computes the gate of ``scale``."""
+    want = layer.resolve(params)
+    c, mod = want["channels"], layer.name
+    if want["kind"] == "se":
+        rd = make_divisible(c * want["rd_ratio"], want["rd_divisor"])
+        conv = dict(kernel=1, stride=1, padding=0, groups=1, bias=True)
+        expect = [
+            ("pool", Op.GLOBAL_AVGPOOL, {}),
+            ("fc1", Op.CONV2D, dict(in_channels=c, out_channels=rd, **conv)),
+            ("act", Op.RELU, {}),
+            ("fc2", Op.CONV2D, dict(in_channels=rd, out_channels=c, **conv)),
+            ("gate", Op.SIGMOID, {}),
+        ]
+    elif want["kind"] == "eca":
+        k = want["kernel_size"] if want["kernel_size"] is not None else eca_kernel(c)
+        expect = [
+            ("pool", Op.GLOBAL_AVGPOOL, {}),
+            ("conv", Op.CHANNEL_CONV, dict(kernel=k, padding=(k - 1) // 2)),
+            ("gate", Op.SIGMOID, {}),
+        ]
+    else:
+        raise EmitError(f"IR node {scale.name!r}: unknown attention {want['kind']!r}")
+    nodes = bi.attention[scale.name]
+    got = [(bi.local[n.name], n.op) for n in nodes]
+    if got != [(f"{mod}.{name}", op) for name, op, _ in expect]:
+        raise EmitError(
+            f"IR node {scale.name!r}: its gate is {got}; the emitted {want['kind']} module "
+            f"computes {[(f'{mod}.{name}', op) for name, op, _ in expect]}"
+        )
+    for n, (_, _, attrs) in zip(nodes, expect, strict=True):
+        for k, v in attrs.items():
+            have = n.attrs.get(k)
+            if have != v or type(have) is not type(v):
+                raise EmitError(
+                    f"IR node {n.name!r}: {k}={have!r}, but the emitted module would have {k}={v!r}"
+                )
+    if scale.meta["shape"][0] != c:
+        raise EmitError(f"IR node {scale.name!r}: {scale.meta['shape'][0]} channels, not {c}")
+
+
 def _literal(name: str, n: Node) -> Layer:
     """A layer whose arguments are all literals taken from the IR node."""
     return Layer(name, n.op, tuple((k, n.attrs[k]) for k in _CHECKED.get(n.op, ())))
@@ -390,6 +537,11 @@ def _conv(name: str, n: Node, cin: Param, cout: Param, stride: object, groups: o
 
 
 def _bn(name: str, n: Node, channels: Param) -> Layer:
+    """The norm layer of ``n``: BatchNorm, or GroupNorm (its groups fixed by the spec)."""
+    if n.op is Op.GROUPNORM:
+        return Layer(name, Op.GROUPNORM, (
+            ("channels", channels), ("groups", n.attrs["groups"]), ("eps", n.attrs["eps"]),
+        ))  # fmt: skip
     return Layer(name, Op.BATCHNORM, (
         ("channels", channels), ("eps", n.attrs["eps"]), ("momentum", n.attrs["momentum"]),
     ))  # fmt: skip
@@ -413,9 +565,17 @@ def _structure(bi: _BlockIR) -> tuple:
             if n.op is Op.CONV2D
             else (n.attrs["eps"], n.attrs["momentum"])
             if n.op is Op.BATCHNORM
+            else (n.attrs["groups"], n.attrs["eps"])
+            if n.op is Op.GROUPNORM
+            else (n.attrs["p"],)
+            if n.op is Op.DROPOUT
+            else (bi.block.attention, bi.block.attention_args)
+            if n.op is Op.SCALE
             else (),
         )
         for n in bi.main
+        if n.op not in _AA_OPS  # present only where the block strides: an optional module
+        and n.op is not Op.DROP_PATH  # present only at a rate above 0
     )
     post = tuple((bi.local[n.name], n.op) for n in bi.post)
     return (bi.block.kind, bi.block.preact, bi.add is not None, main, post)
@@ -442,7 +602,9 @@ def _make_classes(
         # A strided block pins where its class puts the stride; stride-1 blocks fit any class.
         split: dict[str | None, list[_BlockIR]] = {}
         for bi in members:
-            split.setdefault(_where(bi, "stride"), []).append(bi)
+            # an anti-aliased block strides in its filter (aa:<op>), its convs at stride 1
+            aa = [f"aa:{n.op}" for n in bi.main if n.op in _AA_OPS]
+            split.setdefault(_where(bi, "stride") or (aa[0] if aa else None), []).append(bi)
         strided = [s for s in split if s is not None]
         loose = split.pop(None, [])
         if loose:
@@ -455,7 +617,9 @@ def _make_classes(
             base = _BASE_NAMES.get((kind, preact, residual))
             if base is None:
                 raise EmitError(f"unknown block kind {kind!r}")
-            if len(split) > 1 and where is not None:
+            if len(split) > 1 and where is not None and where.startswith("aa:"):
+                base += "AntiAliased"
+            elif len(split) > 1 and where is not None:
                 conv = next(n for n in ms[0].main if ms[0].local[n.name] == where)
                 base += f"Stride{_kxk(conv)}"
             c = BlockClass(base, kind, preact, residual, members=ms)
@@ -473,29 +637,54 @@ def _fill_class(
     inplace: dict[str, bool],
     succ: dict[str, list[str]],
 ) -> None:
-    first = c.members[0]
+    first = _representative(c)
     merge = all(m.block.width == m.block.out_channels for m in c.members)
-    c.channels = (
-        ["in_channels", "out_channels"] if merge else ["in_channels", "width", "out_channels"]
-    )
-    width = "out_channels" if merge else "width"
-    c.stride = any(m.block.stride != 1 for m in c.members)
-    c.groups = any(m.block.groups != 1 for m in c.members)
     convs = [n for n in first.main if n.op is Op.CONV2D]
     if not convs:
         raise EmitError(f"block {first.block.name!r} has no convolution")
+    # a reduced first conv (timm's block_reduce_first): its output is a parameter of its own
+    reduce = len(convs) > 1 and any(m.params()["first_width"] != m.block.width for m in c.members)
+    c.channels = [
+        "in_channels",
+        *(["first_width"] if reduce else []),
+        *([] if merge else ["width"]),
+        "out_channels",
+    ]
+    width = "out_channels" if merge else "width"
+    c.stride = any(m.block.stride != 1 for m in c.members)
+    c.groups = any(m.block.groups != 1 for m in c.members)
+    c.eca_kernel = any(m.params()["eca_kernel_size"] is not None for m in c.members)
     role, k = "in_channels", 0
     for n in first.main:
         local = first.local[n.name]
         if n.op is Op.CONV2D:
             k += 1
-            out_role = "out_channels" if k == len(convs) else width
+            out_role = (
+                "out_channels" if k == len(convs) else "first_width" if k == 1 and reduce else width
+            )
             stride = Param("stride") if local == stride_conv and c.stride else 1
             groups = Param("groups") if local == group_conv and c.groups else 1
             c.layers.append(_conv(local, n, Param(role), Param(out_role), stride, groups))
             role = out_role
-        elif n.op is Op.BATCHNORM:
+        elif n.op in _NORM_OPS:
             c.layers.append(_bn(local, n, Param(role)))
+        elif n.op is Op.SCALE:
+            c.layers.append(_attention(_module(local), first.block, Param(role), c.eca_kernel))
+        elif n.op is Op.BLUR:
+            a = n.attrs
+            c.layers.append(Layer(local, n.op, (
+                ("channels", Param(role)), ("kernel", a["kernel"]), ("stride", a["stride"]),
+                ("padding", a["padding"]),
+            )))  # fmt: skip
+            c.optional += (local,)
+        elif n.op is Op.AA_AVGPOOL:
+            c.layers.append(_literal(local, n))
+            c.optional += (local,)
+        elif n.op is Op.DROPOUT:  # block dropout (Wide ResNet): active in training only
+            c.layers.append(_literal(local, n))
+        elif n.op is Op.DROP_PATH:  # stochastic depth at the block's rate: training only
+            c.layers.append(Layer(local, n.op, (("p", Param("drop_path_rate")),)))
+            c.drop_path = True
     names = {m.name for m in c.layers}
     for m in (*names, "downsample", "shortcut", "relu"):
         attr_name(m, "block module name")
@@ -508,8 +697,21 @@ def _fill_class(
     for m in c.members:
         p = m.params()
         for n in m.main:
-            if n.op is not Op.RELU:
+            if n.op is Op.SCALE:
+                _verify_attention(layers[_module(m.local[n.name])], p, m, n)
+            elif n.op is not Op.RELU:
                 _verify(layers[m.local[n.name]], p, n)
+        has_dp = any(n.op is Op.DROP_PATH for n in m.main)
+        if has_dp != (m.block.drop_path > 0) or (
+            has_dp and m.local[m.main[-1].name] != "drop_path"
+        ):
+            raise EmitError(f"block {m.block.name!r}: drop path at rate {m.block.drop_path}")
+        if c.optional:  # built where the block strides, None elsewhere
+            aa = tuple(m.local[n.name] for n in m.main if n.op in _AA_OPS)
+            if aa != (c.optional if m.block.stride > 1 else ()):
+                raise EmitError(
+                    f"block {m.block.name!r}: anti-aliasing {aa} at stride {m.block.stride}"
+                )
         if c.residual == (m.mode == "none"):
             raise EmitError(f"block {m.block.name!r}: shortcut {m.mode!r} in class {c.name}")
     # ReLUs share one module (as in torchvision); in place only where every use allows it.
@@ -530,11 +732,16 @@ def _fill_class(
     c.forward = _block_forward(c, modes, dict(srcs), len(succ[first.main[-1].name]) == 1)
 
 
+def _representative(c: BlockClass) -> _BlockIR:
+    """The member that shows every module of its class (an anti-aliased one, if any)."""
+    return max(c.members, key=lambda m: len(m.main))  # the first of the longest
+
+
 _WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 
 def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
-    first = c.members[0]
+    first = _representative(c)
     convs = [_kxk(n) for n in first.main if n.op is Op.CONV2D]
     summary = {
         (False, True): "residual block",
@@ -547,14 +754,34 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
     else:
         what = ", ".join(convs[:-1]) + " and " + convs[-1]
     steps = [
-        f"{_kxk(n)} conv" if n.op is Op.CONV2D else "BN" if n.op is Op.BATCHNORM else "ReLU"
+        f"{_kxk(n)} conv"
+        if n.op is Op.CONV2D
+        else "BN"
+        if n.op is Op.BATCHNORM
+        else first.block.attention.upper()
+        if n.op is Op.SCALE
+        else "blur pool"
+        if n.op is Op.BLUR
+        else "2x2 avg pool"
+        if n.op is Op.AA_AVGPOOL
+        else "dropout"
+        if n.op is Op.DROPOUT
+        else "drop path"
+        if n.op is Op.DROP_PATH
+        else "ReLU"
         for n in first.main
     ]
     tail = (", plus the shortcut" + (", then ReLU" if first.post else "")) if c.residual else ""
     cite = " (He et al. 2016, Identity Mappings)" if c.preact else ""
     doc = f"{c.kind.capitalize()} {summary}: {what} convolutions.\n\n"
     doc += f"{' -> '.join(steps)}{tail}{cite}."
-    if stride_conv is not None and c.stride:
+    if c.optional:
+        aa = ", ".join(f"``{m}``" for m in c.optional)
+        doc += (
+            f" Where ``stride`` > 1 the convolutions run at stride 1 and {aa} (anti-aliasing, "
+            "as timm's aa_layer) strides after the ReLU; elsewhere it is None."
+        )
+    elif stride_conv is not None and c.stride:
         conv = next(n for n in first.main if first.local[n.name] == stride_conv)
         doc += f" The stride is on the {_kxk(conv)} convolution ``{stride_conv}``"
         if c.kind == "bottleneck":
@@ -588,7 +815,7 @@ def _group_key(local: str) -> str:
 def _block_forward(
     c: BlockClass, modes: list[str], src: dict[str, str | None], inplace_add: bool
 ) -> list[Step]:
-    first = c.members[0]
+    first = _representative(c)
     multi = len(modes) > 1
     body: list[Step] = []
 
@@ -603,7 +830,9 @@ def _block_forward(
         if group is not None and _group_key(local) != group:
             body.append(Step("blank"))
         group = _group_key(local)
-        body.append(Step("layer", "out", var, "relu" if n.op is Op.RELU else local, n.op))
+        module = "relu" if n.op is Op.RELU else _module(local) if n.op is Op.SCALE else local
+        guard = local in c.optional or n.op is Op.DROP_PATH
+        body.append(Step("layer", "out", var, module, n.op, guard=guard))
         var = "out"
         body += [shortcut(m, "out") for m in modes if m != "identity" and src[m] == local]
     if c.residual:
@@ -622,8 +851,11 @@ def _block_forward(
 
 def _projection_key(bi: _BlockIR) -> tuple:
     idx = [int(bi.local[n.name].removeprefix("downsample.")) for n in bi.short]
-    conv = next(i for i, n in zip(idx, bi.short, strict=True) if n.op is Op.CONV2D)
-    return (conv, tuple((i, n.op) for i, n in zip(idx, bi.short, strict=True) if i >= conv))
+    conv, kernel = next(
+        (i, n.attrs["kernel"]) for i, n in zip(idx, bi.short, strict=True) if n.op is Op.CONV2D
+    )
+    ops = tuple((i, n.op) for i, n in zip(idx, bi.short, strict=True) if i >= conv)
+    return (conv, ops, kernel)
 
 
 _POOL = Layer("0", Op.AVGPOOL, (("kernel", Param("stride")), ("stride", Param("stride"))))
@@ -640,7 +872,7 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
             if len(parts) != 2 or parts[0] != "downsample" or not parts[1].isdecimal():
                 raise EmitError(f"IR node {n.name!r}: projection nodes are named downsample.<i>")
         key = _projection_key(bi)
-        conv_index, ops = key
+        conv_index, ops, kernel = key
         idx = [int(bi.local[n.name].split(".")[1]) for n in bi.short]
         pool = [n for n in bi.short if n.op is Op.AVGPOOL]
         expect = list(range(conv_index, conv_index + len(ops)))
@@ -661,11 +893,12 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
                     layers.append(
                         _conv(str(i), n, Param("in_channels"), Param("out_channels"), stride)
                     )
-                elif op is Op.BATCHNORM:
+                elif op in _NORM_OPS:
                     layers.append(_bn(str(i), n, Param("out_channels")))
                 else:
                     raise EmitError(f"IR node {n.name!r}: {op} in a projection shortcut")
             name = "projection" if conv_index == 0 else "avgpool_projection"
+            name += f"{kernel}x{kernel}" if kernel != 1 else ""  # 3x3: SENet-154
             p = found[key] = Projection(name, "none" if conv_index == 0 else "", layers)
         pooled.setdefault(key, set()).add(bool(pool))
         params = _shortcut_args(bi)
@@ -795,6 +1028,9 @@ class _Planner:
                     any(m["groups"] != 1 for m in same),
                 )
             )
+        plan.ops = {m.op for m in layers}
+        kinds = {m["kind"] for m in layers if m.op is Op.SCALE}
+        plan.attention = [k for k in ATTENTION_HELPERS if k in kinds]
         plan.eps = {m["eps"] for m in layers if m.op is Op.BATCHNORM}
         plan.momentum = {m["momentum"] for m in layers if m.op is Op.BATCHNORM}
         return plan
@@ -881,6 +1117,8 @@ class _Planner:
             raise EmitError("the model does not end at the IR's output")
         forward += [Step("blank"), Step("return", src="x")]
         for n in v.node.values():
+            if n.op is Op.GROUPNORM and n.attrs["zero_init"]:
+                raise EmitError(f"IR node {n.name!r}: zero_init of a GroupNorm is not emitted")
             if (
                 n.op is Op.BATCHNORM
                 and n.attrs["zero_init"]
@@ -916,7 +1154,15 @@ class _Planner:
                 self.names["ZeroPadShortcut"],
                 (b.in_channels, b.out_channels, b.stride),
             )
-        return BlockCall(c.name, tuple(p[k] for k in c.channels), b.stride, b.groups, shortcut)
+        return BlockCall(
+            c.name,
+            tuple(p[k] for k in c.channels),
+            b.stride,
+            b.groups,
+            shortcut,
+            p["eca_kernel_size"] if c.eca_kernel else None,
+            b.drop_path if c.drop_path else 0.0,
+        )
 
 
 def _runs(calls: list[BlockCall]) -> list[tuple[BlockCall, int]]:

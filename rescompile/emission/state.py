@@ -7,28 +7,14 @@ layout, so the two backends and the portable checkpoint share one definition.
 
 from __future__ import annotations
 
-from rescompile.ir.graph import Graph, Op
+from rescompile.ir.graph import Graph
+from rescompile.passes.layout import state_layout
 
 
 def state_dict_layout(graph: Graph) -> dict[str, tuple[int, ...]]:
-    """The state_dict keys and shapes the IR implies, in IR order."""
-    out: dict[str, tuple[int, ...]] = {}
-    for n in graph:
-        a = n.attrs
-        if n.op is Op.CONV2D:
-            k = a["kernel"]
-            out[f"{n.name}.weight"] = (a["out_channels"], a["in_channels"] // a["groups"], k, k)
-            if a["bias"]:
-                out[f"{n.name}.bias"] = (a["out_channels"],)
-        elif n.op is Op.BATCHNORM:
-            for p in ("weight", "bias", "running_mean", "running_var"):
-                out[f"{n.name}.{p}"] = (a["channels"],)
-            out[f"{n.name}.num_batches_tracked"] = ()
-        elif n.op is Op.LINEAR:
-            out[f"{n.name}.weight"] = (a["out_features"], a["in_features"])
-            if a["bias"]:
-                out[f"{n.name}.bias"] = (a["out_features"],)
-    return out
+    """The state_dict keys and shapes the IR implies, in IR order (one definition, the core's
+    :func:`rescompile.passes.layout.state_layout`)."""
+    return dict(state_layout(graph))
 
 
 def tensor_owners(graph: Graph) -> set[str]:

@@ -75,6 +75,8 @@ class Block:
     src: SourcePos | None = None
     nodes: list[str] = field(default_factory=list)
     attention: str = "none"  # "none" | "se" | "eca"
+    # se: (("rd_ratio", r), ("rd_divisor", d)); eca: (("kernel_size", k or None: from channels),)
+    attention_args: tuple[tuple[str, object], ...] = ()
     anti_alias: str = "none"  # "none" | "blur" | "avgpool" (only where the block strides)
     drop_path: float = 0.0
     dropout: float = 0.0

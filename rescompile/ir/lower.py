@@ -338,6 +338,13 @@ class _Lowerer:
             b.groups,
             src,
             attention=att.kind,
+            attention_args=(
+                (("rd_ratio", att.rd_ratio_), ("rd_divisor", att.rd_divisor_))
+                if att.kind == "se"
+                else (("kernel_size", att.kernel_size),)
+                if att.kind == "eca"
+                else ()
+            ),
             anti_alias=aa,
             drop_path=drop_path if sc != "none" else 0.0,
             dropout=b.dropout,
