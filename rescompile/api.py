@@ -49,8 +49,12 @@ def report(graph: Graph, format: Format = "table", depth: Depth = "stage") -> st
         out = io.StringIO()
         rep.render_table(graph, depth, Console(file=out, width=160, color_system=None))
         return out.getvalue()
-    render = {"json": rep.to_json, "csv": rep.to_csv, "markdown": rep.to_markdown}
-    render["html"] = rep.to_html
+    render = {
+        "json": rep.to_json,
+        "csv": rep.to_csv,
+        "markdown": rep.to_markdown,
+        "html": rep.to_html,
+    }
     if format not in render:
         raise ValueError(f"unknown report format {format!r}")
     return render[format](graph, depth)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rescompile.errors import EmitError
+from rescompile.ir.features import FEATURES as _FAMILY_FEATURES
 
 from .render import emit
 
@@ -29,23 +30,8 @@ if TYPE_CHECKING:
 
 NAME = "torch"
 SUFFIX = ".py"
-# The family features (rescompile.ir.features) this backend emits.
-FEATURES = frozenset(
-    {
-        "anti_alias_avgpool",
-        "anti_alias_blur",
-        "attention_eca",
-        "attention_se",
-        "block_dropout",
-        "block_widths",
-        "downsample_kernel",
-        "drop_path",
-        "group_norm",
-        "reduce_first",
-        "stem_pool",
-        "stem_widths",
-    }
-)
+# The family features (rescompile.ir.features) this backend emits: all of them.
+FEATURES = frozenset(_FAMILY_FEATURES)
 
 __all__ = [
     "FEATURES",
