@@ -148,13 +148,22 @@ def test_eval_logits_agree_on_variants(variant):
 # ---------------------------------------------------------------------------------------------
 # train mode: outputs, BatchNorm statistics, gradients
 
+
+def _depths(*depths: int) -> tuple[str, ...]:
+    """Overrides giving each stage that many blocks: every block design of a deep net, at a
+    fraction of its cost (the full depth runs in the preact ResNet-50 case)."""
+    return tuple(f"stages.{i}.depth={d}" for i, d in enumerate(depths))
+
+
 TRAIN_CASES = [
     ("paper/cifar-resnet20", ()),  # cifar stem, basic blocks, option A
     ("paper/cifar-plain20", ()),  # no shortcuts
-    ("variants/cifar-resnet56-C", ()),  # projections everywhere
+    ("variants/cifar-resnet56-C", _depths(2, 2, 2)),  # projections everywhere
     ("paper/cifar-resnet20", ("preact=true", "shortcut=B")),  # pre-activation, projection
-    ("torchvision/resnext50_32x4d", ("input.size=32",)),  # imagenet stem, max pool, groups
-    ("variants/resnet50-d", ("input.size=40",)),  # deep stem, ceil-mode avg pool on 5x5, 3x3
+    # imagenet stem, max pool, groups
+    ("torchvision/resnext50_32x4d", ("input.size=32", *_depths(1, 2, 1, 1))),
+    # deep stem, ceil-mode avg pool on 5x5, 3x3
+    ("variants/resnet50-d", ("input.size=40", *_depths(2, 1, 1, 1))),
     ("torchvision/resnet50", ("input.size=32", "downsample=avgpool", "preact=true")),
     ("variants/digits-resnet20", ()),  # one input channel, 8x8
     ("paper/cifar-resnet20", ("stages.1.shortcut=B", "norm.eps=0.001", "norm.momentum=0.01")),
@@ -243,8 +252,17 @@ def test_train_mode_outputs_statistics_and_gradients_agree(case):
         got_stats = running_stats(fb.nnx_to_torch_state_dict(fm))
         for name, want in running_stats(numpy_state_dict(reference)).items():
             assert rel_err(got_stats[name], want) < F64_TOL, name
+        # A gradient that is zero in exact arithmetic (a BatchNorm shift whose every ReLU is open
+        # feeds a convolution then a training-mode BatchNorm, which removes any constant) is
+        # rounding noise in both frameworks: both must stay below the noise bound (the unit
+        # roundoff times the amplification, ~7e-10 of the largest gradient) instead.
+        scale = max(np.abs(p.grad.numpy()).max() for p in reference.parameters())
         for name, p in reference.named_parameters():
-            assert rel_err(grads[name], p.grad.numpy()) < F64_TOL, name
+            want = p.grad.numpy()
+            if np.abs(want).max() < 1e-9 * scale:
+                assert np.abs(np.asarray(grads[name])).max() < 1e-9 * scale, name
+            else:
+                assert rel_err(grads[name], want) < F64_TOL, name
 
 
 # ---------------------------------------------------------------------------------------------
