@@ -114,8 +114,8 @@ class Graph:
         return self.g.nodes[name]["node"]
 
     def __iter__(self) -> Iterator[Node]:
-        for _, data in self.g.nodes(data="node"):
-            yield data
+        for data in self.g.nodes.values():
+            yield data.get("node")
 
     def __len__(self) -> int:
         return self.g.number_of_nodes()
@@ -123,6 +123,8 @@ class Graph:
     def inputs(self, name: str) -> list[str]:
         """Predecessors of ``name`` in argument order."""
         preds = self.g.pred[name]
+        if len(preds) < 2:  # most nodes: no order to restore (the passes call this per node)
+            return list(preds)
         return sorted(preds, key=lambda p: preds[p]["index"])
 
     def nodes_of(self, *ops: Op) -> list[Node]:
