@@ -433,3 +433,48 @@ def test_train_refuses_a_feature_the_backend_does_not_declare(tmp_path, torch_de
     assert r.code == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: the torch backend cannot emit digits-resnet20 yet")
     assert not out.exists()  # refused before the run directory is made
+
+
+# -- output_stride ------------------------------------------------------------------------------
+
+
+def test_output_stride_values_are_listed():
+    (err,) = errors(BASE + "output_stride: 12\n")
+    assert err == "s.yaml:10:16: output_stride: Input should be 8, 16 or 32, got 12"
+
+
+def test_output_stride_dilates_and_anti_aliases_as_timm():
+    # BASE's maps: stem /4, layer2 /8, so output_stride 8 changes nothing; a third stage then
+    # keeps stride 1 and dilates by 2. Its first block's 3x3 conv keeps dilation 1 and, when
+    # anti-aliased, is followed by timm's filter at stride 1; an avg-pool shortcut becomes
+    # AvgPool2dSame(2, 1) (timm's downsample_avg where the stage dilates).
+    g = graph(BASE + "output_stride: 8\n")
+    assert "dilation" not in g["layer2.0.conv2"].attrs  # 8 is reached only after layer2
+    text = BASE + "output_stride: 8\n"
+    text = text.replace(
+        "{depth: 2, width: 32, stride: 2}",
+        "{depth: 2, width: 32, stride: 2}\n  - {depth: 2, width: 64, stride: 2}",
+    )
+    g = graph(text + "anti_alias: blur\ndownsample: avgpool\n")
+    assert "dilation" not in g["layer3.0.conv2"].attrs and g["layer3.0.conv2"].attrs["stride"] == 1
+    assert (g["layer3.1.conv2"].attrs["dilation"], g["layer3.1.conv2"].attrs["padding"]) == (2, 2)
+    aa = g["layer3.0.aa"].attrs
+    assert g["layer3.0.aa"].op is Op.BLUR and (aa["stride"], aa["padding"]) == (1, 1)
+    pool = g["layer3.0.downsample.0"]
+    assert pool.op is Op.AVGPOOL and pool.attrs == {"kernel": 2, "stride": 1, "same": True}
+    assert g["layer3.1.add"].meta["shape"] == (256, 8, 8)  # 64 / 8
+    assert features(g)[-1] == "output_stride"
+
+
+def test_build_refuses_output_stride_until_the_emitters_dilate(tmp_path):
+    out = tmp_path / "model.py"
+    spec = str(ROOT / "specs" / "timm" / "resnet50.yaml")
+    for backend in ("torch", "flax"):
+        r = run_cli(
+            "build", spec, "--set", "output_stride=16", "--backend", backend, "-o", str(out)
+        )
+        assert r.code == 1 and not out.exists()
+        assert r.stderr == (
+            f"error: the {backend} backend cannot emit resnet50 yet: it does not support dilated "
+            "stages (output_stride) (rescompile report, check and graph do)\n"
+        )

@@ -27,8 +27,9 @@ from rescompile.ir.features import FEATURES as _FAMILY_FEATURES
 
 NAME = "flax"
 SUFFIX = ".py"
-# The family features (rescompile.ir.features) this backend emits: all of them.
-FEATURES = frozenset(_FAMILY_FEATURES)
+# The family features (rescompile.ir.features) this backend emits: all but output_stride's
+# dilated stages (the emission plan has no dilated convolutions yet).
+FEATURES = frozenset(_FAMILY_FEATURES) - {"output_stride"}
 
 __all__ = [
     "FEATURES",

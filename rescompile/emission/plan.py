@@ -446,6 +446,8 @@ def _verify(layer: Layer, params: dict[str, int], node: Node) -> None:
                 f"IR node {node.name!r}: {k}={have!r}, but the emitted module would "
                 f"have {k}={want.get(k)!r}"
             )
+    if node.attrs.get("dilation", 1) != 1 or node.attrs.get("same"):
+        raise EmitError(f"IR node {node.name!r}: dilated stages (output_stride) are not emitted")
     if node.op is Op.CONV2D and (
         node.attrs["bias"] is not False or node.attrs["padding"] != node.attrs["kernel"] // 2
     ):

@@ -23,12 +23,16 @@ class Op(StrEnum):
     """The closed op vocabulary. Layouts are CHW (the batch dimension is implicit)."""
 
     INPUT = "input"
-    CONV2D = "conv2d"  # attrs: in_channels, out_channels, kernel, stride, padding, groups, bias
+    # attrs: in_channels, out_channels, kernel, stride, padding, groups, bias; dilation (only
+    # where it is not 1: output_stride's dilated stages)
+    CONV2D = "conv2d"
     BATCHNORM = "batchnorm"  # attrs: channels, eps, momentum, zero_init
     RELU = "relu"
     GROUPNORM = "groupnorm"  # attrs: channels, groups, eps
     MAXPOOL = "maxpool"  # attrs: kernel, stride, padding
-    AVGPOOL = "avgpool"  # attrs: kernel, stride (ceil_mode, count_include_pad=False)
+    # attrs: kernel, stride (ceil_mode, count_include_pad=False); same=True (only in dilated
+    # stages' avg-pool shortcuts): timm's AvgPool2dSame, zeros padded right and below, counted
+    AVGPOOL = "avgpool"
     AA_AVGPOOL = "aa_avgpool"  # anti-aliasing: attrs: kernel, stride (floor mode, no padding)
     BLUR = "blur"  # attrs: channels, kernel, stride, padding (binomial, depthwise, reflect pad)
     SIGMOID = "sigmoid"  # an attention gate
