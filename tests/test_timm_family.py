@@ -182,3 +182,18 @@ def test_output_stride_is_timms_rule():
     assert compile_spec(path, ["output_stride=32"])[1].totals == compile_spec(path)[1].totals
     cifar = ROOT / "specs" / "paper" / "cifar-resnet20.yaml"  # stride 1 stem: 8 is reachable
     assert compile_spec(cifar, ["output_stride=8"])[1].totals == compile_spec(cifar)[1].totals
+
+
+def test_flax_agreement_was_recorded_for_every_model():
+    """docs/timm-flax.json (scripts/timm_flax_check.py --record): the emitted flax model against
+    the emitted PyTorch one for every spec, within the tolerances, recorded for the specs as they
+    are (each entry's parameter count is the spec's)."""
+    record = json.loads((ROOT / "docs" / "timm-flax.json").read_text())
+    assert record["tolerance"] == {"f32": 1e-4, "f64": 1e-10}
+    models = record["models"]
+    assert set(models) == {p.stem for p in TIMM_SPECS}
+    for path in TIMM_SPECS:
+        r = models[path.stem]
+        assert r["ok"] and r["eval_f32"] < 1e-4 and r["eval_f64"] < 1e-10, path.stem
+        assert r["train_f32"] is None or r["train_f32"] < 1e-4, path.stem
+        assert r["params"] == _compiled(path, "224")[1].totals["params"], path.stem
