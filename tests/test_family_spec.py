@@ -463,18 +463,21 @@ def test_output_stride_dilates_and_anti_aliases_as_timm():
     pool = g["layer3.0.downsample.0"]
     assert pool.op is Op.AVGPOOL and pool.attrs == {"kernel": 2, "stride": 1, "same": True}
     assert g["layer3.1.add"].meta["shape"] == (256, 8, 8)  # 64 / 8
-    assert features(g)[-1] == "output_stride"
+    assert features(g)[-2:] == ["output_stride", "dilated_anti_alias"]
 
 
-def test_build_refuses_output_stride_until_the_emitters_dilate(tmp_path):
+def test_build_refuses_anti_aliasing_where_a_stage_starts_dilating(tmp_path):
+    # timm runs its filter at stride 1 in a dilated stage's first block; a block class builds
+    # its filter only where it strides, so both backends refuse the combination
     out = tmp_path / "model.py"
-    spec = str(ROOT / "specs" / "timm" / "resnet50.yaml")
+    spec = str(ROOT / "specs" / "timm" / "resnetblur50.yaml")
     for backend in ("torch", "flax"):
         r = run_cli(
             "build", spec, "--set", "output_stride=16", "--backend", backend, "-o", str(out)
         )
         assert r.code == 1 and not out.exists()
         assert r.stderr == (
-            f"error: the {backend} backend cannot emit resnet50 yet: it does not support dilated "
-            "stages (output_stride) (rescompile report, check and graph do)\n"
+            f"error: the {backend} backend cannot emit resnetblur50 yet: it does not support "
+            "anti-aliasing where a stage starts dilating (anti_alias with output_stride) "
+            "(rescompile report, check and graph do)\n"
         )

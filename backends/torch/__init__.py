@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
 NAME = "torch"
 SUFFIX = ".py"
-# The family features (rescompile.ir.features) this backend emits: all but output_stride's
-# dilated stages (the emission plan has no dilated convolutions yet).
-FEATURES = frozenset(_FAMILY_FEATURES) - {"output_stride"}
+# The family features (rescompile.ir.features) this backend emits: all but anti-aliasing at
+# stride 1 where a dilated stage starts (a block class builds its filter only where it strides).
+FEATURES = frozenset(_FAMILY_FEATURES) - {"dilated_anti_alias"}
 
 __all__ = [
     "FEATURES",

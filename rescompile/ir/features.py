@@ -29,6 +29,8 @@ FEATURES: dict[str, str] = {
     "downsample_kernel": "a 3x3 projection conv (downsample: {kernel_size: 3})",
     "block_widths": "widths given block by block (stages' block_widths / out_channels)",
     "output_stride": "dilated stages (output_stride)",
+    "dilated_anti_alias": "anti-aliasing where a stage starts dilating (anti_alias with "
+    "output_stride)",
 }
 
 
@@ -58,6 +60,8 @@ def features(g: Graph) -> list[str]:
         used.add("downsample_kernel")
     if any(n.attrs.get("dilation", 1) > 1 for n in g):
         used.add("output_stride")
+    if any(n.op in (Op.BLUR, Op.AA_AVGPOOL) and n.block and n.attrs["stride"] == 1 for n in g):
+        used.add("dilated_anti_alias")  # timm's filter at stride 1 (first_dilation != dilation)
     if g.stem == "deep":
         c0, c3, c6 = (g[f"conv1.{i}"].attrs["out_channels"] for i in (0, 3, 6))
         if not c0 == c3 == c6 // 2 or c6 % 2:
