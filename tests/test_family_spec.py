@@ -267,8 +267,11 @@ def test_projection_padding_at_odd_strides():
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from rescompile.backends import torch as torch_backend  # noqa: E402
 
+from rescompile.emission.plan import make_plan  # noqa: E402
 from rescompile.errors import UserError  # noqa: E402
+from rescompile.ir.features import unsupported  # noqa: E402
 from rescompile.passes.layout import state_layout  # noqa: E402
 
 _FAMILY = {
@@ -304,6 +307,8 @@ _FAMILY = {
     "size": st.sampled_from([16, 33, 64, [40, 57]]),
     "stage_attention": st.sampled_from([None, "none", "se", "eca"]),
     "stage_aa": st.sampled_from([None, "none", "blur"]),
+    # 8: a third stage, which the imagenet and deep stems' nets then dilate
+    "output_stride": st.sampled_from([32, 32, 8]),
 }
 
 
@@ -327,6 +332,7 @@ def test_family_combinations_compile_consistently_or_fail_cleanly(
     size,
     stage_attention,
     stage_aa,
+    output_stride,
 ):
     stage1 = {"depth": 2, "width": 16, "stride": 2}
     if stage_attention is not None:
@@ -348,6 +354,9 @@ def test_family_combinations_compile_consistently_or_fail_cleanly(
         "drop_path": drop_path,
         "stages": [{"depth": 1, "width": 8, "stride": 1}, stage1],
     }
+    if output_stride != 32:
+        doc["output_stride"] = output_stride
+        doc["stages"].append({"depth": 2, "width": 16, "stride": 2})
     import yaml
 
     try:
@@ -367,6 +376,8 @@ def test_family_combinations_compile_consistently_or_fail_cleanly(
     assert sum(_numel(s) for s in trainable) == t["params"]
     assert len({k for k, _ in layout}) == len(layout)  # unique state_dict keys
     assert g[g.output].meta["shape"] == (10,)
+    if not unsupported(g, torch_backend):  # what the backends emit, the plan verifies
+        make_plan(g)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
