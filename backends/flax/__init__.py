@@ -27,9 +27,8 @@ from rescompile.ir.features import FEATURES as _FAMILY_FEATURES
 
 NAME = "flax"
 SUFFIX = ".py"
-# The family features (rescompile.ir.features) this backend emits: all but anti-aliasing at
-# stride 1 where a dilated stage starts (a block class builds its filter only where it strides).
-FEATURES = frozenset(_FAMILY_FEATURES) - {"dilated_anti_alias"}
+# The family features (rescompile.ir.features) this backend emits: all of them.
+FEATURES = frozenset(_FAMILY_FEATURES)
 
 __all__ = [
     "FEATURES",

@@ -144,10 +144,10 @@ class _Renderer:
         if m.op is Op.DROP_PATH:
             return Call(self.n["DropPath"], (_v(a["p"]), RNGS))
         if m.op is Op.BLUR:
-            stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
+            stride = [Kw("stride", _v(a["stride"]))] if a["stride"] != 2 else []
             return Call(self.n["BlurPool"], (_v(a["channels"]), *stride))
         if m.op is Op.AA_AVGPOOL:
-            return Call(self.n["FloorAvgPool"], (num(a["kernel"]), num(a["stride"])))
+            return Call(self.n["FloorAvgPool"], (_v(a["kernel"]), _v(a["stride"])))
         if m.op is Op.MAXPOOL:
             args = (num(a["kernel"]), num(a["stride"]), num(a["padding"]))
             return Call(self.n["MaxPool"], args)
@@ -607,7 +607,7 @@ class _Renderer:
             params += [f"{a}: nnx.Module | None = None" for a in c.shortcuts] + ["*"]
         lines += def_lines("__init__", [*params, "rngs: nnx.Rngs"], "None")
         for m in c.layers:
-            tail = " if stride > 1 else None" if m.name in c.optional else ""
+            tail = f" if {c.aa_condition} else None" if m.name in c.optional else ""
             tail = " if drop_path_rate > 0 else None" if m.op is Op.DROP_PATH else tail
             lines += call_lines(self.layer(m, m.name in c.zero), 2, f"self.{m.name} = ", tail)
         lines += [f"        self.{a} = {a}" for a in c.shortcuts]

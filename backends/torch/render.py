@@ -57,7 +57,9 @@ def _v(x: object) -> str:
 def _check_blur(m: Layer) -> None:
     """The BlurPool helpers are timm's 3x3 binomial filter with timm's padding."""
     a = dict(m.args)
-    if a["kernel"] != 3 or a["padding"] != (a["stride"] + 1) // 2:
+    # a stride parameter: 1 or 2 (anti-aliasing where a block strides or starts dilating)
+    stride = 2 if isinstance(a["stride"], Param) else a["stride"]
+    if a["kernel"] != 3 or a["padding"] != (stride + 1) // 2:
         raise EmitError(f"a blur pool of kernel {a['kernel']}, padding {a['padding']}")
 
 
@@ -165,12 +167,12 @@ class _Renderer:
             return Call(self.p.names["DropPath"], (_v(a["p"]),))
         if m.op is Op.BLUR:
             _check_blur(m)
-            stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
+            stride = [Kw("stride", _v(a["stride"]))] if a["stride"] != 2 else []
             return Call(self.p.names["BlurPool"], (_v(a["channels"]), *stride))
         if m.op is Op.AA_AVGPOOL:
             return Call(
                 "nn.AvgPool2d",
-                (Kw("kernel_size", num(a["kernel"])), Kw("stride", num(a["stride"]))),
+                (Kw("kernel_size", _v(a["kernel"])), Kw("stride", _v(a["stride"]))),
             )
         if m.op is Op.SCALE:
             helper = self.p.names[ATTENTION_HELPERS[a["kind"]]]
@@ -413,7 +415,7 @@ class _Renderer:
         lines += def_lines("__init__", params, "None")
         lines.append("        super().__init__()")
         for m in c.layers:
-            tail = " if stride > 1 else None" if m.name in c.optional else ""
+            tail = f" if {c.aa_condition} else None" if m.name in c.optional else ""
             tail = " if drop_path_rate > 0 else None" if m.op is Op.DROP_PATH else tail
             lines += call_lines(self.layer(m), 2, f"self.{m.name} = ", tail)
         if c.relu:

@@ -165,6 +165,7 @@ class BlockClass:
     # previous dilation)
     dilation: bool = False
     first_dilation: bool = False
+    single_dilation: bool = False  # ``dilation`` is the one 3x3 conv's (see _fill_class)
     # an ``eca_kernel_size: int | None = None`` parameter: ECA kernels that do not follow the
     # block's channels (timm's pruned models take them from the unpruned width)
     eca_kernel: bool = False
@@ -175,6 +176,8 @@ class BlockClass:
     inplace: bool = True
     zero: tuple[str, ...] = ()  # zero-initialised BatchNorms (zero_init_residual)
     optional: tuple[str, ...] = ()  # modules built only when stride > 1 (anti-aliasing), or None
+    # when they are built: "stride > 1", or also where a dilated stage starts (timm's use_aa)
+    aa_condition: str = "stride > 1"
     # a ``drop_path_rate: float = 0.0`` parameter; its ``drop_path`` module is None at rate 0
     drop_path: bool = False
     forward: list[Step] = field(default_factory=list)
@@ -294,7 +297,7 @@ class _BlockIR:
     def params(self) -> dict[str, int]:
         b = self.block
         first = next((n for n in self.main if n.op is Op.CONV2D), None)
-        kxk = [n.attrs.get("dilation", 1) for n in self.main if _kxk_conv(n)]
+        first_kxk = next((n for n in self.main if _kxk_conv(n)), None)
         return dict(
             in_channels=b.in_channels,
             first_width=first.attrs["out_channels"] if first else b.width,
@@ -302,8 +305,8 @@ class _BlockIR:
             out_channels=b.out_channels,
             stride=b.stride,
             groups=b.groups,
-            dilation=kxk[-1] if kxk else 1,
-            first_dilation=kxk[0] if kxk else 1,
+            dilation=b.dilation,  # the stage's: a bottleneck's 3x3 conv may keep the previous
+            first_dilation=first_kxk.attrs.get("dilation", 1) if first_kxk else b.dilation,
             eca_kernel_size=self.eca_kernel_size(),
             drop_path_rate=b.drop_path,
         )
@@ -708,11 +711,22 @@ def _fill_class(
     c.stride = any(m.block.stride != 1 for m in c.members)
     c.groups = any(m.block.groups != 1 for m in c.members)
     c.eca_kernel = any(m.params()["eca_kernel_size"] is not None for m in c.members)
-    c.dilation = any(m.params()["dilation"] != 1 for m in c.members)
-    c.first_dilation = c.dilation and any(
-        m.params()["first_dilation"] != m.params()["dilation"] for m in c.members
+    # anti-aliasing at stride 1 where a dilated stage starts: the filter takes the block's stride
+    aa_at_1 = any(n.op in _AA_OPS and n.attrs["stride"] == 1 for m in c.members for n in m.main)
+    # one 3x3 conv (a bottleneck) and no such filter: ``dilation`` is simply that conv's
+    c.single_dilation = sum(map(_kxk_conv, first.main)) <= 1 and not aa_at_1
+    c.dilation = any(_class_params(c, m)["dilation"] != 1 for m in c.members)
+    c.first_dilation = (
+        c.dilation
+        and not c.single_dilation
+        and any(m.params()["first_dilation"] != m.params()["dilation"] for m in c.members)
     )
     role, k, kxk = "in_channels", 0, 0
+    aa_stride = Param("stride") if aa_at_1 and c.stride else None
+    if aa_at_1:
+        c.aa_condition = " or ".join(
+            [*(["stride > 1"] if c.stride else []), "first_dilation != dilation"]
+        )
     for n in first.main:
         local = first.local[n.name]
         if n.op is Op.CONV2D:
@@ -735,12 +749,16 @@ def _fill_class(
         elif n.op is Op.BLUR:
             a = n.attrs
             c.layers.append(Layer(local, n.op, (
-                ("channels", Param(role)), ("kernel", a["kernel"]), ("stride", a["stride"]),
-                ("padding", a["padding"]),
+                ("channels", Param(role)), ("kernel", a["kernel"]),
+                ("stride", aa_stride or a["stride"]), ("padding", a["padding"]),
             )))  # fmt: skip
             c.optional += (local,)
         elif n.op is Op.AA_AVGPOOL:
-            c.layers.append(_literal(local, n))
+            c.layers.append(
+                Layer(local, n.op, (("kernel", aa_stride), ("stride", aa_stride)))
+                if aa_stride
+                else _literal(local, n)
+            )
             c.optional += (local,)
         elif n.op is Op.DROPOUT:  # block dropout (Wide ResNet): active in training only
             c.layers.append(_literal(local, n))
@@ -757,7 +775,7 @@ def _fill_class(
     c.required = len(modes) == 1 and bool(c.shortcuts)
     layers = {m.name: m for m in c.layers}
     for m in c.members:
-        p = m.params()
+        p = _class_params(c, m)
         for n in m.main:
             if n.op is Op.SCALE:
                 _verify_attention(layers[_module(m.local[n.name])], p, m, n)
@@ -768,9 +786,10 @@ def _fill_class(
             has_dp and m.local[m.main[-1].name] != "drop_path"
         ):
             raise EmitError(f"block {m.block.name!r}: drop path at rate {m.block.drop_path}")
-        if c.optional:  # built where the block strides, None elsewhere
+        if c.optional:  # built where the block strides (or starts dilating), None elsewhere
             aa = tuple(m.local[n.name] for n in m.main if n.op in _AA_OPS)
-            if aa != (c.optional if m.block.stride > 1 else ()):
+            built = m.block.stride > 1 or (aa_at_1 and p["first_dilation"] != p["dilation"])
+            if aa != (c.optional if built else ()):
                 raise EmitError(
                     f"block {m.block.name!r}: anti-aliasing {aa} at stride {m.block.stride}"
                 )
@@ -792,6 +811,14 @@ def _fill_class(
         raise EmitError(f"class {c.name}: a shortcut reads different tensors in different blocks")
     c.doc = _block_doc(c, stride_conv, modes)
     c.forward = _block_forward(c, modes, dict(srcs), len(succ[first.main[-1].name]) == 1)
+
+
+def _class_params(c: BlockClass, m: _BlockIR) -> dict[str, int]:
+    """A member's constructor arguments as its class takes them."""
+    p = m.params()
+    if c.single_dilation:
+        p["dilation"] = p["first_dilation"]
+    return p
 
 
 def _representative(c: BlockClass) -> _BlockIR:
@@ -841,7 +868,14 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
         aa = ", ".join(f"``{m}``" for m in c.optional)
         doc += (
             f" Where ``stride`` > 1 the convolutions run at stride 1 and {aa} (anti-aliasing, "
-            "as timm's aa_layer) strides after the ReLU; elsewhere it is None."
+            "as timm's aa_layer) strides after the ReLU"
+            + (
+                ", and where ``first_dilation`` differs from ``dilation`` (a dilated stage's "
+                "first block) it filters at stride 1"
+                if "first_dilation" in c.aa_condition
+                else ""
+            )
+            + "; elsewhere it is None."
         )
     elif stride_conv is not None and c.stride:
         conv = next(n for n in first.main if first.local[n.name] == stride_conv)
@@ -1240,7 +1274,7 @@ class _Planner:
 
     def block_call(self, bi: _BlockIR) -> BlockCall:
         c, b = self.class_of[bi.block.name], bi.block
-        p = bi.params()
+        p = _class_params(c, bi)
         shortcut = None
         if bi.mode == "projection":
             shortcut = (

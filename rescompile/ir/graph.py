@@ -85,6 +85,7 @@ class Block:
     drop_path: float = 0.0
     dropout: float = 0.0
     pruned: bool = False  # widths given per block (block_widths / out_channels)
+    dilation: int = 1  # the stage's dilation (output_stride); its first 3x3 conv may keep less
 
 
 @dataclass

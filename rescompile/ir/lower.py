@@ -360,6 +360,7 @@ class _Lowerer:
             drop_path=drop_path if sc != "none" else 0.0,
             dropout=b.dropout,
             pruned=st.block_widths is not None or st.out_channels is not None,
+            dilation=dilation,
         )
         self.g.blocks.append(blk)
         first_node = len(self.g)

@@ -198,14 +198,17 @@ def test_the_flax_check_script_on_a_small_model():
     assert r["ok"] and r["params"] == compiled(_path("test_resnet"))[1].totals["params"]
 
 
-# output_stride: dilated stages. The emitted PyTorch models are timm's, bitwise, for the cases of
-# tests/fixtures/timm/output_stride.json that both backends emit (scripts/timm_outputs_check.py
-# on MODEL@OS files; docs/timm-output-stride-outputs.json); here: the emitted models against
-# their IR, flax against PyTorch, and how the dilation is written.
+# output_stride: dilated stages. The emitted PyTorch models are timm's, bitwise, for every case of
+# tests/fixtures/timm/output_stride.json (scripts/timm_outputs_check.py on MODEL@OS files;
+# docs/timm-output-stride-outputs.json); here: the emitted models against their IR, flax against
+# PyTorch, and how the dilation is written.
 DILATED = [
     ("timm/resnet18", ("output_stride=8",)),  # basic blocks: dilation and first_dilation
     ("timm/resnet50d", ("output_stride=8",)),  # AvgPool2dSame projections
     ("timm/seresnext26d_32x4d", ("output_stride=16",)),
+    # anti-aliasing where a stage starts dilating: a filter at stride 1 (timm's use_aa)
+    ("timm/resnetblur50", ("output_stride=16",)),
+    ("timm/resnetaa50d", ("output_stride=8",)),
     # SENet-154's dilated 3x3 projections, on a small net
     ("torchvision/resnext50_32x4d", ("downsample={kind: conv, kernel_size: 3}", "output_stride=8")),
 ]
