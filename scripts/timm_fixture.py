@@ -41,6 +41,10 @@ a tensor ``t`` of shape ``s`` (float32, drawn with one call of the given functio
 * 1-d ``*.bias`` (norm shifts, conv and fc biases): ``0.1 * randn(s)``;
 * weights with 2 or more dims (conv, fc): ``randn(s) * sqrt(1 / prod(s[1:]))``.
 
+``--output-stride`` records, the same way, the models of ``OUTPUT_STRIDE_CASES`` built with
+timm's ``output_stride`` argument (dilated last stages) into
+``tests/fixtures/timm/output_stride.json``, keyed ``<model>@<output_stride>``.
+
 The input is ``randn(2, 3, 64, 96)`` (sides that every model halves evenly down to 2x3) from a
 generator seeded with ``INPUT_SEED``. Logits are computed with one CPU thread
 (``torch.set_num_threads(1)``); the sha256 is the bitwise fingerprint for the same op sequence on
@@ -64,6 +68,20 @@ SEED = 0
 INPUT_SEED = 1
 OUTPUT_INPUT = (2, 3, 64, 96)
 MAC_SIZES = ((224, 224), (193, 211))
+OUTPUT_STRIDE_OUT = ROOT / "tests" / "fixtures" / "timm" / "output_stride.json"
+# (model, output_stride): basic and bottleneck blocks, a deep stem with average-pool shortcuts
+# (timm's AvgPool2dSame), both kinds of anti-aliasing (a filter at stride 1 where a stage starts
+# dilating), 3x3 projections (SENet-154) and SE
+OUTPUT_STRIDE_CASES = (
+    ("resnet18", 8),
+    ("resnet50", 16),
+    ("resnet50", 8),
+    ("resnet50d", 8),
+    ("resnetblur50", 16),
+    ("resnetaa50d", 8),
+    ("seresnext26d_32x4d", 16),
+    ("senet154", 8),
+)
 
 
 def randomise(model, seed: int = SEED) -> None:
@@ -157,13 +175,13 @@ def _macs(model, size: tuple[int, int]) -> tuple[int, dict[str, int]]:
     return total // 2, per
 
 
-def record(name: str, captured: dict) -> dict:
+def record(name: str, captured: dict, **options) -> dict:
     import timm
     import torch
 
     torch.manual_seed(0)
     captured.clear()
-    model = timm.create_model(name, pretrained=False).eval()
+    model = timm.create_model(name, pretrained=False, **options).eval()
     sd = model.state_dict()
     persistent = {k for k, _ in model.named_buffers() if k in sd}
     entry: dict = {
@@ -236,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--only", default="", help="comma-separated model names (default: all)")
+    ap.add_argument(
+        "--output-stride",
+        action="store_true",
+        help=f"record OUTPUT_STRIDE_CASES into {OUTPUT_STRIDE_OUT.relative_to(ROOT)} instead",
+    )
     args = ap.parse_args(argv)
 
     try:
@@ -254,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return create(variant, pretrained, **kwargs)
 
     tr._create_resnet = spy
+    if args.output_stride:
+        return _record_output_stride(captured)
     names = timm.list_models(module="resnet")
     only = {n for n in args.only.split(",") if n}
     unknown = only - set(names)
@@ -288,6 +313,31 @@ def main(argv: list[str] | None = None) -> int:
     assert json.loads(text) == data
     args.out.write_text(text)
     print(f"wrote {args.out} ({len(data['models'])} models, {len(text):,} bytes)")
+    return 0
+
+
+def _record_output_stride(captured: dict) -> int:
+    import timm
+    import torch
+
+    models = {}
+    for name, os_ in OUTPUT_STRIDE_CASES:
+        e = models[f"{name}@{os_}"] = record(name, captured, output_stride=os_)
+        print(f"{name}@{os_}: params {e['params']:,}  MACs {e['macs']}", flush=True)
+    data = {
+        "generator": "scripts/timm_fixture.py --output-stride",
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "seed": SEED,
+        "input_seed": INPUT_SEED,
+        "output_input": list(OUTPUT_INPUT),
+        "mac_sizes": [f"{h}x{w}" for h, w in MAC_SIZES],
+        "models": models,
+    }
+    text = _dumps(data)
+    assert json.loads(text) == data
+    OUTPUT_STRIDE_OUT.write_text(text)
+    print(f"wrote {OUTPUT_STRIDE_OUT} ({len(models)} models)")
     return 0
 
 

@@ -10,6 +10,8 @@ timm's ``NAME``, loads timm's state_dict into the emitted model with ``strict=Tr
 input: bitwise (torch.equal), and the largest absolute difference. It also compares the emitted
 model's logits with the fixture's recorded sha256 (the same figures, recorded earlier).
 Exits 1 if any model fails to load strictly or differs by more than 1e-5 relative.
+A file named ``MODEL@OS.py`` is compared with timm's ``MODEL`` built with ``output_stride=OS``
+(and with ``tests/fixtures/timm/output_stride.json``): emit it with ``--set output_stride=OS``.
 ``--record FILE`` merges the results into a JSON file (model -> strict, bitwise, max_abs_diff,
 ok; ``docs/timm-outputs.json``, which ``scripts/timm_family_table.py`` turns into the table's
 outputs column), with the timm and torch versions.
@@ -47,6 +49,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     tf = _load(ROOT / "scripts" / "timm_fixture.py", "timm_fixture")
     fx = json.loads((ROOT / "tests" / "fixtures" / "timm" / "resnet.json").read_text())
+    os_fx = json.loads((ROOT / "tests" / "fixtures" / "timm" / "output_stride.json").read_text())
     folder = Path(argv[0])
     names = argv[1:] or sorted(p.stem for p in folder.glob("*.py"))
     bad = 0
@@ -61,7 +64,9 @@ def main(argv: list[str]) -> int:
         ]
         ours = classes[-1]().eval()
         torch.manual_seed(0)
-        theirs = timm.create_model(name, pretrained=False).eval()
+        model, _, output_stride = name.partition("@")
+        options = {"output_stride": int(output_stride)} if output_stride else {}
+        theirs = timm.create_model(model, pretrained=False, **options).eval()
         try:
             ours.load_state_dict(theirs.state_dict(), strict=True)
             strict = True
@@ -78,7 +83,8 @@ def main(argv: list[str]) -> int:
         diff = float((a - b).abs().max())
         rel = diff / max(1.0, float(b.abs().max()))
         sha = hashlib.sha256(a.numpy().astype("<f4").tobytes()).hexdigest()
-        same_as_fixture = sha == fx["models"][name]["output"]["sha256"]
+        recorded = (os_fx if output_stride else fx)["models"][name]["output"]
+        same_as_fixture = sha == recorded["sha256"]
         ok = strict and rel <= TOLERANCE
         bad += not ok
         results[name] = dict(strict=strict, bitwise=torch.equal(a, b), max_abs_diff=diff, ok=ok)

@@ -267,8 +267,11 @@ def test_projection_padding_at_odd_strides():
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from rescompile.backends import torch as torch_backend  # noqa: E402
 
+from rescompile.emission.plan import make_plan  # noqa: E402
 from rescompile.errors import UserError  # noqa: E402
+from rescompile.ir.features import unsupported  # noqa: E402
 from rescompile.passes.layout import state_layout  # noqa: E402
 
 _FAMILY = {
@@ -304,6 +307,8 @@ _FAMILY = {
     "size": st.sampled_from([16, 33, 64, [40, 57]]),
     "stage_attention": st.sampled_from([None, "none", "se", "eca"]),
     "stage_aa": st.sampled_from([None, "none", "blur"]),
+    # 8: a third stage, which the imagenet and deep stems' nets then dilate
+    "output_stride": st.sampled_from([32, 32, 8]),
 }
 
 
@@ -327,6 +332,7 @@ def test_family_combinations_compile_consistently_or_fail_cleanly(
     size,
     stage_attention,
     stage_aa,
+    output_stride,
 ):
     stage1 = {"depth": 2, "width": 16, "stride": 2}
     if stage_attention is not None:
@@ -348,6 +354,9 @@ def test_family_combinations_compile_consistently_or_fail_cleanly(
         "drop_path": drop_path,
         "stages": [{"depth": 1, "width": 8, "stride": 1}, stage1],
     }
+    if output_stride != 32:
+        doc["output_stride"] = output_stride
+        doc["stages"].append({"depth": 2, "width": 16, "stride": 2})
     import yaml
 
     try:
@@ -367,6 +376,8 @@ def test_family_combinations_compile_consistently_or_fail_cleanly(
     assert sum(_numel(s) for s in trainable) == t["params"]
     assert len({k for k, _ in layout}) == len(layout)  # unique state_dict keys
     assert g[g.output].meta["shape"] == (10,)
+    if not unsupported(g, torch_backend):  # what the backends emit, the plan verifies
+        make_plan(g)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -433,3 +444,46 @@ def test_train_refuses_a_feature_the_backend_does_not_declare(tmp_path, torch_de
     assert r.code == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: the torch backend cannot emit digits-resnet20 yet")
     assert not out.exists()  # refused before the run directory is made
+
+
+# -- output_stride ------------------------------------------------------------------------------
+
+
+def test_output_stride_values_are_listed():
+    (err,) = errors(BASE + "output_stride: 12\n")
+    assert err == "s.yaml:10:16: output_stride: Input should be 8, 16 or 32, got 12"
+
+
+def test_output_stride_dilates_and_anti_aliases_as_timm():
+    # BASE's maps: stem /4, layer2 /8, so output_stride 8 changes nothing; a third stage then
+    # keeps stride 1 and dilates by 2. Its first block's 3x3 conv keeps dilation 1 and, when
+    # anti-aliased, is followed by timm's filter at stride 1; an avg-pool shortcut becomes
+    # AvgPool2dSame(2, 1) (timm's downsample_avg where the stage dilates).
+    g = graph(BASE + "output_stride: 8\n")
+    assert "dilation" not in g["layer2.0.conv2"].attrs  # 8 is reached only after layer2
+    text = BASE + "output_stride: 8\n"
+    text = text.replace(
+        "{depth: 2, width: 32, stride: 2}",
+        "{depth: 2, width: 32, stride: 2}\n  - {depth: 2, width: 64, stride: 2}",
+    )
+    g = graph(text + "anti_alias: blur\ndownsample: avgpool\n")
+    assert "dilation" not in g["layer3.0.conv2"].attrs and g["layer3.0.conv2"].attrs["stride"] == 1
+    assert (g["layer3.1.conv2"].attrs["dilation"], g["layer3.1.conv2"].attrs["padding"]) == (2, 2)
+    aa = g["layer3.0.aa"].attrs
+    assert g["layer3.0.aa"].op is Op.BLUR and (aa["stride"], aa["padding"]) == (1, 1)
+    pool = g["layer3.0.downsample.0"]
+    assert pool.op is Op.AVGPOOL and pool.attrs == {"kernel": 2, "stride": 1, "same": True}
+    assert g["layer3.1.add"].meta["shape"] == (256, 8, 8)  # 64 / 8
+    assert features(g)[-2:] == ["output_stride", "dilated_anti_alias"]
+
+
+def test_anti_aliasing_where_a_stage_starts_dilating_is_emitted_as_timm_builds_it(tmp_path):
+    # timm's use_aa: stride == 2 or first_dilation != dilation (the filter then at stride 1)
+    out = tmp_path / "model.py"
+    spec = str(ROOT / "specs" / "timm" / "resnetblur50.yaml")
+    r = run_cli("build", spec, "--set", "output_stride=16", "-o", str(out))
+    assert r.code == 0, r.stderr
+    source = out.read_text()
+    assert ") if stride > 1 or first_dilation != dilation else None\n" in source
+    call = "Bottleneck(1024, 512, 2048, dilation=2, downsample=projection(1024, 2048)),\n"
+    assert call in source

@@ -74,7 +74,8 @@ class _Renderer:
         if len(plan.eps) > 1 or len(plan.momentum) > 1:
             raise EmitError("the flax backend expects one BatchNorm eps and momentum per model")
         self.zero_init = any(c.zero for c in plan.classes)
-        self.pooled = any(h.pool != "none" for h in plan.projections)
+        self.pooled = any(h.pool not in ("none", "same") for h in plan.projections)
+        self.same_pool = any(h.pool == "same" for h in plan.projections)
         # a max pool inside a Sequential (the blur stem's) needs a module; alone it is inline
         self.max_pool = any(
             m.op is Op.MAXPOOL
@@ -95,6 +96,8 @@ class _Renderer:
         parts.append(self.sequential())
         if self.pooled:
             parts.append(self.avgpool())
+        if self.same_pool:
+            parts.append(self.same_avg_pool())
         if Op.BLUR in p.ops:
             parts.append(self.blur_pool())
         if Op.DROP_PATH in p.ops:
@@ -121,7 +124,8 @@ class _Renderer:
             c = self.p.conv(a["kernel"])
             stride = [] if a["stride"] == 1 else [_v(a["stride"])]
             groups = [] if a["groups"] == 1 else [Kw("groups", _v(a["groups"]))]
-            args = (_v(a["in_channels"]), _v(a["out_channels"]), *stride, *groups, RNGS)
+            dilation = [Kw("dilation", _v(a["dilation"]))] if "dilation" in a else []
+            args = (_v(a["in_channels"]), _v(a["out_channels"]), *stride, *groups, *dilation, RNGS)
             return Call(c.name, args)
         if m.op is Op.BATCHNORM:
             init = [Kw("zero_init", "True")] if zero else []
@@ -140,10 +144,10 @@ class _Renderer:
         if m.op is Op.DROP_PATH:
             return Call(self.n["DropPath"], (_v(a["p"]), RNGS))
         if m.op is Op.BLUR:
-            stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
+            stride = [Kw("stride", _v(a["stride"]))] if a["stride"] != 2 else []
             return Call(self.n["BlurPool"], (_v(a["channels"]), *stride))
         if m.op is Op.AA_AVGPOOL:
-            return Call(self.n["FloorAvgPool"], (num(a["kernel"]), num(a["stride"])))
+            return Call(self.n["FloorAvgPool"], (_v(a["kernel"]), _v(a["stride"])))
         if m.op is Op.MAXPOOL:
             args = (num(a["kernel"]), num(a["stride"]), num(a["padding"]))
             return Call(self.n["MaxPool"], args)
@@ -153,10 +157,17 @@ class _Renderer:
             return Call(helper, (_v(a["channels"]), *kws, RNGS))
         raise EmitError(f"no flax module for {m.op}")  # pragma: no cover
 
-    def conv_call(self, k: int, cin: str, cout: str, stride: str, groups: str) -> Call:
+    def conv_call(
+        self, k: int, cin: str, cout: str, stride: str, groups: str, dilation: str = "1"
+    ) -> Call:
         args: list[str | Kw] = [cin, cout, f"({k}, {k})"]
         args += [Kw("strides", stride)] if stride != "1" else []
-        args.append(Kw("padding", str(k // 2)))
+        pad = k // 2
+        if dilation == "1":
+            args.append(Kw("padding", str(pad)))
+        else:
+            args.append(Kw("padding", dilation if pad == 1 else f"{pad} * {dilation}"))
+            args.append(Kw("kernel_dilation", dilation))
         args += [Kw("feature_group_count", groups)] if groups != "1" else []
         args += [Kw("use_bias", "False"), Kw("kernel_init", self.n["he_normal"]), RNGS]
         return Call("nnx.Conv", tuple(args))
@@ -231,10 +242,12 @@ class _Renderer:
         k, pad = c.kernel, c.kernel // 2
         params = ["in_channels: int", "out_channels: int"]
         params += ["stride: int = 1"] * c.stride + ["*"] + ["groups: int = 1"] * c.groups
+        params += ["dilation: int = 1"] * c.dilation
         lines = def_lines(c.name, [*params, "rngs: nnx.Rngs"], "nnx.Conv", level=0)
+        padding = ("dilation" if pad == 1 else f"{pad} * dilation") if c.dilation else pad
         lines += docstring(
             f"{k}x{k} convolution"
-            + (f", padding {pad}" if pad else "")
+            + (f", padding {padding}" if pad else "")
             + ", no bias (BatchNorm follows).",
             1,
         )
@@ -244,6 +257,7 @@ class _Renderer:
             "out_channels",
             "stride" if c.stride else "1",
             "groups" if c.groups else "1",
+            "dilation" if c.dilation else "1",
         )
         return lines + call_lines(call, 1, "return ")
 
@@ -514,6 +528,21 @@ class _Renderer:
             "        return nnx.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))",
         ]
 
+    def same_avg_pool(self) -> list[str]:
+        return [
+            f"class {self.n['SameAvgPool']}(nnx.Module):",
+            *docstring(
+                "timm's AvgPool2dSame(2, stride=1), where a dilated stage starts: zeros padded on "
+                "the right and below, then 2x2 average pooling at stride 1 (the padded zeros "
+                "count), so the map keeps its size.",
+                1,
+            ),
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            "        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))",
+            "        return nnx.avg_pool(x, (2, 2), strides=(1, 1))",
+        ]
+
     def floor_avg_pool(self) -> list[str]:
         return [
             f"class {self.n['FloorAvgPool']}(nnx.Module):",
@@ -551,10 +580,13 @@ class _Renderer:
 
     def projection(self, h: Projection) -> list[str]:
         params = ["in_channels: int", "out_channels: int"] + ["stride: int = 1"] * h.stride
+        params += ["dilation: int = 1"] * h.dilation
         lines = def_lines(h.name, [*params, "*", "rngs: nnx.Rngs"], self.n["Sequential"], 0)
         lines += docstring(h.doc, 1)
         items: list[str | Call] = []
-        if h.pool != "none":  # AvgPool(1) is the identity
+        if h.pool == "same":
+            items.append(Call(self.n["SameAvgPool"], ()))
+        elif h.pool != "none":  # AvgPool(1) is the identity
             items.append(Call(self.n["AvgPool"], ("stride" if h.stride else "1",)))
         items += [self.layer(m) for m in h.layers]
         seq = Call(self.n["Sequential"], tuple(items))
@@ -565,6 +597,8 @@ class _Renderer:
         lines = [f"class {c.name}(nnx.Module):", *docstring(c.doc, 1), ""]
         params = ["self", *(f"{p}: int" for p in c.channels)]
         params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        params += ["dilation: int = 1"] * c.dilation
+        params += ["first_dilation: int = 1"] * c.first_dilation
         params += ["eca_kernel_size: int | None = None"] * c.eca_kernel
         params += ["drop_path_rate: float = 0.0"] * c.drop_path
         if c.required:
@@ -573,7 +607,7 @@ class _Renderer:
             params += [f"{a}: nnx.Module | None = None" for a in c.shortcuts] + ["*"]
         lines += def_lines("__init__", [*params, "rngs: nnx.Rngs"], "None")
         for m in c.layers:
-            tail = " if stride > 1 else None" if m.name in c.optional else ""
+            tail = f" if {c.aa_condition} else None" if m.name in c.optional else ""
             tail = " if drop_path_rate > 0 else None" if m.op is Op.DROP_PATH else tail
             lines += call_lines(self.layer(m, m.name in c.zero), 2, f"self.{m.name} = ", tail)
         lines += [f"        self.{a} = {a}" for a in c.shortcuts]
@@ -606,13 +640,18 @@ class _Renderer:
             args.append(num(b.stride))
         if b.groups != 1:
             args.append(Kw("groups", num(b.groups)))
+        if b.dilation != 1:
+            args.append(Kw("dilation", num(b.dilation)))
+        if b.first_dilation != 1:
+            args.append(Kw("first_dilation", num(b.first_dilation)))
         if b.eca_kernel_size is not None:
             args.append(Kw("eca_kernel_size", num(b.eca_kernel_size)))
         if b.drop_path_rate > 0:
             args.append(Kw("drop_path_rate", num(b.drop_path_rate)))
         if b.shortcut:
-            param, helper, (cin, cout, stride) = b.shortcut
+            param, helper, (cin, cout, stride), dilation = b.shortcut
             hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)
+            hargs += [Kw("dilation", num(dilation))] * (dilation != 1)
             if helper != self.n["ZeroPadShortcut"]:
                 hargs.append(RNGS)
             args.append(Kw(param, Call(helper, tuple(hargs))))

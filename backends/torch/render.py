@@ -57,7 +57,9 @@ def _v(x: object) -> str:
 def _check_blur(m: Layer) -> None:
     """The BlurPool helpers are timm's 3x3 binomial filter with timm's padding."""
     a = dict(m.args)
-    if a["kernel"] != 3 or a["padding"] != (a["stride"] + 1) // 2:
+    # a stride parameter: 1 or 2 (anti-aliasing where a block strides or starts dilating)
+    stride = 2 if isinstance(a["stride"], Param) else a["stride"]
+    if a["kernel"] != 3 or a["padding"] != (stride + 1) // 2:
         raise EmitError(f"a blur pool of kernel {a['kernel']}, padding {a['padding']}")
 
 
@@ -69,6 +71,7 @@ class _Renderer:
     def __init__(self, plan: Plan):
         self.p = plan
         self.F = plan.names["F"]
+        self.same_pool = any(h.pool == "same" for h in plan.projections)
 
     def source(self) -> str:
         p = self.p
@@ -81,6 +84,8 @@ class _Renderer:
             parts.append(self.drop_path())
         if p.zero_pad:
             parts.append(self.zero_pad())
+        if self.same_pool:
+            parts.append(self.same_avg_pool())
         parts += [self.projection(h) for h in p.projections]
         parts += [self.block_class(c) for c in p.classes]
         parts.append(self.model_class())
@@ -89,7 +94,7 @@ class _Renderer:
     def imports(self) -> list[str]:
         lines = ["import math", ""] if "eca" in self.p.attention else []
         lines.append("import torch")
-        if self.p.zero_pad or Op.BLUR in self.p.ops:
+        if self.p.zero_pad or Op.BLUR in self.p.ops or self.same_pool:
             lines.append(
                 "from torch.nn import functional"
                 if self.F == "functional"
@@ -108,9 +113,16 @@ class _Renderer:
         if m.op is Op.CONV2D:
             c = self.p.conv(a["kernel"])
             stride = [] if a["stride"] == 1 else [_v(a["stride"])]
+            dilation = [Kw("dilation", _v(a["dilation"]))] if "dilation" in a else []
             return Call(
                 c.name,
-                (_v(a["in_channels"]), _v(a["out_channels"]), *stride, *kw("groups", "groups", 1)),
+                (
+                    _v(a["in_channels"]),
+                    _v(a["out_channels"]),
+                    *stride,
+                    *kw("groups", "groups", 1),
+                    *dilation,
+                ),
             )
         if m.op is Op.BATCHNORM:
             return Call(
@@ -155,12 +167,12 @@ class _Renderer:
             return Call(self.p.names["DropPath"], (_v(a["p"]),))
         if m.op is Op.BLUR:
             _check_blur(m)
-            stride = [Kw("stride", num(a["stride"]))] if a["stride"] != 2 else []
+            stride = [Kw("stride", _v(a["stride"]))] if a["stride"] != 2 else []
             return Call(self.p.names["BlurPool"], (_v(a["channels"]), *stride))
         if m.op is Op.AA_AVGPOOL:
             return Call(
                 "nn.AvgPool2d",
-                (Kw("kernel_size", num(a["kernel"])), Kw("stride", num(a["stride"]))),
+                (Kw("kernel_size", _v(a["kernel"])), Kw("stride", _v(a["stride"]))),
             )
         if m.op is Op.SCALE:
             helper = self.p.names[ATTENTION_HELPERS[a["kind"]]]
@@ -195,16 +207,20 @@ class _Renderer:
         k, pad = c.kernel, c.kernel // 2
         params = ["in_channels: int", "out_channels: int"]
         params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        params += ["dilation: int = 1"] * c.dilation
         lines = def_lines(c.name, params, "nn.Conv2d", level=0)
+        padding = "dilation" if pad == 1 else f"{pad} * dilation"
         lines += docstring(
             f"{k}x{k} convolution"
-            + (f", padding {pad}" if pad else "")
+            + (f", padding {padding if c.dilation else pad}" if pad else "")
             + ", no bias (BatchNorm follows).",
             1,
         )
         args = ["in_channels", "out_channels", Kw("kernel_size", str(k))]
-        args += [Kw("stride", "stride")] * c.stride + [Kw("padding", str(pad))] * (pad > 0)
-        args += [Kw("groups", "groups")] * c.groups + [Kw("bias", "False")]
+        args += [Kw("stride", "stride")] * c.stride
+        args += [Kw("padding", padding if c.dilation else str(pad))] * (pad > 0)
+        args += [Kw("groups", "groups")] * c.groups + [Kw("dilation", "dilation")] * c.dilation
+        args += [Kw("bias", "False")]
         return lines + call_lines(Call("nn.Conv2d", tuple(args)), 1, "return ")
 
     def attention(self, kind: str) -> list[str]:
@@ -270,6 +286,21 @@ class _Renderer:
             "        y = x.mean((2, 3)).view(x.shape[0], 1, -1)",
             "        y = self.conv(y).sigmoid()",
             "        return x * y.view(x.shape[0], -1, 1, 1)",
+        ]
+
+    def same_avg_pool(self) -> list[str]:
+        return [
+            f"class {self.p.names['SameAvgPool']}(nn.Module):",
+            *docstring(
+                "timm's AvgPool2dSame(2, stride=1), where a dilated stage starts: zeros padded on "
+                "the right and below, then 2x2 average pooling at stride 1 (the padded zeros "
+                "count), so the map keeps its size.",
+                1,
+            ),
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            f"        x = {self.F}.pad(x, (0, 1, 0, 1))",
+            f"        return {self.F}.avg_pool2d(x, 2, 1, ceil_mode=True, count_include_pad=False)",
         ]
 
     def drop_path(self) -> list[str]:
@@ -345,6 +376,7 @@ class _Renderer:
 
     def projection(self, h: Projection) -> list[str]:
         params = ["in_channels: int", "out_channels: int"] + ["stride: int = 1"] * h.stride
+        params += ["dilation: int = 1"] * h.dilation
         lines = def_lines(h.name, params, "nn.Sequential", level=0) + docstring(h.doc, 1)
         items: list[str | Call] = []
         pool = self.layer(
@@ -362,6 +394,8 @@ class _Renderer:
             items.append(pool)
         elif h.pool == "never":
             items.append(Call("nn.Identity"))
+        elif h.pool == "same":
+            items.append(Call(self.p.names["SameAvgPool"]))
         items += [self.layer(m) for m in h.layers]
         return lines + call_lines(Call("nn.Sequential", tuple(items)), 1, "return ", explode=True)
 
@@ -370,6 +404,8 @@ class _Renderer:
         lines = [f"class {c.name}(nn.Module):", *docstring(c.doc, 1), ""]
         params = ["self", *(f"{p}: int" for p in c.channels)]
         params += ["stride: int = 1"] * c.stride + ["groups: int = 1"] * c.groups
+        params += ["dilation: int = 1"] * c.dilation
+        params += ["first_dilation: int = 1"] * c.first_dilation
         params += ["eca_kernel_size: int | None = None"] * c.eca_kernel
         params += ["drop_path_rate: float = 0.0"] * c.drop_path
         if c.required:
@@ -379,7 +415,7 @@ class _Renderer:
         lines += def_lines("__init__", params, "None")
         lines.append("        super().__init__()")
         for m in c.layers:
-            tail = " if stride > 1 else None" if m.name in c.optional else ""
+            tail = f" if {c.aa_condition} else None" if m.name in c.optional else ""
             tail = " if drop_path_rate > 0 else None" if m.op is Op.DROP_PATH else tail
             lines += call_lines(self.layer(m), 2, f"self.{m.name} = ", tail)
         if c.relu:
@@ -425,13 +461,18 @@ class _Renderer:
             args.append(num(b.stride))
         if b.groups != 1:
             args.append(Kw("groups", num(b.groups)))
+        if b.dilation != 1:
+            args.append(Kw("dilation", num(b.dilation)))
+        if b.first_dilation != 1:
+            args.append(Kw("first_dilation", num(b.first_dilation)))
         if b.eca_kernel_size is not None:
             args.append(Kw("eca_kernel_size", num(b.eca_kernel_size)))
         if b.drop_path_rate > 0:
             args.append(Kw("drop_path_rate", num(b.drop_path_rate)))
         if b.shortcut:
-            param, helper, (cin, cout, stride) = b.shortcut
+            param, helper, (cin, cout, stride), dilation = b.shortcut
             hargs = [num(cin), num(cout)] + [num(stride)] * (stride != 1)
+            hargs += [Kw("dilation", num(dilation))] * (dilation != 1)
             args.append(Kw(param, Call(helper, tuple(hargs))))
         return Call(b.cls, tuple(args))
 

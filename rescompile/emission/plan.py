@@ -65,6 +65,7 @@ HELPERS = (
     "MaxPool",
     "FloorAvgPool",
     "DropPath",
+    "SameAvgPool",
 )
 # Channel attention modules (a block's ``se``, as timm names it). In a plan they are layers of op
 # Op.SCALE whose args are ``kind``, ``channels`` and the helper's own arguments; the helpers'
@@ -136,12 +137,14 @@ class Step:
 
 @dataclass(frozen=True)
 class ConvHelper:
-    """``conv<k>x<k>(in_channels, out_channels[, stride][, groups])``: a bias-free convolution."""
+    """``conv<k>x<k>(in_channels, out_channels[, stride][, groups][, dilation])``: a bias-free
+    convolution (padded by ``dilation * (k // 2)``: the map keeps its size at stride 1)."""
 
     name: str
     kernel: int
     stride: bool
     groups: bool
+    dilation: bool = False
 
 
 @dataclass
@@ -157,6 +160,12 @@ class BlockClass:
     channels: list[str] = field(default_factory=list)
     stride: bool = False  # a ``stride: int = 1`` parameter
     groups: bool = False  # a ``groups: int = 1`` parameter
+    # ``dilation: int = 1`` of the 3x3 convs, and ``first_dilation: int = 1`` of the first one
+    # where it differs (timm's, for output_stride: a dilated stage's first block keeps the
+    # previous dilation)
+    dilation: bool = False
+    first_dilation: bool = False
+    single_dilation: bool = False  # ``dilation`` is the one 3x3 conv's (see _fill_class)
     # an ``eca_kernel_size: int | None = None`` parameter: ECA kernels that do not follow the
     # block's channels (timm's pruned models take them from the unpruned width)
     eca_kernel: bool = False
@@ -167,6 +176,8 @@ class BlockClass:
     inplace: bool = True
     zero: tuple[str, ...] = ()  # zero-initialised BatchNorms (zero_init_residual)
     optional: tuple[str, ...] = ()  # modules built only when stride > 1 (anti-aliasing), or None
+    # when they are built: "stride > 1", or also where a dilated stage starts (timm's use_aa)
+    aa_condition: str = "stride > 1"
     # a ``drop_path_rate: float = 0.0`` parameter; its ``drop_path`` module is None at rate 0
     drop_path: bool = False
     forward: list[Step] = field(default_factory=list)
@@ -179,6 +190,8 @@ class BlockClass:
             *self.channels,
             *(["stride"] if self.stride else []),
             *(["groups"] if self.groups else []),
+            *(["dilation"] if self.dilation else []),
+            *(["first_dilation"] if self.first_dilation else []),
             *(["eca_kernel_size"] if self.eca_kernel else []),
             *(["drop_path_rate"] if self.drop_path else []),
             *self.shortcuts,
@@ -190,23 +203,30 @@ class Projection:
     """A projection shortcut builder, ``name(in_channels, out_channels[, stride])``."""
 
     name: str
-    pool: str  # "none": strided conv first; "always" | "strided" | "never": ResNet-D avg pool
+    # "none": strided conv first; "always" | "strided" | "never": ResNet-D avg pool; "same":
+    # timm's AvgPool2dSame(2, 1), where a dilated stage starts
+    pool: str
     layers: list[Layer]  # the Sequential's modules from the conv on
     stride: bool = False
+    dilation: bool = False  # a 3x3 conv's ``dilation: int = 1`` (SENet-154 with output_stride)
     doc: str = ""
 
 
 @dataclass(frozen=True)
 class BlockCall:
-    """``cls(channels..., stride, groups=, downsample=/shortcut=helper(in, out, stride))``."""
+    """``cls(channels..., stride, groups=, dilation=, first_dilation=, downsample=/shortcut=
+    helper(in, out, stride[, dilation=]))``."""
 
     cls: str
     channels: tuple[int, ...]
     stride: int
     groups: int
-    shortcut: tuple[str, str, tuple[int, int, int]] | None = None  # (param, helper, args)
+    # (param, helper, (in, out, stride), dilation)
+    shortcut: tuple[str, str, tuple[int, int, int], int] | None = None
     eca_kernel_size: int | None = None
     drop_path_rate: float = 0.0
+    dilation: int = 1
+    first_dilation: int = 1
 
 
 @dataclass
@@ -277,6 +297,7 @@ class _BlockIR:
     def params(self) -> dict[str, int]:
         b = self.block
         first = next((n for n in self.main if n.op is Op.CONV2D), None)
+        first_kxk = next((n for n in self.main if _kxk_conv(n)), None)
         return dict(
             in_channels=b.in_channels,
             first_width=first.attrs["out_channels"] if first else b.width,
@@ -284,6 +305,8 @@ class _BlockIR:
             out_channels=b.out_channels,
             stride=b.stride,
             groups=b.groups,
+            dilation=b.dilation,  # the stage's: a bottleneck's 3x3 conv may keep the previous
+            first_dilation=first_kxk.attrs.get("dilation", 1) if first_kxk else b.dilation,
             eca_kernel_size=self.eca_kernel_size(),
             drop_path_rate=b.drop_path,
         )
@@ -297,6 +320,11 @@ class _BlockIR:
         conv = next(n for ns in self.attention.values() for n in ns if n.op is Op.CHANNEL_CONV)
         k = conv.attrs["kernel"]
         return k if k != eca_kernel(b.out_channels) else None
+
+
+def _kxk_conv(n: Node) -> bool:
+    """A convolution that output_stride may dilate (every one but the 1x1s)."""
+    return n.op is Op.CONV2D and n.attrs["kernel"] > 1
 
 
 class _View:
@@ -446,12 +474,23 @@ def _verify(layer: Layer, params: dict[str, int], node: Node) -> None:
                 f"IR node {node.name!r}: {k}={have!r}, but the emitted module would "
                 f"have {k}={want.get(k)!r}"
             )
+    for k in ("dilation", "same"):  # attributes the IR writes only where they are not 1/False
+        default = 1 if k == "dilation" else False
+        if node.op in (Op.CONV2D, Op.AVGPOOL) and want.get(k, default) != node.attrs.get(
+            k, default
+        ):
+            raise EmitError(
+                f"IR node {node.name!r}: {k}={node.attrs.get(k, default)!r}, but the emitted "
+                f"module would have {k}={want.get(k, default)!r}"
+            )
+    dilation = node.attrs.get("dilation", 1)
     if node.op is Op.CONV2D and (
-        node.attrs["bias"] is not False or node.attrs["padding"] != node.attrs["kernel"] // 2
+        node.attrs["bias"] is not False
+        or node.attrs["padding"] != dilation * (node.attrs["kernel"] // 2)
     ):
         raise EmitError(
-            f"IR node {node.name!r}: only bias-free, kernel // 2 padded convolutions "
-            f"(bias={node.attrs['bias']!r}, padding={node.attrs['padding']!r})"
+            f"IR node {node.name!r}: only bias-free, dilation * (kernel // 2) padded "
+            f"convolutions (bias={node.attrs['bias']!r}, padding={node.attrs['padding']!r})"
         )
     if node.op is Op.LINEAR and node.attrs["bias"] is not True:
         raise EmitError(f"IR node {node.name!r}: the classifier is expected to have a bias")
@@ -527,12 +566,25 @@ def _literal(name: str, n: Node) -> Layer:
     return Layer(name, n.op, tuple((k, n.attrs[k]) for k in _CHECKED.get(n.op, ())))
 
 
-def _conv(name: str, n: Node, cin: Param, cout: Param, stride: object, groups: object = 1) -> Layer:
-    """A convolution whose channels (and stride, groups) may be parameters; the rest from ``n``."""
+def _conv(
+    name: str,
+    n: Node,
+    cin: Param,
+    cout: Param,
+    stride: object,
+    groups: object = 1,
+    dilation: Param | None = None,
+) -> Layer:
+    """A convolution whose channels (and stride, groups, dilation) may be parameters; the rest
+    from ``n``. A dilated 3x3 conv is padded by its ``dilation``."""
     a = n.attrs
+    if dilation is not None and a["kernel"] != 3:
+        raise EmitError(f"IR node {n.name!r}: a dilated {_kxk(n)} convolution")
+    padding = a["padding"] if dilation is None else dilation
     return Layer(name, Op.CONV2D, (
         ("in_channels", cin), ("out_channels", cout), ("kernel", a["kernel"]), ("stride", stride),
-        ("padding", a["padding"]), ("groups", groups), ("bias", a["bias"]),
+        ("padding", padding), ("groups", groups), ("bias", a["bias"]),
+        *((("dilation", dilation),) if dilation is not None else ()),
     ))  # fmt: skip
 
 
@@ -561,7 +613,12 @@ def _structure(bi: _BlockIR) -> tuple:
         (
             bi.local[n.name],
             n.op,
-            (n.attrs["kernel"], n.attrs["padding"], n.attrs["bias"])
+            # the padding beyond the dilated kernel's half: 0 for every conv a class builds
+            (
+                n.attrs["kernel"],
+                n.attrs["padding"] - n.attrs.get("dilation", 1) * (n.attrs["kernel"] // 2),
+                n.attrs["bias"],
+            )
             if n.op is Op.CONV2D
             else (n.attrs["eps"], n.attrs["momentum"])
             if n.op is Op.BATCHNORM
@@ -654,7 +711,22 @@ def _fill_class(
     c.stride = any(m.block.stride != 1 for m in c.members)
     c.groups = any(m.block.groups != 1 for m in c.members)
     c.eca_kernel = any(m.params()["eca_kernel_size"] is not None for m in c.members)
-    role, k = "in_channels", 0
+    # anti-aliasing at stride 1 where a dilated stage starts: the filter takes the block's stride
+    aa_at_1 = any(n.op in _AA_OPS and n.attrs["stride"] == 1 for m in c.members for n in m.main)
+    # one 3x3 conv (a bottleneck) and no such filter: ``dilation`` is simply that conv's
+    c.single_dilation = sum(map(_kxk_conv, first.main)) <= 1 and not aa_at_1
+    c.dilation = any(_class_params(c, m)["dilation"] != 1 for m in c.members)
+    c.first_dilation = (
+        c.dilation
+        and not c.single_dilation
+        and any(m.params()["first_dilation"] != m.params()["dilation"] for m in c.members)
+    )
+    role, k, kxk = "in_channels", 0, 0
+    aa_stride = Param("stride") if aa_at_1 and c.stride else None
+    if aa_at_1:
+        c.aa_condition = " or ".join(
+            [*(["stride > 1"] if c.stride else []), "first_dilation != dilation"]
+        )
     for n in first.main:
         local = first.local[n.name]
         if n.op is Op.CONV2D:
@@ -664,7 +736,11 @@ def _fill_class(
             )
             stride = Param("stride") if local == stride_conv and c.stride else 1
             groups = Param("groups") if local == group_conv and c.groups else 1
-            c.layers.append(_conv(local, n, Param(role), Param(out_role), stride, groups))
+            dilation = None
+            if _kxk_conv(n) and c.dilation:
+                dilation = Param("first_dilation" if kxk == 0 and c.first_dilation else "dilation")
+                kxk += 1
+            c.layers.append(_conv(local, n, Param(role), Param(out_role), stride, groups, dilation))
             role = out_role
         elif n.op in _NORM_OPS:
             c.layers.append(_bn(local, n, Param(role)))
@@ -673,12 +749,16 @@ def _fill_class(
         elif n.op is Op.BLUR:
             a = n.attrs
             c.layers.append(Layer(local, n.op, (
-                ("channels", Param(role)), ("kernel", a["kernel"]), ("stride", a["stride"]),
-                ("padding", a["padding"]),
+                ("channels", Param(role)), ("kernel", a["kernel"]),
+                ("stride", aa_stride or a["stride"]), ("padding", a["padding"]),
             )))  # fmt: skip
             c.optional += (local,)
         elif n.op is Op.AA_AVGPOOL:
-            c.layers.append(_literal(local, n))
+            c.layers.append(
+                Layer(local, n.op, (("kernel", aa_stride), ("stride", aa_stride)))
+                if aa_stride
+                else _literal(local, n)
+            )
             c.optional += (local,)
         elif n.op is Op.DROPOUT:  # block dropout (Wide ResNet): active in training only
             c.layers.append(_literal(local, n))
@@ -695,7 +775,7 @@ def _fill_class(
     c.required = len(modes) == 1 and bool(c.shortcuts)
     layers = {m.name: m for m in c.layers}
     for m in c.members:
-        p = m.params()
+        p = _class_params(c, m)
         for n in m.main:
             if n.op is Op.SCALE:
                 _verify_attention(layers[_module(m.local[n.name])], p, m, n)
@@ -706,9 +786,10 @@ def _fill_class(
             has_dp and m.local[m.main[-1].name] != "drop_path"
         ):
             raise EmitError(f"block {m.block.name!r}: drop path at rate {m.block.drop_path}")
-        if c.optional:  # built where the block strides, None elsewhere
+        if c.optional:  # built where the block strides (or starts dilating), None elsewhere
             aa = tuple(m.local[n.name] for n in m.main if n.op in _AA_OPS)
-            if aa != (c.optional if m.block.stride > 1 else ()):
+            built = m.block.stride > 1 or (aa_at_1 and p["first_dilation"] != p["dilation"])
+            if aa != (c.optional if built else ()):
                 raise EmitError(
                     f"block {m.block.name!r}: anti-aliasing {aa} at stride {m.block.stride}"
                 )
@@ -730,6 +811,14 @@ def _fill_class(
         raise EmitError(f"class {c.name}: a shortcut reads different tensors in different blocks")
     c.doc = _block_doc(c, stride_conv, modes)
     c.forward = _block_forward(c, modes, dict(srcs), len(succ[first.main[-1].name]) == 1)
+
+
+def _class_params(c: BlockClass, m: _BlockIR) -> dict[str, int]:
+    """A member's constructor arguments as its class takes them."""
+    p = m.params()
+    if c.single_dilation:
+        p["dilation"] = p["first_dilation"]
+    return p
 
 
 def _representative(c: BlockClass) -> _BlockIR:
@@ -779,7 +868,14 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
         aa = ", ".join(f"``{m}``" for m in c.optional)
         doc += (
             f" Where ``stride`` > 1 the convolutions run at stride 1 and {aa} (anti-aliasing, "
-            "as timm's aa_layer) strides after the ReLU; elsewhere it is None."
+            "as timm's aa_layer) strides after the ReLU"
+            + (
+                ", and where ``first_dilation`` differs from ``dilation`` (a dilated stage's "
+                "first block) it filters at stride 1"
+                if "first_dilation" in c.aa_condition
+                else ""
+            )
+            + "; elsewhere it is None."
         )
     elif stride_conv is not None and c.stride:
         conv = next(n for n in first.main if first.local[n.name] == stride_conv)
@@ -792,6 +888,12 @@ def _block_doc(c: BlockClass, stride_conv: str | None, modes: list[str]) -> str:
             )
         else:
             doc += "."
+    if c.dilation:
+        doc += (
+            " ``dilation`` dilates (and pads) its 3x3 convolutions"
+            + (", ``first_dilation`` the first one" if c.first_dilation else "")
+            + " (timm's output_stride: dilated stages)."
+        )
     sc = []
     if "projection" in modes:
         sc.append("``downsample`` (a projection)")
@@ -855,10 +957,12 @@ def _projection_key(bi: _BlockIR) -> tuple:
         (i, n.attrs["kernel"]) for i, n in zip(idx, bi.short, strict=True) if n.op is Op.CONV2D
     )
     ops = tuple((i, n.op) for i, n in zip(idx, bi.short, strict=True) if i >= conv)
-    return (conv, ops, kernel)
+    same = any(n.attrs.get("same") for n in bi.short)  # AvgPool2dSame: a projection of its own
+    return (conv, ops, kernel, same)
 
 
 _POOL = Layer("0", Op.AVGPOOL, (("kernel", Param("stride")), ("stride", Param("stride"))))
+_SAME_POOL = Layer("0", Op.AVGPOOL, (("kernel", 2), ("stride", 1), ("same", True)))
 
 
 def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Projection]:
@@ -872,7 +976,7 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
             if len(parts) != 2 or parts[0] != "downsample" or not parts[1].isdecimal():
                 raise EmitError(f"IR node {n.name!r}: projection nodes are named downsample.<i>")
         key = _projection_key(bi)
-        conv_index, ops, kernel = key
+        conv_index, ops, kernel, same = key
         idx = [int(bi.local[n.name].split(".")[1]) for n in bi.short]
         pool = [n for n in bi.short if n.op is Op.AVGPOOL]
         expect = list(range(conv_index, conv_index + len(ops)))
@@ -890,8 +994,21 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
             for (i, op), n in zip(ops, bi.short[len(bi.short) - len(ops) :], strict=True):
                 if op is Op.CONV2D:
                     stride = Param("stride") if conv_index == 0 else 1
+                    dilated = any(
+                        m.op is Op.CONV2D and m.attrs.get("dilation", 1) != 1
+                        for b in blocks
+                        if b.mode == "projection" and _projection_key(b) == key
+                        for m in b.short
+                    )
                     layers.append(
-                        _conv(str(i), n, Param("in_channels"), Param("out_channels"), stride)
+                        _conv(
+                            str(i),
+                            n,
+                            Param("in_channels"),
+                            Param("out_channels"),
+                            stride,
+                            dilation=Param("dilation") if dilated else None,
+                        )
                     )
                 elif op in _NORM_OPS:
                     layers.append(_bn(str(i), n, Param("out_channels")))
@@ -899,21 +1016,26 @@ def _make_projections(blocks: list[_BlockIR], ns: Namespace) -> dict[tuple, Proj
                     raise EmitError(f"IR node {n.name!r}: {op} in a projection shortcut")
             name = "projection" if conv_index == 0 else "avgpool_projection"
             name += f"{kernel}x{kernel}" if kernel != 1 else ""  # 3x3: SENet-154
-            p = found[key] = Projection(name, "none" if conv_index == 0 else "", layers)
+            name += "_same" if same else ""
+            pool_mode = "none" if conv_index == 0 else "same" if same else ""
+            p = found[key] = Projection(name, pool_mode, layers)
+            p.dilation = any(m.args and dict(m.args).get("dilation") for m in layers)
         pooled.setdefault(key, set()).add(bool(pool))
         params = _shortcut_args(bi)
         p.stride |= params["stride"] != 1
         for layer, n in zip(p.layers, bi.short[len(bi.short) - len(p.layers) :], strict=True):
             _verify(layer, params, n)
         for n in pool:
-            _verify(_POOL, params, n)
-        if conv_index == 1 and bool(pool) != (params["stride"] != 1):
+            _verify(_SAME_POOL if same else _POOL, params, n)
+        if same and params["stride"] != 1:
+            raise EmitError(f"block {bi.block.name!r}: a same-padded pool at stride > 1")
+        if conv_index == 1 and not same and bool(pool) != (params["stride"] != 1):
             raise EmitError(
                 f"block {bi.block.name!r}: avg pool present at stride {params['stride']}"
             )
     for key, p in found.items():
         p.name = ns.create(p.name, "helper name")
-        if p.pool != "none":
+        if p.pool == "":
             p.pool = {frozenset({True}): "always", frozenset({False}): "never"}.get(
                 frozenset(pooled[key]), "strided"
             )
@@ -930,7 +1052,14 @@ def _projection_doc(p: Projection) -> str:
         return (
             f"Projection shortcut: a {k}x{k} convolution"
             + (" with ``stride``" if p.stride else "")
+            + (" and ``dilation``" if p.dilation else "")
             + (", then BatchNorm." if bn else ".")
+        )
+    if p.pool == "same":
+        return (
+            "Projection shortcut of ResNet-D where a dilated stage starts (timm's "
+            "AvgPool2dSame): 2x2 average pooling at stride 1 over the map padded with zeros on "
+            f"the right and below, then a {k}x{k} convolution" + (" and BatchNorm." if bn else ".")
         )
     return (
         (
@@ -946,7 +1075,11 @@ def _projection_doc(p: Projection) -> str:
 
 def _shortcut_args(bi: _BlockIR) -> dict[str, int]:
     b = bi.block
-    return dict(in_channels=b.in_channels, out_channels=b.out_channels, stride=b.stride)
+    conv = next((n for n in bi.short if n.op is Op.CONV2D), None)
+    dilation = conv.attrs.get("dilation", 1) if conv is not None else 1
+    return dict(
+        in_channels=b.in_channels, out_channels=b.out_channels, stride=b.stride, dilation=dilation
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1026,6 +1159,7 @@ class _Planner:
                     k,
                     any(m["stride"] != 1 for m in same),
                     any(m["groups"] != 1 for m in same),
+                    any("dilation" in dict(m.args) for m in same),
                 )
             )
         plan.ops = {m.op for m in layers}
@@ -1140,19 +1274,21 @@ class _Planner:
 
     def block_call(self, bi: _BlockIR) -> BlockCall:
         c, b = self.class_of[bi.block.name], bi.block
-        p = bi.params()
+        p = _class_params(c, bi)
         shortcut = None
         if bi.mode == "projection":
             shortcut = (
                 "downsample",
                 self.projections[_projection_key(bi)].name,
                 (b.in_channels, b.out_channels, b.stride),
+                _shortcut_args(bi)["dilation"],
             )
         elif bi.mode == "pad":
             shortcut = (
                 "shortcut",
                 self.names["ZeroPadShortcut"],
                 (b.in_channels, b.out_channels, b.stride),
+                1,
             )
         return BlockCall(
             c.name,
@@ -1162,6 +1298,8 @@ class _Planner:
             shortcut,
             p["eca_kernel_size"] if c.eca_kernel else None,
             b.drop_path if c.drop_path else 0.0,
+            p["dilation"] if c.dilation else 1,
+            p["first_dilation"] if c.first_dilation else 1,
         )
 
 

@@ -28,6 +28,9 @@ FEATURES: dict[str, str] = {
     "drop_path": "stochastic depth (drop_path)",
     "downsample_kernel": "a 3x3 projection conv (downsample: {kernel_size: 3})",
     "block_widths": "widths given block by block (stages' block_widths / out_channels)",
+    "output_stride": "dilated stages (output_stride)",
+    "dilated_anti_alias": "anti-aliasing where a stage starts dilating (anti_alias with "
+    "output_stride)",
 }
 
 
@@ -55,6 +58,10 @@ def features(g: Graph) -> list[str]:
         used.add("drop_path")
     if any(n.op is Op.CONV2D and ".downsample." in n.name and n.attrs["kernel"] > 1 for n in g):
         used.add("downsample_kernel")
+    if any(n.attrs.get("dilation", 1) > 1 for n in g):
+        used.add("output_stride")
+    if any(n.op in (Op.BLUR, Op.AA_AVGPOOL) and n.block and n.attrs["stride"] == 1 for n in g):
+        used.add("dilated_anti_alias")  # timm's filter at stride 1 (first_dilation != dilation)
     if g.stem == "deep":
         c0, c3, c6 = (g[f"conv1.{i}"].attrs["out_channels"] for i in (0, 3, 6))
         if not c0 == c3 == c6 // 2 or c6 % 2:

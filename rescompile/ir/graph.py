@@ -23,12 +23,16 @@ class Op(StrEnum):
     """The closed op vocabulary. Layouts are CHW (the batch dimension is implicit)."""
 
     INPUT = "input"
-    CONV2D = "conv2d"  # attrs: in_channels, out_channels, kernel, stride, padding, groups, bias
+    # attrs: in_channels, out_channels, kernel, stride, padding, groups, bias; dilation (only
+    # where it is not 1: output_stride's dilated stages)
+    CONV2D = "conv2d"
     BATCHNORM = "batchnorm"  # attrs: channels, eps, momentum, zero_init
     RELU = "relu"
     GROUPNORM = "groupnorm"  # attrs: channels, groups, eps
     MAXPOOL = "maxpool"  # attrs: kernel, stride, padding
-    AVGPOOL = "avgpool"  # attrs: kernel, stride (ceil_mode, count_include_pad=False)
+    # attrs: kernel, stride (ceil_mode, count_include_pad=False); same=True (only in dilated
+    # stages' avg-pool shortcuts): timm's AvgPool2dSame, zeros padded right and below, counted
+    AVGPOOL = "avgpool"
     AA_AVGPOOL = "aa_avgpool"  # anti-aliasing: attrs: kernel, stride (floor mode, no padding)
     BLUR = "blur"  # attrs: channels, kernel, stride, padding (binomial, depthwise, reflect pad)
     SIGMOID = "sigmoid"  # an attention gate
@@ -81,6 +85,7 @@ class Block:
     drop_path: float = 0.0
     dropout: float = 0.0
     pruned: bool = False  # widths given per block (block_widths / out_channels)
+    dilation: int = 1  # the stage's dilation (output_stride); its first 3x3 conv may keep less
 
 
 @dataclass
@@ -114,8 +119,8 @@ class Graph:
         return self.g.nodes[name]["node"]
 
     def __iter__(self) -> Iterator[Node]:
-        for _, data in self.g.nodes(data="node"):
-            yield data
+        for data in self.g.nodes.values():
+            yield data.get("node")
 
     def __len__(self) -> int:
         return self.g.number_of_nodes()
@@ -123,6 +128,8 @@ class Graph:
     def inputs(self, name: str) -> list[str]:
         """Predecessors of ``name`` in argument order."""
         preds = self.g.pred[name]
+        if len(preds) < 2:  # most nodes: no order to restore (the passes call this per node)
+            return list(preds)
         return sorted(preds, key=lambda p: preds[p]["index"])
 
     def nodes_of(self, *ops: Op) -> list[Node]:

@@ -8,7 +8,7 @@ raised here at the YAML position of the offending value.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rescompile.errors import Diagnostic, SourcePos, SpecError
 from rescompile.ir.graph import Block, Graph, Node, Op
@@ -28,6 +28,9 @@ class _StageCfg:
     stride_on: str
     attention: AttentionSpec
     anti_alias: str
+    stride: int = 1  # the stage's stride after output_stride (1 where it became a dilation)
+    dilation: int = 1  # of the stage's 3x3 convs (timm's dilation)
+    first_dilation: int = 1  # of the first block's first 3x3 conv: the previous stage's
 
 
 def make_divisible(v: float, divisor: int) -> int:
@@ -42,9 +45,9 @@ def eca_kernel(channels: int) -> int:
     return max(t if t % 2 else t + 1, 3)
 
 
-def _padding(kernel: int, stride: int) -> int:
-    """timm's ``get_padding`` (dilation 1): ``((stride - 1) + (kernel - 1)) // 2``."""
-    return (stride - 1 + kernel - 1) // 2
+def _padding(kernel: int, stride: int, dilation: int = 1) -> int:
+    """timm's ``get_padding``: ``((stride - 1) + dilation * (kernel - 1)) // 2``."""
+    return (stride - 1 + dilation * (kernel - 1)) // 2
 
 
 class _Lowerer:
@@ -82,15 +85,18 @@ class _Lowerer:
     def conv(
         self, name, x, cin, cout, k, stride=1, groups=1, *, src, stage, block=None, **extra
     ) -> str:
+        dilation = extra.pop("dilation", 1)
         attrs = dict(
             in_channels=cin,
             out_channels=cout,
             kernel=k,
             stride=stride,
-            padding=extra.pop("padding", k // 2),
+            padding=extra.pop("padding", dilation * (k // 2)),
             groups=groups,
             bias=extra.pop("bias", False),
         )
+        if dilation != 1:  # only where it is not 1, so undilated nets keep their IR as it was
+            attrs["dilation"] = dilation
         return self.node(name, Op.CONV2D, attrs, [x], src=src, stage=stage, block=block)
 
     def bn(self, name, x, c, *, src, stage, block=None, zero_init=False) -> str:
@@ -241,7 +247,9 @@ class _Lowerer:
         stage = f"layer{i + 1}"
         name = f"{stage}.{j}"
         src = self.pos("stages", i) if j == 0 else self.pos("stages", i, "depth")
-        stride = st.stride if j == 0 else 1
+        stride = cfg.stride if j == 0 else 1
+        dilation = cfg.dilation
+        first_dilation = cfg.first_dilation if j == 0 else dilation  # of the first 3x3 conv
         exp = b.expansion_
         nominal = st.width * exp
         cout = st.out_channels or nominal
@@ -317,7 +325,10 @@ class _Lowerer:
             self.error("attention needs post-activation blocks", *path)
         if cfg.anti_alias != "none" and self.s.preact and st.anti_alias:
             self.error("anti_alias needs post-activation blocks", "stages", i, "anti_alias")
-        aa = cfg.anti_alias if stride == 2 and not self.s.preact else "none"  # as timm
+        # as timm: where the block strides, and in a dilated stage's first block (whose first
+        # 3x3 conv keeps the previous stage's dilation), there at stride 1
+        dilating = first_dilation != dilation
+        aa = cfg.anti_alias if (stride == 2 or dilating) and not self.s.preact else "none"
         drop_path = 0.0
         if self.n_blocks > 1:
             drop_path = self.s.drop_path * self.block_index / (self.n_blocks - 1)
@@ -349,6 +360,7 @@ class _Lowerer:
             drop_path=drop_path if sc != "none" else 0.0,
             dropout=b.dropout,
             pruned=st.block_widths is not None or st.out_channels is not None,
+            dilation=dilation,
         )
         self.g.blocks.append(blk)
         first_node = len(self.g)
@@ -363,19 +375,22 @@ class _Lowerer:
         # With anti-aliasing the strided conv runs at stride 1 and `aa` follows its ReLU; block
         # dropout sits before the second conv (after the first ReLU, or before the second BN
         # when pre-activated); attention follows the last BN.
+        # (kernel, in, out, stride, groups, dilation); anti-aliasing follows conv `aa_at`
         if b.kind == "basic":
-            convs = [(3, cin, first, stride, 1), (3, first, cout, 1, 1)]
+            convs = [(3, cin, first, stride, 1, first_dilation), (3, first, cout, 1, 1, dilation)]
+            aa_at = 1
         else:
             s1, s3 = (stride, 1) if stride_on == "1x1" else (1, stride)
             convs = [
-                (1, cin, first, s1, 1),
-                (3, first, inner, s3, b.groups),
-                (1, inner, cout, 1, 1),
+                (1, cin, first, s1, 1, 1),
+                (3, first, inner, s3, b.groups, first_dilation),
+                (1, inner, cout, 1, 1, 1),
             ]
+            aa_at = 1 if s1 > 1 else 2
         h = x
         preact_out = None
         last = len(convs)
-        for k, (ks, ci, co, s_, gr) in enumerate(convs, start=1):
+        for k, (ks, ci, co, s_, gr, dl) in enumerate(convs, start=1):
             if k == 2 and b.dropout > 0:
                 h = self.node(f"{name}.dropout", Op.DROPOUT, {"p": b.dropout}, [h], **kw)
             if self.s.preact:
@@ -383,17 +398,18 @@ class _Lowerer:
                 h = self.relu(f"{name}.relu{k}", h, **kw)
                 if k == 1:
                     preact_out = h
-                h = self.conv(f"{name}.conv{k}", h, ci, co, ks, s_, gr, **kw)
+                h = self.conv(f"{name}.conv{k}", h, ci, co, ks, s_, gr, dilation=dl, **kw)
             else:
-                strided = s_ > 1 and aa != "none"
-                h = self.conv(f"{name}.conv{k}", h, ci, co, ks, 1 if strided else s_, gr, **kw)
+                strided = k == aa_at and aa != "none"
+                s_ = 1 if strided else s_
+                h = self.conv(f"{name}.conv{k}", h, ci, co, ks, s_, gr, dilation=dl, **kw)
                 h = self.bn(f"{name}.bn{k}", h, co, zero_init=zero_init and k == last, **kw)
                 if k == last and att.kind != "none":
                     h = self.attention(f"{name}.se", h, co, att, nominal=nominal, **kw)
                 if k < last or sc == "none":
                     h = self.relu(f"{name}.relu{k}", h, **kw)
                 if strided:
-                    h = self.anti_alias(f"{name}.aa", h, aa, co, s_, **kw)
+                    h = self.anti_alias(f"{name}.aa", h, aa, co, stride, **kw)
         if blk.drop_path > 0:
             h = self.node(f"{name}.drop_path", Op.DROP_PATH, {"p": blk.drop_path}, [h], **kw)
 
@@ -422,11 +438,22 @@ class _Lowerer:
                             [short],
                             **kw,
                         )
+                    elif dilation > 1:  # timm's AvgPool2dSame(2, 1): zeros padded right, below
+                        short = self.node(
+                            f"{name}.downsample.0",
+                            Op.AVGPOOL,
+                            dict(kernel=2, stride=1, same=True),
+                            [short],
+                            **kw,
+                        )
                     idx = 1
                     conv_stride = 1
+                    k = 1
                 else:
                     conv_stride = stride
-                k = ds.kernel_size if conv_stride > 1 else 1  # timm: 1x1 where nothing strides
+                    # timm: 1x1 where nothing strides or dilates
+                    k = ds.kernel_size if stride > 1 or dilation > 1 else 1
+                dl = first_dilation if k > 1 else 1
                 short = self.conv(
                     f"{name}.downsample.{idx}",
                     short,
@@ -434,7 +461,8 @@ class _Lowerer:
                     cout,
                     k,
                     conv_stride,
-                    padding=0 if k == 1 else _padding(k, conv_stride),  # 1x1: as ever
+                    padding=0 if k == 1 else _padding(k, conv_stride, dl),  # 1x1: as ever
+                    dilation=dl,
                     **kw,
                 )
                 if not self.s.preact:
@@ -472,8 +500,24 @@ class _Lowerer:
 
     def run(self) -> Graph:
         x, c = self.stem()
+        # timm's make_blocks: once the maps are output_stride times smaller than the input, a
+        # stage's stride becomes a dilation of its 3x3 convs (its first block's first 3x3 conv
+        # keeps the previous stage's)
+        net_stride = math.prod(n.attrs.get("stride", 1) for n in self.g)  # the stem's: 1 to 4
+        dilation = 1
         for i, st in enumerate(self.s.stages):
-            cfg = self.stage_cfg(i, st)
+            first_dilation, stride = dilation, st.stride
+            if net_stride >= self.s.output_stride:
+                dilation *= stride
+                stride = 1
+            else:
+                net_stride *= stride
+            cfg = replace(
+                self.stage_cfg(i, st),
+                stride=stride,
+                dilation=dilation,
+                first_dilation=first_dilation,
+            )
             for j in range(st.depth):
                 x, c = self.block(cfg, j, x, c)
         self.head(x, c)

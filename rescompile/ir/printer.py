@@ -64,6 +64,7 @@ def _label(n) -> str:
     a = n.attrs
     if n.op is Op.CONV2D:
         g = f"/g{a['groups']}" if a["groups"] > 1 else ""
+        g += f"/d{a['dilation']}" if a.get("dilation", 1) > 1 else ""
         return f"{n.name}\\nconv {a['kernel']}x{a['kernel']}/{a['stride']}{g}, {a['out_channels']}"
     if n.op is Op.LINEAR:
         return f"{n.name}\\nfc {a['in_features']}->{a['out_features']}"

@@ -41,13 +41,16 @@ _NO_ACT = {Op.INPUT, Op.FLATTEN, Op.DROPOUT, Op.DROP_PATH}
 _POOLS = {Op.MAXPOOL, Op.AVGPOOL, Op.AA_AVGPOOL, Op.GLOBAL_AVGPOOL}
 
 
+_ZEROS = dict.fromkeys(COUNTERS, 0)
+
+
 def count_costs(g: Graph) -> Graph:
     """Annotate every node with the counters above and sum them into ``g.totals``."""
-    totals = dict.fromkeys(COUNTERS, 0)
+    totals = dict(_ZEROS)
     for n in g:
         a, out = n.attrs, n.meta["shape"]
         numel = math.prod(out)
-        c = dict.fromkeys(COUNTERS, 0)
+        c: dict[str, int] = {}  # the node's non-zero counters
         if n.op is Op.CONV2D:
             per_out = a["in_channels"] // a["groups"] * a["kernel"] ** 2
             c["params"] = a["out_channels"] * per_out + (a["out_channels"] if a["bias"] else 0)
@@ -78,12 +81,14 @@ def count_costs(g: Graph) -> Graph:
             c["add"] = numel
         elif n.op in _POOLS:
             c["pool"] = math.prod(g[g.inputs(n.name)[0]].meta["shape"])
-        c["flops"] = 2 * c["macs"]
+        if "macs" in c:
+            c["flops"] = 2 * c["macs"]
         if n.op not in _NO_ACT:
             c["act"] = numel
             c["act_bytes"] = 4 * numel
+        n.meta.update(_ZEROS)  # every counter, in the order of COUNTERS
         n.meta.update(c)
-        for k in COUNTERS:
-            totals[k] += c[k]
+        for k, v in c.items():
+            totals[k] += v
     g.totals = totals
     return g

@@ -64,11 +64,13 @@ def _op_text(n: Node) -> str:
     match n.op:
         case Op.CONV2D:
             g = f", groups {a['groups']}" if a["groups"] > 1 else ""
+            g += f", dilation {a['dilation']}" if a.get("dilation", 1) > 1 else ""
             return f"conv {a['kernel']}x{a['kernel']}/{a['stride']}, {a['out_channels']}{g}"
         case Op.LINEAR:
             return f"fc {a['in_features']} -> {a['out_features']}"
         case Op.MAXPOOL | Op.AVGPOOL | Op.AA_AVGPOOL | Op.BLUR:
-            return f"{n.op} {a['kernel']}x{a['kernel']}/{a['stride']}"
+            same = ", same padding" if a.get("same") else ""
+            return f"{n.op} {a['kernel']}x{a['kernel']}/{a['stride']}{same}"
         case Op.PAD_CHANNELS:
             return f"zero-pad to {a['out_channels']}, /{a['stride']}"
         case Op.DROPOUT | Op.DROP_PATH:

@@ -23,6 +23,7 @@ def _shape(g: Graph, n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
             if c != a["in_channels"]:
                 raise ValueError(f"expects {a['in_channels']} input channels, got {c}")
             k, s, p = a["kernel"], a["stride"], a["padding"]
+            k = a.get("dilation", 1) * (k - 1) + 1  # the dilated kernel's extent
             return (a["out_channels"], _conv_out(h, k, s, p), _conv_out(w, k, s, p))
         case Op.BATCHNORM | Op.GROUPNORM:
             if x[0] != a["channels"]:
@@ -55,6 +56,9 @@ def _shape(g: Graph, n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
         case Op.MAXPOOL:
             k, s, p = a["kernel"], a["stride"], a["padding"]
             return (x[0], _conv_out(x[1], k, s, p), _conv_out(x[2], k, s, p))
+        case Op.AVGPOOL if a.get("same"):  # zeros padded right and below: the map's size / s
+            s = a["stride"]
+            return (x[0], _ceil_div(x[1], s), _ceil_div(x[2], s))
         case Op.AVGPOOL:  # ceil_mode=True, no padding
             k, s = a["kernel"], a["stride"]
             return (x[0], _ceil_div(x[1] - k, s) + 1, _ceil_div(x[2] - k, s) + 1)

@@ -68,6 +68,7 @@ def spec_hash(spec: Spec) -> str:
 _LATER_DEFAULTS = {
     ("spec", "anti_alias"): "none",
     ("spec", "drop_path"): 0.0,
+    ("spec", "output_stride"): 32,
     ("stem", "widths"): None,
     ("stem", "pool"): None,
     ("block", "attention"): {

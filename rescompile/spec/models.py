@@ -335,6 +335,13 @@ class Spec(_Model):
         description="stochastic depth in training: block i of n drops its branch with "
         "probability drop_path * i / (n - 1) (timm's drop_path_rate)",
     )
+    output_stride: Literal[8, 16, 32] = Field(
+        32,
+        description="the largest total stride of the feature maps (timm's output_stride): once "
+        "the stem and stages have reduced the input by this factor, a later stage's stride "
+        "becomes a dilation of its 3x3 convs instead (dilated last stages, as segmentation "
+        "backbones use). 32: no dilation in a four-stage ImageNet net",
+    )
     stages: list[StageSpec] = Field(min_length=1, max_length=16, description="the stages, in order")
     head: HeadSpec = Field(default_factory=HeadSpec, description="classifier head")
     norm: NormSpec = Field(default_factory=NormSpec, description="BatchNorm settings")

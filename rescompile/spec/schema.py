@@ -59,6 +59,7 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("Spec", "stride_on"): "3x3",
     ("Spec", "anti_alias"): "blur",
     ("Spec", "drop_path"): 0.05,
+    ("Spec", "output_stride"): 16,
     ("Spec", "stages"): [{"depth": 3, "width": 64}, {"depth": 4, "width": 128, "stride": 2}],
     ("Spec", "head"): {"dropout": 0.2},
     ("Spec", "norm"): {"eps": 1.0e-3, "momentum": 0.01},
@@ -349,6 +350,11 @@ VOCABULARIES: dict[tuple, dict] = {
     },
     (1, 3): {1: "a 1x1 projection conv", 3: "a 3x3 projection conv"},
     ("batch", "group"): {"batch": "BatchNorm", "group": "GroupNorm (no running statistics)"},
+    (8, 16, 32): {
+        8: "the last two stages (of four) dilate instead of striding (by 2 and 4)",
+        16: "the last stage (of four) dilates by 2 instead of striding",
+        32: "no dilation in a four-stage ImageNet net",
+    },
     ("max", "conv", "none"): {
         "max": "3x3/2 max pool",
         "conv": "3x3/2 conv + norm + activation (ResNet-RS)",

@@ -180,3 +180,71 @@ def test_drop_path_drops_whole_samples_in_flax_training_only():
     kept = np.array([np.allclose(y[i], 2 * np.asarray(x[i]), rtol=1e-6) for i in range(64)])
     dropped = (y == 0).reshape(64, -1).all(axis=1)
     assert (kept | dropped).all() and kept.any() and dropped.any()
+
+
+@pytest.mark.slow  # ~15 s of CPU, mostly XLA compiling each op's shapes once
+def test_the_flax_check_script_on_a_small_model():
+    """scripts/timm_flax_check.py (run over all of specs/timm into docs/timm-flax.json) on timm's
+    smallest model: eval and training mode in float32, eval in float64."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "timm_flax_check", ROOT / "scripts" / "timm_flax_check.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    r = script.check_model("test_resnet")
+    assert r["eval_f32"] < 1e-4 and r["train_f32"] < 1e-4 and r["eval_f64"] < 1e-10
+    assert r["ok"] and r["params"] == compiled(_path("test_resnet"))[1].totals["params"]
+
+
+# output_stride: dilated stages. The emitted PyTorch models are timm's, bitwise, for every case of
+# tests/fixtures/timm/output_stride.json (scripts/timm_outputs_check.py on MODEL@OS files;
+# docs/timm-output-stride-outputs.json); here: the emitted models against their IR, flax against
+# PyTorch, and how the dilation is written.
+DILATED = [
+    ("timm/resnet18", ("output_stride=8",)),  # basic blocks: dilation and first_dilation
+    ("timm/resnet50d", ("output_stride=8",)),  # AvgPool2dSame projections
+    ("timm/seresnext26d_32x4d", ("output_stride=16",)),
+    # anti-aliasing where a stage starts dilating: a filter at stride 1 (timm's use_aa)
+    ("timm/resnetblur50", ("output_stride=16",)),
+    ("timm/resnetaa50d", ("output_stride=8",)),
+    # SENet-154's dilated 3x3 projections, on a small net
+    ("torchvision/resnext50_32x4d", ("downsample={kind: conv, kernel_size: 3}", "output_stride=8")),
+]
+
+
+@pytest.mark.parametrize("case", DILATED, ids=lambda c: f"{c[0]}-{c[1][-1]}")
+def test_dilated_stages_emit_and_agree(case):
+    path = ROOT / "specs" / f"{case[0]}.yaml"
+    overrides = (*case[1], "input.size=32")
+    g = compiled(path, overrides)[1]
+    assert "output_stride" in features(g)
+    torch_source, flax_source = torch_backend.emit(g), flax_backend.emit(g)
+    assert_same_definitions(torch_source, flax_source)
+    rows = torch_backend.check(g, torch_source)
+    assert rows and all(ok for *_, ok in rows), [r for r in rows if not r[-1]]
+    got, want = eval_pair(path, overrides)
+    assert rel_err(got, want) < TOL
+
+
+def test_dilation_is_written_as_timm_and_torchvision_write_it():
+    g = compiled(ROOT / "specs" / "timm" / "resnet50d.yaml", ("output_stride=8",))[1]
+    source = torch_backend.emit(g)
+    for line in (
+        "        padding=dilation,",
+        "        self.conv2 = conv3x3(width, width, stride, dilation=dilation)",
+        "            Bottleneck(512, 256, 1024, downsample=avgpool_projection_same(512, 1024)),",
+        "            *[Bottleneck(1024, 256, 1024, dilation=2) for _ in range(5)],",
+        "            *[Bottleneck(2048, 512, 2048, dilation=4) for _ in range(2)],",
+    ):
+        assert line + "\n" in source, line
+    g = compiled(ROOT / "specs" / "timm" / "resnet18.yaml", ("output_stride=8",))[1]
+    source = flax_backend.emit(g)
+    for line in (
+        "        kernel_dilation=dilation,",
+        "            dilation=first_dilation,",  # conv1 of BasicBlock (a wrapped call)
+        "        self.conv2 = conv3x3(out_channels, out_channels, dilation=dilation, rngs=rngs)",
+        "            BasicBlock(512, 512, dilation=4, first_dilation=4, rngs=rngs),",
+    ):
+        assert line + "\n" in source, line
