@@ -24,7 +24,7 @@ from flax_cases import (
     variant_id,
     variant_path,
 )
-from spec_cases import executed
+from spec_cases import HEAVY, executed
 
 jax = pytest.importorskip("jax")
 nnx = pytest.importorskip("flax.nnx")
@@ -40,8 +40,10 @@ from rescompile.backends.flax.tools import (  # noqa: E402
 
 from rescompile.ir.graph import Op  # noqa: E402
 
-ALL = [(p, ()) for p in SPECS] + [(variant_path(v), v[1]) for v in VARIANTS]
-ALL_IDS = [spec_id(p) for p in SPECS] + [variant_id(v) for v in VARIANTS]
+# every library spec and variant; tracing the heaviest (cifar-resnet1202: 10 s) runs under -m slow
+SLOW = pytest.mark.slow
+ALL = [pytest.param(p, (), id=spec_id(p), marks=SLOW if spec_id(p) in HEAVY else ()) for p in SPECS]
+ALL += [pytest.param(variant_path(v), v[1], id=variant_id(v)) for v in VARIANTS]
 
 
 @functools.cache
@@ -50,7 +52,7 @@ def shared_abstract(path, overrides=()):
     return abstract(path, overrides)
 
 
-@pytest.mark.parametrize(("path", "overrides"), ALL, ids=ALL_IDS)
+@pytest.mark.parametrize(("path", "overrides"), ALL)
 def test_parameters_buffers_paths_and_output_shape_match_the_ir(path, overrides):
     g = compiled(path, overrides)[1]
     model = shared_abstract(path, overrides)
