@@ -177,6 +177,11 @@ FOLLOW_UP = {
     "resnext50-32x4d": (25_028_904, 4_230_479_872),
     "resnext-t1-resnet50": (25_557_032, 4_089_184_256),
     "se-resnet50": (28_088_024, None),  # timm's seresnet50: stride placement leaves params alone
+    # Bag of Tricks: B is torchvision's resnet50 (REFERENCE.md); C and D are timm's resnet50c and
+    # resnet50d (tests/fixtures/timm/resnet.json, recorded from timm; D's in REFERENCE.md too)
+    "tricks-resnet50-b": (25_557_032, 4_089_184_256),
+    "tricks-resnet50-c": (25_576_264, 4_328_824_832),
+    "tricks-resnet50-d": (25_576_264, 4_328_824_832),
 }
 
 
