@@ -45,6 +45,7 @@ import numpy as np
 
 from rescompile.backends import load_backend
 from rescompile.errors import UserError
+from rescompile.harness.interrupt import DeferredInterrupt
 from rescompile.harness.runtime import Batch, Runtime, RuntimeOptions, TrainData
 from rescompile.ir.features import require_backend_support
 
@@ -551,6 +552,12 @@ class _Session:
         self.timer = 0.0
         self.step = 0
         self.last_ckpt = -1
+        self.guard = DeferredInterrupt(
+            "interrupt: finishing this step, then saving a checkpoint "
+            "(Ctrl-C again stops at once and keeps the last checkpoint)"
+            if self.rank0 and not config.quiet
+            else None
+        )
 
     # -- the phases ----------------------------------------------------------------------------
 
@@ -570,7 +577,8 @@ class _Session:
             self._open_run_dir(new=saved is None)
             self.reporter.say(self._header(saved is not None, resumed_from))
         try:
-            self._loop()
+            with self.guard:
+                self._loop()
             train_loss, train_correct, train_count = self.rt.evaluate("train", self.p.eval_batch)
         except KeyboardInterrupt:
             self._save_on_interrupt()
@@ -691,39 +699,42 @@ class _Session:
         self.timer = time.perf_counter()
         self.loop_start, self.loop_start_step = self.timer, self.step
         while self.step < self.total:
-            epoch, index = divmod(self.step, self.spe)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_permutation(n_train, seed, epoch), epoch
-            idx = order[index * self.bs : (index + 1) * self.bs]
-            crop = augment_params(batch_rng(seed, epoch, index), self.bs) if p.augment else ()
-            batch = Batch(self.step, idx, *crop).shard(rt.rank, rt.world_size)
-            self.lr = self.plan.lr(self.step)
-            self.pending.append(rt.train_step(batch, self.lr))
-            self.step += 1
-            step = self.step
-            if first:  # the session's first step includes compilation: time it on its own
-                first = False
-                self._flush()
-                now = time.perf_counter()
-                if self.clock.first_step_s is None:
-                    self.clock.first_step_s = now - self.timer
-                self.timer = now
-            else:
-                self.window_timed += 1
-            if step % p.log_every == 0 or step == self.total:
-                self._flush()
-                self._log_window()
-            if step % p.eval_every == 0 or step == self.total:
-                self._flush()
-                with self._untimed():
-                    self._evaluate()
-            if step % p.ckpt_every == 0 or step == self.total:
-                self._flush()
-                with self._untimed():
-                    self._save()
-            if self.on_step is not None:
-                self.on_step(step)
-            self.reporter.advance(step)
+            # a Ctrl-C is held until the step, its evaluation and checkpoint are done: the
+            # state and the step always agree when it is raised (rescompile.harness.interrupt)
+            with self.guard.critical():
+                epoch, index = divmod(self.step, self.spe)
+                if epoch != order_epoch:
+                    order, order_epoch = epoch_permutation(n_train, seed, epoch), epoch
+                idx = order[index * self.bs : (index + 1) * self.bs]
+                crop = augment_params(batch_rng(seed, epoch, index), self.bs) if p.augment else ()
+                batch = Batch(self.step, idx, *crop).shard(rt.rank, rt.world_size)
+                self.lr = self.plan.lr(self.step)
+                self.pending.append(rt.train_step(batch, self.lr))
+                self.step += 1
+                step = self.step
+                if first:  # the session's first step includes compilation: time it on its own
+                    first = False
+                    self._flush()
+                    now = time.perf_counter()
+                    if self.clock.first_step_s is None:
+                        self.clock.first_step_s = now - self.timer
+                    self.timer = now
+                else:
+                    self.window_timed += 1
+                if step % p.log_every == 0 or step == self.total:
+                    self._flush()
+                    self._log_window()
+                if step % p.eval_every == 0 or step == self.total:
+                    self._flush()
+                    with self._untimed():
+                        self._evaluate()
+                if step % p.ckpt_every == 0 or step == self.total:
+                    self._flush()
+                    with self._untimed():
+                        self._save()
+                if self.on_step is not None:
+                    self.on_step(step)
+                self.reporter.advance(step)
 
     def _finish(self, train_loss: float, train_err: float) -> dict[str, Any]:
         from rescompile.harness.metrics import read_metrics
@@ -912,6 +923,15 @@ class _Session:
         """On Ctrl-C, keep the work done: checkpoint the current step if its losses are finite
         (single process only: other ranks may not be at the same point)."""
         if self.rt.world_size > 1 or self.step <= self.last_ckpt or self.logger is None:
+            return
+        if self.guard.torn:  # a second Ctrl-C inside a step: its state is not one to keep
+            if self.reporter is not None:
+                self.reporter.close()
+                self.reporter.say(
+                    f"interrupted during step {self.step + 1}: nothing saved; the last "
+                    f"checkpoint (step {max(self.last_ckpt, 0)}) stands: continue with "
+                    f"--resume {self.run_dir}"
+                )
             return
         try:
             self._flush()

@@ -190,24 +190,50 @@ def test_option_errors_need_no_training(tmp_path):
 # -- reliability ---------------------------------------------------------------------------------
 
 
+# Both tests below compare against the same uninterrupted runs (one per backend, started once).
+RELIABILITY = [
+    "train",
+    *SMALL,
+    "--steps",
+    "160",
+    "--ckpt-every",
+    "10",
+    "--eval-every",
+    "40",
+    "--keep",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, env):
+    """``get(backend) -> (run directory, process)``: the uninterrupted reference run of
+    RELIABILITY, started on first use and shared by the tests of this module."""
+    runs: dict[str, tuple[Path, subprocess.Popen]] = {}
+
+    def get(backend: str) -> tuple[Path, subprocess.Popen]:
+        if backend not in runs:
+            run = tmp_path_factory.mktemp(f"uninterrupted-{backend}") / "run"
+            runs[backend] = (
+                run,
+                start(*RELIABILITY, "--backend", backend, "--out", str(run), env=env),
+            )
+        return runs[backend]
+
+    yield get
+    for _, proc in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 @pytest.mark.parametrize("backend", ["torch", "flax"])
-def test_sigkill_then_resume_ends_bitwise_like_an_uninterrupted_run(tmp_path, env, backend):
-    args = [
-        "train",
-        *SMALL,
-        "--backend",
-        backend,
-        "--steps",
-        "160",
-        "--ckpt-every",
-        "10",
-        "--eval-every",
-        "40",
-        "--keep",
-        "2",
-    ]
-    ref, victim = tmp_path / "ref", tmp_path / "victim"
-    reference = start(*args, "--out", str(ref), env=env)
+def test_sigkill_then_resume_ends_bitwise_like_an_uninterrupted_run(
+    tmp_path, env, uninterrupted, backend
+):
+    args = [*RELIABILITY, "--backend", backend]
+    victim = tmp_path / "victim"
+    ref, reference = uninterrupted(backend)
     killed = start(*args, "--out", str(victim), env=env)
     deadline = time.monotonic() + 600  # a hang check
     while (
@@ -240,6 +266,67 @@ def test_sigkill_then_resume_ends_bitwise_like_an_uninterrupted_run(tmp_path, en
         summary["final_test_error"]
         == json.loads((ref / "summary.json").read_text())["final_test_error"]
     )
+
+
+def _trained_steps(run: Path) -> int:
+    """The last step with a training record (0 while there is none)."""
+    try:
+        return max((r["step"] for r in read_metrics(run) if r["kind"] == "train"), default=0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _sigint_then_resume(tmp_path: Path, env, uninterrupted, backend: str, seed: int, n: int):
+    """Ctrl-C the run ``n`` times at random moments (a random step of the first half, then a
+    random delay of up to a few steps: inside a step, an evaluation or a checkpoint), resuming
+    after each; the final checkpoint and the log must equal those of a run never interrupted."""
+    rng = np.random.default_rng(seed)
+    moments = sorted(rng.choice(np.arange(2, 80), size=n, replace=False).tolist())
+    victim = tmp_path / "victim"
+    ref, reference = uninterrupted(backend)
+    proc = start(*RELIABILITY, "--backend", backend, "--out", str(victim), env=env)
+    deadline = time.monotonic() + 600  # a hang check
+    done = 0  # steps trained when the last Ctrl-C landed: the resumed process goes past them
+    for at in moments:
+        while _trained_steps(victim) < max(at, done + 1):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.05))
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=600)[1]
+        assert proc.returncode == 130, err  # interrupted, not finished
+        assert "Traceback" not in err
+        assert not (victim / "summary.json").exists()
+        done = _trained_steps(victim)
+        proc = start("train", "--resume", str(victim), "--quiet", env=env)
+    assert proc.wait(timeout=600) == 0, proc.communicate()[1]
+    assert reference.wait(timeout=600) == 0, reference.communicate()[1]
+
+    a, meta_a = load_checkpoint(ref)
+    b, meta_b = load_checkpoint(victim)
+    assert meta_a["state"]["step"] == meta_b["state"]["step"] == 160
+    assert sorted(a) == sorted(b)
+    assert any(k.endswith("running_mean") for k in a)
+    different = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert different == [], f"Ctrl-C at steps {moments}"
+    assert records(victim) == records(ref)
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_sigint_then_resume_ends_bitwise_like_an_uninterrupted_run(
+    tmp_path, env, uninterrupted, backend
+):
+    _sigint_then_resume(tmp_path, env, uninterrupted, backend, seed=0, n=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(1, 5))
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_sigint_at_many_moments_then_resume_is_bitwise_uninterrupted(
+    tmp_path, env, uninterrupted, backend, seed
+):
+    _sigint_then_resume(tmp_path, env, uninterrupted, backend, seed=seed, n=4)
 
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, env):
