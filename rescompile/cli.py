@@ -578,12 +578,22 @@ def train(
     ] = None,
     recipe: Annotated[str | None, _opt("paper-cifar | paper-imagenet | fast", "--recipe")] = None,
     epochs: Annotated[float | None, _opt("run length in epochs", "--epochs")] = None,
-    steps: Annotated[int | None, _opt("run length in steps", "--steps")] = None,
+    steps: Annotated[
+        int | None, _opt("run length in steps (with --resume: extend the run)", "--steps")
+    ] = None,
     batch_size: Annotated[int | None, _opt("global batch size", "--batch-size")] = None,
     lr: Annotated[float | None, _opt("base learning rate", "--lr")] = None,
     seed: Annotated[int | None, _opt("seed of init, order, augmentation", "--seed")] = None,
     out: Annotated[str | None, _opt("run directory (default runs/NAME-BACKEND)", "--out")] = None,
     resume: Annotated[str | None, _opt("continue the run in this directory", "--resume")] = None,
+    reschedule: Annotated[
+        bool,
+        _opt(
+            "with --resume RUN --steps N: plan the schedule afresh over N steps "
+            "(needed to extend a cosine or one-cycle run)",
+            "--reschedule",
+        ),
+    ] = False,
     eval_every: Annotated[int | None, _opt("steps between evaluations", "--eval-every")] = None,
     ckpt_every: Annotated[int | None, _opt("steps between checkpoints", "--ckpt-every")] = None,
     log_every: Annotated[int | None, _opt("steps between log records", "--log-every")] = None,

@@ -104,6 +104,8 @@ class TrainConfig:
     warmup: bool | None = None  # None: paper-cifar warms up nets of 110 layers or more
     quiet: bool = False
     init_from: str | None = None  # start from these weights (rescompile.harness.init)
+    # --resume RUN --steps N: {"from_step", "steps", "reschedule"} per extension, in order
+    extensions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +161,7 @@ def _auto_run_dir(name: str, backend: str) -> Path:
 class _Plan:
     recipe: Any
     plan: Any
+    warmup: bool | None
     batch_size: int
     eval_every: int
     ckpt_every: int
@@ -201,7 +204,9 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
     plan = plan_training(
         recipe, steps_per_epoch(n, bs), steps=config.steps, epochs=config.epochs, warmup=warmup
     )
-    total = plan.total_steps
+    total = plan.total_steps  # the cadence stays that of the run as first planned
+    for ext in config.extensions:
+        plan = _replay_extension(plan, ext, warmup)
     for what in ("eval_every", "ckpt_every", "log_every"):
         value = getattr(config, what)
         if value is not None and value <= 0:
@@ -213,6 +218,7 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
     return _Plan(
         recipe,
         plan,
+        warmup,
         bs,
         eval_every,
         ckpt_every,
@@ -220,6 +226,21 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
         eval_batch=max(bs, 256),
         depth=depth,
         augment=augment,
+    )
+
+
+def _replay_extension(plan: Any, ext: Any, warmup: bool | None) -> Any:
+    """A run's plan with one of the extensions recorded in its config.json applied again."""
+    from rescompile.harness.schedules import extend_plan
+
+    if (
+        not isinstance(ext, dict)
+        or not all(_conforms(ext.get(k), int) for k in ("from_step", "steps"))
+        or not isinstance(ext.get("reschedule"), bool)
+    ):
+        raise UserError(f"config.extensions holds a malformed entry: {_short(ext)}")
+    return extend_plan(
+        plan, ext["steps"], from_step=ext["from_step"], reschedule=ext["reschedule"], warmup=warmup
     )
 
 
@@ -315,6 +336,9 @@ def train(
     resume: str | Path | None = None,
     quiet: bool | None = None,
     on_step: Callable[[int], None] | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    reschedule: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a training run and return its summary (empty on ranks other than 0).
 
@@ -323,6 +347,9 @@ def train(
         resume: a run directory: continue from its latest checkpoint with its saved
             configuration and its saved resolved spec.
         quiet: overrides ``config.quiet`` (for a resumed run).
+        steps, epochs: with ``resume``, a new length for the run (at least its current one);
+            see :func:`rescompile.harness.schedules.extend_plan` for what happens to the
+            schedule, and ``reschedule`` to plan it afresh over the new length.
         on_step: called with the step count after every step (tests, notebooks).
 
     Raises:
@@ -339,7 +366,12 @@ def train(
             raise UserError(f"{run_dir} is not a run directory")
         with _lock(run_dir, rank0):
             config, saved, resolved, graph = _read_run(run_dir)
-            return _train(config, saved, resolved, graph, run_dir, quiet, on_step, session_start)
+            extend = _Extension(steps, epochs, reschedule)
+            return _train(
+                config, saved, resolved, graph, run_dir, quiet, on_step, session_start, extend
+            )
+    if steps is not None or epochs is not None or reschedule:
+        raise ValueError("steps, epochs and reschedule extend a resumed run; set them in config")
     if config is None:
         raise ValueError("give a config or a run directory to resume")
     resolved, graph = compile_spec(config.spec, config.overrides)
@@ -414,6 +446,8 @@ def _conforms(value: Any, tp: Any) -> bool:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return any(_conforms(value, a) for a in args)
+    if typing.get_origin(tp) is dict:
+        return isinstance(value, dict)
     if typing.get_origin(tp) is list:
         return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
     if tp is type(None):
@@ -462,6 +496,18 @@ def _short(text: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+@dataclass(frozen=True)
+class _Extension:
+    """What ``--resume RUN`` was asked to change: the run's length and whether to re-plan."""
+
+    steps: int | None = None
+    epochs: float | None = None
+    reschedule: bool = False
+
+    def __bool__(self) -> bool:
+        return self.steps is not None or self.epochs is not None or self.reschedule
+
+
 def _train(
     config: TrainConfig,
     saved: dict[str, Any] | None,
@@ -471,6 +517,7 @@ def _train(
     quiet: bool | None,
     on_step: Callable[[int], None] | None,
     session_start: float,
+    extend: _Extension | None = None,
 ) -> dict[str, Any]:
     from rescompile.harness.data import load_dataset
     from rescompile.harness.runtime import load_training_module
@@ -505,7 +552,7 @@ def _train(
     rt: Runtime = training.make_runtime(graph, source, options)
     try:
         session = _Session(config, resolved, graph, dataset, p, rt, run_dir, source, on_step)
-        summary = session.run(saved, session_start)
+        summary = session.run(saved, session_start, extend)
     except BaseException:
         rt.close(aborted=True)
         raise
@@ -561,7 +608,9 @@ class _Session:
 
     # -- the phases ----------------------------------------------------------------------------
 
-    def run(self, saved: dict[str, Any] | None, session_start: float) -> dict[str, Any]:
+    def run(
+        self, saved: dict[str, Any] | None, session_start: float, extend: _Extension | None = None
+    ) -> dict[str, Any]:
         self.session_start = session_start
         d = self.dataset
         self.rt.set_data(
@@ -570,6 +619,9 @@ class _Session:
             )
         )
         resumed_from = self._restore() if saved is not None else None
+        self.extend_note: str | None = None
+        if extend:
+            self._extend(extend, saved)
         if self.config.init_from and self.step == 0:  # a new run (or one with no checkpoint)
             self.init_note = self._init_from(self.config.init_from)
         self.reporter = _Reporter(self.total, self.step, self.config.quiet, enabled=self.rank0)
@@ -637,6 +689,50 @@ class _Session:
         self.clock = _Clock.from_state(state)
         return ckpt
 
+    def _extend(self, extend: _Extension, saved: dict[str, Any] | None) -> None:
+        """Make the resumed run longer (or re-plan it) from the restored step, and record that
+        in config.json so that a later --resume replays it."""
+        from rescompile.harness.schedules import extend_plan
+
+        if extend.steps is not None and extend.epochs is not None:
+            raise UserError("give the new run length as --steps or --epochs, not both")
+        if extend.steps is not None and extend.steps <= 0:
+            raise UserError(f"--steps must be positive, got {extend.steps}")
+        if extend.epochs is not None and not (extend.epochs > 0 and math.isfinite(extend.epochs)):
+            raise UserError(f"--epochs must be positive, got {extend.epochs}")
+        old = self.total
+        if extend.steps is not None:
+            total = extend.steps
+        elif extend.epochs is not None:
+            total = round(extend.epochs * self.spe)
+        else:
+            total = old
+        plan = extend_plan(
+            self.plan,
+            total,
+            from_step=self.step,
+            reschedule=extend.reschedule,
+            warmup=self.p.warmup,
+        )
+        if plan is self.plan:
+            return
+        entry = {"from_step": self.step, "steps": total, "reschedule": extend.reschedule}
+        self.config.extensions = [*self.config.extensions, entry]
+        self.p = replace(self.p, plan=plan)
+        self.plan, self.total = plan, plan.total_steps
+        how = (
+            f"the {self.p.recipe.schedule} schedule planned afresh over {total} steps from "
+            f"step {self.step}"
+            if extend.reschedule
+            else f"the schedule continued past step {old} at its final rate"
+        )
+        self.extend_note = f"extended from {old} to {total} steps: {how}"
+        if self.rank0 and saved is not None:
+            record = dict(saved)
+            record["config"] = self.config.to_dict()
+            record["plan"] = plan.to_dict()
+            _write_json(self.run_dir / CONFIG_FILE, record)
+
     def _init_from(self, path: str) -> str:
         """Load the starting weights of a fine-tuning run; the note says what was loaded."""
         from rescompile.harness.checkpoint import split_optimizer
@@ -685,6 +781,7 @@ class _Session:
             f"{self.bs} ({plan.epochs:.1f} epochs), lr {p.recipe.lr}, milestones "
             f"{list(plan.milestones)}{warm}\nrun directory {self.run_dir}{where}"
             + (f"\n{self.init_note}" if self.init_note else "")
+            + (f"\n{self.extend_note}" if self.extend_note else "")
         )
 
     def _loop(self) -> None:
@@ -1151,7 +1248,12 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
     """``rescompile train``: build the config from the command's arguments and train."""
     quiet = bool(args.get("quiet"))
     if args.get("resume"):
-        given = [name for name in ("spec", "set_", *_RUN_OPTIONS) if args.get(name) is not None]
+        extending = ("steps", "epochs")  # --resume RUN --steps N makes the run longer
+        given = [
+            name
+            for name in ("spec", "set_", *_RUN_OPTIONS)
+            if args.get(name) is not None and name not in extending
+        ]
         if given:
             flags = ", ".join(
                 "SPEC" if g == "spec" else "--" + g.rstrip("_").replace("_", "-") for g in given
@@ -1160,7 +1262,15 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
                 f"--resume continues a run with its saved configuration; drop {flags} "
                 f"(see {Path(args['resume']) / CONFIG_FILE})"
             )
-        return train(resume=args["resume"], quiet=quiet)
+        return train(
+            resume=args["resume"],
+            quiet=quiet,
+            steps=args.get("steps"),
+            epochs=args.get("epochs"),
+            reschedule=bool(args.get("reschedule")),
+        )
+    if args.get("reschedule"):
+        raise UserError("--reschedule re-plans a resumed run: use it with --resume RUN --steps N")
     if not args.get("spec"):
         raise UserError("give a SPEC to train, or --resume RUN_DIR")
     if args.get("out") == "":

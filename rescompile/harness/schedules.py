@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from rescompile.errors import UserError
@@ -27,6 +27,7 @@ __all__ = [
     "PAPER_WARMUP_DEPTH",
     "RECIPES",
     "Cosine",
+    "Extended",
     "OneCycle",
     "Recipe",
     "RecipeError",
@@ -34,6 +35,7 @@ __all__ = [
     "StepDecay",
     "TrainPlan",
     "cosine",
+    "extend_plan",
     "get_recipe",
     "one_cycle",
     "plan_training",
@@ -122,6 +124,24 @@ class OneCycle:
         if step <= peak:
             return _cosine_between(initial, self.max_lr, step / peak if peak > 0 else 1.0)
         return _cosine_between(self.max_lr, final, (step - peak) / (last - peak))
+
+
+@dataclass(frozen=True)
+class Extended:
+    """A run's schedule after ``--resume RUN --steps N`` made it longer: each segment
+    ``(first step, schedule)`` gives the rate from its first step on (see :func:`extend_plan`)."""
+
+    segments: tuple[tuple[int, StepDecay | Cosine | OneCycle], ...]
+
+    def __call__(self, step: int) -> float:
+        for start, schedule in reversed(self.segments):
+            if step >= start:
+                return schedule(step)
+        return self.segments[0][1](step)
+
+    @property
+    def last(self) -> StepDecay | Cosine | OneCycle:
+        return self.segments[-1][1]
 
 
 def _linear_warmup(base_lr: float, step: int, warmup_steps: int) -> float:
@@ -276,7 +296,7 @@ class TrainPlan:
     total_steps: int
     milestones: tuple[int, ...]
     warmup_steps: int
-    lr: StepDecay | Cosine | OneCycle = field(repr=False)
+    lr: StepDecay | Cosine | OneCycle | Extended = field(repr=False)
 
     @property
     def epochs(self) -> float:
@@ -357,3 +377,49 @@ def plan_training(
     else:
         schedule = one_cycle(recipe.lr, max(total, 2))
     return TrainPlan(recipe, steps_per_epoch, total, milestones, warmup_steps, schedule)
+
+
+def extend_plan(
+    plan: TrainPlan, total: int, *, from_step: int, reschedule: bool, warmup: bool | None = None
+) -> TrainPlan:
+    """``plan`` made ``total`` steps long, for a run resumed at ``from_step`` with ``--steps``.
+
+    What torchvision and timm users expect of "train this run for longer":
+
+    - step decay keeps its milestones where they were (in steps), as ``MultiStepLR`` restored
+      from a checkpoint does: the steps already planned keep their rates and the added ones run
+      at the last rate. The extended run is the run it was, continued.
+    - cosine and one-cycle have annealed to (nearly) zero at the old end, so continuing them
+      trains at that rate: refused unless ``reschedule``.
+    - ``reschedule`` plans the recipe afresh over ``total`` steps (milestones and warm-up scaled
+      as for a new run of that length, as timm does when a run resumes with more epochs) and
+      applies it from ``from_step``: the steps already taken keep the rates they had, so the
+      rate may jump there.
+
+    Raises:
+        RecipeError: ``total`` shorter than the plan, or a cosine/one-cycle without reschedule.
+    """
+    if total < plan.total_steps:
+        raise RecipeError(
+            f"--steps {total} is shorter than the run's {plan.total_steps} steps; a run can be "
+            "extended, not shortened"
+        )
+    if total == plan.total_steps and not reschedule:
+        return plan
+    base = plan.lr.last if isinstance(plan.lr, Extended) else plan.lr
+    segments = plan.lr.segments if isinstance(plan.lr, Extended) else ((0, plan.lr),)
+    if reschedule:
+        fresh = plan_training(plan.recipe, plan.steps_per_epoch, steps=total, warmup=warmup)
+        return replace(
+            fresh,
+            lr=Extended((*segments, (from_step, fresh.lr))),
+        )
+    if not isinstance(base, StepDecay):
+        kind = "cosine" if isinstance(base, Cosine) else "one-cycle"
+        raise RecipeError(
+            f"the run's {kind} schedule has annealed to its final rate at step "
+            f"{plan.total_steps}; to train for {total} steps add --reschedule (the {kind} is "
+            f"planned afresh over {total} steps and applies from step {from_step}), or start a "
+            "new run with --init-from"
+        )
+    return replace(plan, total_steps=total)
