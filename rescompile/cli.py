@@ -576,13 +576,40 @@ def train(
         str | None,
         _opt("digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | cifar100:PATH", "--data"),
     ] = None,
-    recipe: Annotated[str | None, _opt("paper-cifar | paper-imagenet | fast", "--recipe")] = None,
+    recipe: Annotated[
+        str | None,
+        _opt(
+            "a recipe file (YAML) or a library recipe: paper-cifar | paper-imagenet | fast "
+            "| torchvision-resnet50",
+            "--recipe",
+        ),
+    ] = None,
     epochs: Annotated[float | None, _opt("run length in epochs", "--epochs")] = None,
     steps: Annotated[
         int | None, _opt("run length in steps (with --resume: extend the run)", "--steps")
     ] = None,
     batch_size: Annotated[int | None, _opt("global batch size", "--batch-size")] = None,
     lr: Annotated[float | None, _opt("base learning rate", "--lr")] = None,
+    momentum: Annotated[float | None, _opt("SGD momentum (the recipe's)", "--momentum")] = None,
+    nesterov: Annotated[
+        bool | None, _opt("Nesterov momentum (the recipe's)", "--nesterov/--no-nesterov")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, _opt("L2 weight decay (the recipe's)", "--weight-decay")
+    ] = None,
+    norm_weight_decay: Annotated[
+        float | None,
+        _opt(
+            "weight decay of BatchNorm scale and shift (default: --weight-decay)",
+            "--norm-weight-decay",
+        ),
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, _opt("label smoothing (the recipe's)", "--label-smoothing")
+    ] = None,
+    clip_grad_norm: Annotated[
+        float | None, _opt("clip the gradients' global L2 norm", "--clip-grad-norm")
+    ] = None,
     seed: Annotated[int | None, _opt("seed of init, order, augmentation", "--seed")] = None,
     out: Annotated[str | None, _opt("run directory (default runs/NAME-BACKEND)", "--out")] = None,
     resume: Annotated[str | None, _opt("continue the run in this directory", "--resume")] = None,

@@ -85,11 +85,18 @@ class TrainConfig:
     backend: str = "torch"
     data: str = "digits"
     overrides: list[str] = field(default_factory=list)
-    recipe: str | None = None  # None: paper-cifar for inputs up to 64 px, else paper-imagenet
+    recipe: str | None = None  # a name or a YAML file; None: paper-cifar up to 64 px, else
+    # paper-imagenet (rescompile.harness.recipes)
     steps: int | None = None
     epochs: float | None = None
     batch_size: int | None = None
     lr: float | None = None
+    momentum: float | None = None  # these six replace the recipe's values
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    norm_weight_decay: float | None = None
+    label_smoothing: float | None = None
+    clip_grad_norm: float | None = None
     seed: int = 0
     out: str | None = None
     eval_every: int | None = None
@@ -171,14 +178,19 @@ class _Plan:
     augment: bool
 
 
-def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -> _Plan:
+def _make_plan(
+    config: TrainConfig, graph: Any, dataset: Any, world_size: int, recorded: Any = None
+) -> _Plan:
+    """The run's plan; ``recorded`` is the recipe a resumed run recorded in its config.json (a
+    recipe file edited since, or a library recipe changed by an upgrade, does not change it)."""
     from rescompile.harness.data import steps_per_epoch
     from rescompile.harness.schedules import PAPER_WARMUP_DEPTH, get_recipe, plan_training
 
     name = config.recipe or (
         "paper-cifar" if max(graph.input_shape[1:]) <= 64 else "paper-imagenet"
     )
-    recipe = get_recipe(name)
+    recipe = get_recipe(name) if recorded is None else _recorded_recipe(recorded)
+    recipe = _with_flags(recipe, config)
     if config.batch_size is not None:
         if config.batch_size <= 0:
             raise UserError(f"--batch-size must be positive, got {config.batch_size}")
@@ -195,7 +207,7 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
         raise UserError(f"the batch size {bs} is larger than the training set ({n} images)")
     depth = weighted_layers(graph)
     warmup = config.warmup
-    if warmup is None and recipe.name == "paper-cifar":
+    if warmup is None and recipe.warmup_deep:
         warmup = depth >= PAPER_WARMUP_DEPTH
     if config.steps is not None and config.steps <= 0:
         raise UserError(f"--steps must be positive, got {config.steps}")
@@ -227,6 +239,51 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
         depth=depth,
         augment=augment,
     )
+
+
+def _recorded_recipe(data: dict[str, Any]) -> Any:
+    """The recipe a run recorded in its config.json, checked like the rest of that file."""
+    from rescompile.harness.schedules import Recipe
+
+    hints = typing.get_type_hints(Recipe)
+    for key, value in data.items():
+        if key == "milestones":
+            ok = isinstance(value, list) and all(_conforms(m, int) for m in value)
+        else:
+            ok = key not in hints or key in ("schedule", "unit") or _conforms(value, hints[key])
+        if not ok:
+            raise UserError(f"config.json: plan.recipe.{key} is unreadable: {_short(value)}")
+    try:
+        return Recipe.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"config.json: plan.recipe is unreadable: {_short(str(exc))}") from None
+
+
+_FLAGS = {  # TrainConfig field -> (what it must be, its check)
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": ("at least 0", lambda v: v >= 0),
+    "norm_weight_decay": ("at least 0", lambda v: v >= 0),
+    "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "clip_grad_norm": ("positive", lambda v: v > 0),
+}
+
+
+def _with_flags(recipe: Any, config: TrainConfig) -> Any:
+    """The recipe with the optimiser values given on the command line."""
+    values: dict[str, Any] = {}
+    for name, (what, ok) in _FLAGS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+        values[name] = value
+    if config.nesterov is not None:
+        values["nesterov"] = config.nesterov
+    recipe = replace(recipe, **values)
+    if recipe.nesterov and recipe.momentum == 0:
+        raise UserError("Nesterov momentum needs a momentum above 0 (--momentum)")
+    return recipe
 
 
 def _replay_extension(plan: Any, ext: Any, warmup: bool | None) -> Any:
@@ -534,7 +591,8 @@ def _train(
             f"torchrun starts one process per device for the torch backend; the {config.backend} "
             "backend uses every local device from a single process: run it without torchrun"
         )
-    p = _make_plan(config, graph, dataset, world)
+    recorded = (saved or {}).get("plan", {}).get("recipe") if saved else None
+    p = _make_plan(config, graph, dataset, world, recorded if isinstance(recorded, dict) else None)
     backend = load_backend(config.backend)
     require_backend_support(graph, backend, config.backend)
     source = backend.emit(graph)
@@ -544,6 +602,9 @@ def _train(
         weight_decay=p.recipe.weight_decay,
         nesterov=p.recipe.nesterov,
         label_smoothing=p.recipe.label_smoothing,
+        norm_weight_decay=p.recipe.norm_weight_decay,
+        bias_weight_decay=p.recipe.bias_weight_decay,
+        clip_grad_norm=p.recipe.clip_grad_norm,
         precision=config.precision,  # type: ignore[arg-type]
         compile=config.compile,
         channels_last=config.channels_last,
@@ -1084,8 +1145,9 @@ def _config_record(config, resolved, graph, dataset, p: _Plan, rt: Runtime) -> d
         "ckpt_every": p.ckpt_every,
         "log_every": p.log_every,
         "augment": p.augment,
-        "weight_decay_note": "L2 weight decay on every parameter (weights, biases, BatchNorm "
-        "scale and shift), added to the gradient, as in He et al. (2016)",
+        "weight_decay_note": "L2 weight decay added to the gradient, as in He et al. (2016); "
+        "on every parameter (weights, biases, BatchNorm scale and shift) unless the recipe's "
+        "norm_weight_decay or bias_weight_decay says otherwise",
         "backend": config.backend,
         "device": rt.device,
         "world_size": rt.world_size,
@@ -1228,6 +1290,12 @@ _RUN_OPTIONS = {  # CLI name -> TrainConfig field
     "steps": "steps",
     "batch_size": "batch_size",
     "lr": "lr",
+    "momentum": "momentum",
+    "nesterov": "nesterov",
+    "weight_decay": "weight_decay",
+    "norm_weight_decay": "norm_weight_decay",
+    "label_smoothing": "label_smoothing",
+    "clip_grad_norm": "clip_grad_norm",
     "seed": "seed",
     "out": "out",
     "eval_every": "eval_every",
