@@ -607,6 +607,13 @@ def train(
     label_smoothing: Annotated[
         float | None, _opt("label smoothing (the recipe's)", "--label-smoothing")
     ] = None,
+    sync_bn: Annotated[
+        bool | None,
+        _opt(
+            "torchrun: BatchNorm statistics of the global batch (default on)",
+            "--sync-bn/--no-sync-bn",
+        ),
+    ] = None,
     clip_grad_norm: Annotated[
         float | None, _opt("clip the gradients' global L2 norm", "--clip-grad-norm")
     ] = None,

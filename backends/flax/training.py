@@ -123,6 +123,11 @@ class FlaxRuntime:
         from .tools import linear_tracing, load_module
 
         self.options = options
+        if options.sync_bn is False:
+            raise UserError(
+                "--no-sync-bn: the flax backend normalises over the global batch (jax.sharding); "
+                "per-device BatchNorm statistics are not available"
+            )
         cache = enable_compilation_cache()
         devices = _devices(options.device)
         self.num_devices = len(devices)
@@ -141,6 +146,7 @@ class FlaxRuntime:
             "channels_last": True,  # flax is NHWC throughout
             "data_on_device": self.data_on_device,
             "devices": self.num_devices,
+            "sync_bn": True,  # sharded BatchNorm: statistics of the global batch
             "jax": jax.__version__,
             "compilation_cache": cache,
         }

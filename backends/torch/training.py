@@ -13,8 +13,10 @@ the data. The driver asks it for steps, evaluations and state; see
   is switchable through :class:`~rescompile.harness.runtime.RuntimeOptions`.
 - **Data parallel**: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
   ``DistributedDataParallel`` on the ``nccl`` (GPU) or ``gloo`` (CPU) process group; each rank
-  trains on its share of every global batch; BatchNorm statistics are per rank, and rank 0's
-  buffers are broadcast at each forward (DDP's default).
+  trains on its share of every global batch. BatchNorm is synchronised by default
+  (``sync_bn``; :mod:`.syncbn`): its statistics are those of the global batch, as in flax's
+  sharded runs and as a single process would compute them; with ``sync_bn=False`` they are per
+  rank, and rank 0's buffers are broadcast at each forward (DDP's default).
 """
 
 from __future__ import annotations
@@ -112,6 +114,12 @@ class TorchRuntime:
         model = load_module(source, graph.class_name)().to(self.dev)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.sync_bn = self.world_size > 1 and options.sync_bn is not False
+        self.settings["sync_bn"] = self.sync_bn
+        if self.sync_bn:
+            from .syncbn import synchronise_batchnorm
+
+            model = synchronise_batchnorm(model, self.dev)
         self.model = model
         self.params = dict(model.named_parameters())
         self.optimizer = torch.optim.SGD(

@@ -97,6 +97,7 @@ class TrainConfig:
     norm_weight_decay: float | None = None
     label_smoothing: float | None = None
     clip_grad_norm: float | None = None
+    sync_bn: bool | None = None  # None: synchronised BatchNorm when data-parallel
     seed: int = 0
     out: str | None = None
     eval_every: int | None = None
@@ -605,6 +606,7 @@ def _train(
         norm_weight_decay=p.recipe.norm_weight_decay,
         bias_weight_decay=p.recipe.bias_weight_decay,
         clip_grad_norm=p.recipe.clip_grad_norm,
+        sync_bn=config.sync_bn,
         precision=config.precision,  # type: ignore[arg-type]
         compile=config.compile,
         channels_last=config.channels_last,
@@ -1296,6 +1298,7 @@ _RUN_OPTIONS = {  # CLI name -> TrainConfig field
     "norm_weight_decay": "norm_weight_decay",
     "label_smoothing": "label_smoothing",
     "clip_grad_norm": "clip_grad_norm",
+    "sync_bn": "sync_bn",
     "seed": "seed",
     "out": "out",
     "eval_every": "eval_every",

@@ -76,6 +76,7 @@ class RuntimeOptions:
     norm_weight_decay: float | None = None  # normalisation scale and shift (None: weight_decay)
     bias_weight_decay: float | None = None  # every `bias` (None: as the parameter's layer)
     clip_grad_norm: float | None = None  # max global L2 norm of the gradients (before decay)
+    sync_bn: bool | None = None  # BatchNorm over the global batch (None: yes when data-parallel)
     precision: Precision | None = None
     compile: bool | None = None
     channels_last: bool | None = None
