@@ -658,6 +658,10 @@ def train(
             "--init-from",
         ),
     ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        _opt("also write TensorBoard event files to RUN/tensorboard", "--tensorboard"),
+    ] = None,
     quiet: Annotated[bool, _opt("no progress output", "--quiet", "-q")] = False,
 ) -> None:
     """Train a spec with a backend; writes a run directory (metrics, checkpoints, curves)."""

@@ -111,6 +111,7 @@ class TrainConfig:
     augment: bool | None = None  # None: the dataset's convention (CIFAR: pad-crop-flip)
     warmup: bool | None = None  # None: paper-cifar warms up nets of 110 layers or more
     quiet: bool = False
+    tensorboard: bool = False  # also write TensorBoard event files (rescompile.harness.tensorboard)
     init_from: str | None = None  # start from these weights (rescompile.harness.init)
     # --resume RUN --steps N: {"from_step", "steps", "reschedule"} per extension, in order
     extensions: list[dict[str, Any]] = field(default_factory=list)
@@ -586,6 +587,10 @@ def _train(
     dataset = load_dataset(config.data)
     _check_fit(graph, dataset, config.data)
     training = load_training_module(config.backend)  # before anything slow: clear import errors
+    if config.tensorboard:
+        from rescompile.harness.tensorboard import require_tensorboard
+
+        require_tensorboard()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and config.backend != "torch":
         raise UserError(
@@ -828,6 +833,11 @@ class _Session:
             _write_json(self.run_dir / CONFIG_FILE, record)
         # a resumed run drops the records written after its checkpoint by the killed process
         self.logger = MetricsLogger(self.run_dir, resume_step=None if new else self.step)
+        if self.config.tensorboard:
+            from rescompile.harness.tensorboard import Tee, TensorBoardWriter
+
+            writer = TensorBoardWriter(self.run_dir, resume_step=None if new else self.step)
+            self.logger = Tee(self.logger, writer)
 
     def _header(self, resuming: bool, resumed_from: Path | None) -> str:
         g, p, plan, rt = self.graph, self.p, self.plan, self.rt
@@ -1312,6 +1322,7 @@ _RUN_OPTIONS = {  # CLI name -> TrainConfig field
     "augment": "augment",
     "warmup": "warmup",
     "init_from": "init_from",
+    "tensorboard": "tensorboard",
 }
 
 
