@@ -221,3 +221,34 @@ def test_the_runtimes_apply_each_option_alike(tiny, option):
         np.testing.assert_allclose(flax_state[key], want, rtol=1e-3, atol=1e-5, err_msg=key)
         moved = max(moved, float(np.max(np.abs(baseline[key] - want))))
     assert moved > 1e-3  # the option changed the weights 100x beyond the tolerance
+
+
+def test_one_cycle_and_step_every_from_yaml(tmp_path):
+    one = tmp_path / "one.yaml"
+    one.write_text(
+        "batch_size: 64\nsteps: 100\nlr: 0.4\n"
+        "schedule: {kind: one_cycle, pct_start: 0.25, div_factor: 10, final_div_factor: 100}\n"
+    )
+    plan = plan_training(load_recipe(str(one)), steps_per_epoch=10)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=0.4,
+        total_steps=100,
+        pct_start=0.25,
+        div_factor=10,
+        final_div_factor=100,
+        cycle_momentum=False,
+    )
+    for step in range(100):
+        assert plan.lr(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), step
+        opt.step()
+        sched.step()
+
+    every = tmp_path / "every.yaml"
+    every.write_text(
+        "batch_size: 8\nepochs: 10\nlr: 1.0\nschedule: {kind: step, every: 4, gamma: 0.5}\n"
+    )
+    plan = plan_training(load_recipe(str(every)), steps_per_epoch=3)
+    # torch's StepLR(step_size=4 epochs, gamma=0.5), stepped per epoch of 3 steps
+    assert [plan.lr(3 * e) for e in range(10)] == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
