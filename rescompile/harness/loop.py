@@ -667,6 +667,11 @@ class _Session:
         self.timer = 0.0
         self.step = 0
         self.last_ckpt = -1
+        self.ema = None
+        if p.recipe.ema_decay is not None:
+            from rescompile.harness.ema import WeightAverage
+
+            self.ema = WeightAverage(p.recipe.ema_decay, p.recipe.ema_every)
         self.guard = DeferredInterrupt(
             "interrupt: finishing this step, then saving a checkpoint "
             "(Ctrl-C again stops at once and keeps the last checkpoint)"
@@ -753,6 +758,8 @@ class _Session:
             for what in skipped:
                 print(f"warning: skipped the damaged checkpoint {what}", file=sys.stderr)
         self.rt.load_state_dict(tensors)
+        if self.ema is not None:
+            self.ema.restore(tensors)
         self.step = self.last_ckpt = state["step"]
         self.clock = _Clock.from_state(state)
         return ckpt
@@ -894,6 +901,10 @@ class _Session:
                 if step % p.log_every == 0 or step == self.total:
                     self._flush()
                     self._log_window()
+                if self.ema is not None and step % self.ema.every == 0:
+                    with self._untimed():
+                        reset = step <= self.plan.warmup_steps
+                        self.ema.update(self.rt.state_dict(), reset=reset)
                 if step % p.eval_every == 0 or step == self.total:
                     self._flush()
                     with self._untimed():
@@ -1025,8 +1036,9 @@ class _Session:
         loss, err = loss_sum / count, 1.0 - correct / count
         if not math.isfinite(loss):  # the weights or BatchNorm statistics are no longer finite
             self._diverged(self.step, loss, "test loss")
+        extra = self._evaluate_average()
         if self.rank0:
-            self.logger.log_eval(self.step, test_loss=loss, test_error=err)
+            self.logger.log_eval(self.step, test_loss=loss, test_error=err, **extra)
         if self.reporter is not None:  # above the progress bar on a terminal
             width = len(str(self.total))
             train_err = self.last_train_error
@@ -1036,6 +1048,19 @@ class _Session:
                 f"test err {100 * err:5.1f}%  test loss {loss:.3f}  lr {self.lr:.3g}  "
                 f"{self._pace()}"
             )
+
+    def _evaluate_average(self) -> dict[str, float]:
+        """The weight average's test loss and error (the runtime holds it for the evaluation,
+        then the training state again, exactly)."""
+        if self.ema is None or self.ema.tensors is None:
+            return {}
+        state = self.rt.state_dict()
+        self.rt.load_state_dict(self.ema.tensors)
+        try:
+            loss_sum, correct, count = self.rt.evaluate("test", self.p.eval_batch)
+        finally:
+            self.rt.load_state_dict(state)
+        return {"ema_test_loss": loss_sum / count, "ema_test_error": 1.0 - correct / count}
 
     def _pace(self) -> str:
         """Training images/s (of the last logged window), time elapsed in this session and the
@@ -1067,6 +1092,8 @@ class _Session:
                 "wall_s": self.clock.wall_s + time.perf_counter() - self.session_start,
             }
             tensors = self.rt.state_dict()
+            if self.ema is not None:
+                tensors.update(self.ema.checkpoint_tensors())
             bad = next(
                 (k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()),
                 None,
@@ -1200,6 +1227,7 @@ def _summary(
         ),
         "final_test_error": evals[-1]["test_error"] if evals else None,
         "final_test_loss": evals[-1]["test_loss"] if evals else None,
+        "final_ema_test_error": evals[-1].get("ema_test_error") if evals else None,
         "best_test_error": best["test_error"] if best else None,
         "best_test_step": best["step"] if best else None,
         "images_per_s": round(ips, 1) if ips else None,

@@ -16,6 +16,7 @@ and the command line's. The library's recipes (``rescompile/recipes/*.yaml``: ``
     bias_weight_decay: null       # every `bias`, norm shifts included (default: as the others)
     label_smoothing: 0.1
     clip_grad_norm: null          # rescale gradients whose global L2 norm exceeds this
+    ema: {decay: 0.999, every: 32}  # an average of the weights, evaluated next to them
     schedule:                     # kind: step (every, gamma) | multistep (milestones, gamma)
       kind: cosine                #   | cosine (final_lr) | one_cycle (pct_start, div_factor,
     warmup:                       #     final_div_factor)
@@ -109,6 +110,14 @@ class Warmup(_Model):
         return self
 
 
+class Ema(_Model):
+    """An exponential moving average of the weights, updated every ``every`` steps with
+    ``ema += (1 - decay) * (weights - ema)`` (:mod:`rescompile.harness.ema`)."""
+
+    decay: Annotated[float, Field(ge=0, lt=1)]
+    every: Annotated[int, Field(gt=0)] = 1
+
+
 class RecipeFile(_Model):
     """A recipe file (see the module docstring)."""
 
@@ -126,6 +135,7 @@ class RecipeFile(_Model):
     clip_grad_norm: PositiveFloat | None = None
     schedule: Schedule
     warmup: Warmup | None = None
+    ema: Ema | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RecipeFile:
@@ -183,6 +193,8 @@ class RecipeFile(_Model):
             norm_weight_decay=self.norm_weight_decay,
             bias_weight_decay=self.bias_weight_decay,
             clip_grad_norm=self.clip_grad_norm,
+            ema_decay=self.ema.decay if self.ema else None,
+            ema_every=self.ema.every if self.ema else 1,
             **extra,
         )
 
@@ -234,7 +246,15 @@ def recipe_from_file(path: str | Path, *, name: str | None = None) -> Recipe:
     return model.to_recipe(name or Path(path).stem)
 
 
-_MODELS = (RecipeFile, Warmup, StepSchedule, MultiStepSchedule, CosineSchedule, OneCycleSchedule)
+_MODELS = (
+    RecipeFile,
+    Ema,
+    Warmup,
+    StepSchedule,
+    MultiStepSchedule,
+    CosineSchedule,
+    OneCycleSchedule,
+)
 _FIELDS = sorted({f for m in _MODELS for f in m.model_fields})
 
 

@@ -249,6 +249,8 @@ class Recipe:
     norm_weight_decay: float | None = None
     bias_weight_decay: float | None = None
     clip_grad_norm: float | None = None
+    ema_decay: float | None = None  # an average of the weights (rescompile.harness.ema)
+    ema_every: int = 1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:

@@ -64,9 +64,14 @@ class TensorBoardWriter:
         ):
             self.writer.add_scalar(tag, float(value), step)
 
-    def log_eval(self, step: int, *, test_loss: float, test_error: float, **_: Any) -> None:
+    def log_eval(self, step: int, *, test_loss: float, test_error: float, **extra: Any) -> None:
         self.writer.add_scalar("test/loss", float(test_loss), step)
         self.writer.add_scalar("test/error", float(test_error), step)
+        for key in ("ema_test_loss", "ema_test_error"):  # a recipe's weight average
+            if key in extra:
+                self.writer.add_scalar(
+                    f"test/{key.replace('_test_', '_')}", float(extra[key]), step
+                )
 
     def close(self) -> None:
         self.writer.close()

@@ -52,6 +52,9 @@ def test_the_library_holds_the_papers_fast_and_torchvisions_resnet50_recipes():
     assert (tv.batch_size, tv.lr, tv.momentum, tv.schedule) == (1024, 0.5, 0.9, "cosine")
     assert (tv.length, tv.unit, tv.warmup, tv.warmup_factor) == (600, "epochs", 5, 0.01)
     assert (tv.weight_decay, tv.norm_weight_decay, tv.label_smoothing) == (2e-5, 0.0, 0.1)
+    # --model-ema: decay 0.99998 every 32 steps, adjusted by train.py for 8 x 128 and 600 epochs
+    assert tv.ema_every == 32
+    assert tv.ema_decay == pytest.approx(1 - 2e-5 * (8 * 128 * 32 / 600), abs=1e-8)
 
 
 def test_a_users_file_is_read_like_the_library_one(tmp_path):
