@@ -23,11 +23,13 @@ demo: setup
 	$(BIN)/rescompile check $(SPEC)
 	$(BIN)/rescompile report $(SPEC) --depth stage
 
+# one pytest-xdist worker per core; a test file stays on one worker (its module fixtures run once)
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=15
 
 test-all: setup
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m ''
 
 lint: setup
 	$(BIN)/ruff check .

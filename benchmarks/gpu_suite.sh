@@ -67,11 +67,11 @@ if [[ -d .whl ]] && ! "$PY" -c "import rescompile.backends.torch" 2>/dev/null; t
 fi
 
 if ((SMOKE)); then
-    DEV=cpu; SIZE=32; R50_BATCH=4; R50_STEPS=4; R20_STEPS=12; FULL=24; ITERS=2
+    DEV=cpu; SIZE=32; R50_BATCH=4; R50_STEPS=4; R20_BATCH=16; R20_STEPS=12; FULL=24; ITERS=2
     TRAIN_DEV=(--device cpu --no-compile --channels-last)  # CPU: inductor takes minutes, bf16 is slow
     FLAX_TORCH=(--device cpu --batch 2 --rounds 1 --imagenet-size 64)
 else
-    DEV=cuda; SIZE=224; R50_BATCH=256; R50_STEPS=300; R20_STEPS=2000; FULL=64000; ITERS=20
+    DEV=cuda; SIZE=224; R50_BATCH=256; R50_STEPS=300; R20_BATCH=128; R20_STEPS=2000; FULL=64000; ITERS=20
     TRAIN_DEV=()  # the GPU defaults: bf16, channels_last, compiled, data and augmentation on device
     FLAX_TORCH=(--device gpu --batch 256)
 fi
@@ -140,7 +140,7 @@ print(\"jax\", jax.__version__, jax.devices()); print(\"flax\", flax.__version__
                 "${FASTRUN[@]}" ;;
         r20)
             for b in torch flax; do
-                train "r20-$b" 90 specs/paper/cifar-resnet20.yaml $b synthetic 128 $R20_STEPS \
+                train "r20-$b" 90 specs/paper/cifar-resnet20.yaml $b synthetic $R20_BATCH $R20_STEPS \
                     --augment "${FASTRUN[@]}"
             done ;;
         torchvision)

@@ -148,12 +148,14 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
     if not _is_file(target, ext, where) and (named := library.find(ext)) is not None:
         target = named.resolve()  # no such file beside the spec: the library spec of that name
     if target.suffix not in (".yaml", ".yml"):
-        raise SpecError(Diagnostic(where, f"must name a .yaml file, got {_short(ext)}", "extends"))
+        raise SpecError(
+            Diagnostic(where, f"must name a .yaml file, got {_shown_path(ext)}", "extends")
+        )
     if not _allowed(target, roots):
         raise SpecError(
             Diagnostic(
                 where,
-                f"{_short(ext)} resolves outside the allowed spec directories "
+                f"{_shown_path(ext)} resolves outside the allowed spec directories "
                 f"({', '.join(str(r) for r in roots)})",
                 "extends",
             )
@@ -165,11 +167,11 @@ def _load_chain(path: Path, display: str, roots: list[Path], seen: list[Path]) -
         raise SpecError(Diagnostic(where, f"extends chain longer than {MAX_EXTENDS}", "extends"))
     if _is_file(target, ext, where, directory=True):
         raise SpecError(
-            Diagnostic(where, f"base spec {_short(ext)} is a directory ({target})", "extends")
+            Diagnostic(where, f"base spec {_shown_path(ext)} is a directory ({target})", "extends")
         )
     if not _is_file(target, ext, where):
         raise SpecError(
-            Diagnostic(where, f"base spec {_short(ext)} not found ({target})", "extends")
+            Diagnostic(where, f"base spec {_shown_path(ext)} not found ({target})", "extends")
         )
     base = _load_chain(target, _display(target), roots, [*seen, target])
     merged = _merge(base.data, {k: v for k, v in loc.data.items() if k != "extends"})
@@ -209,10 +211,19 @@ def _exists(p: Path) -> bool:
         return False
 
 
+# a path as long as Linux accepts is shown whole; only a longer (hostile) name is cut
+PATH_MAX = 4096
+
+
 def _short(value: Any, limit: int = 80) -> str:
     """``repr(value)``, cut to about ``limit`` characters for messages."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
+
+
+def _shown_path(value: Any) -> str:
+    """``repr`` of a path for a message: whole up to ``PATH_MAX``, cut only past it."""
+    return _short(value, PATH_MAX)
 
 
 def _cut(text: str, limit: int = 200) -> str:
@@ -462,7 +473,7 @@ def load_spec(
         named = library.find(display)
         if named is None:
             hint = "; nor a library spec (`rescompile specs` lists them)" if p.suffix == "" else ""
-            raise SpecError(Diagnostic(None, f"{_short(display)[1:-1]}: no such file{hint}"))
+            raise SpecError(Diagnostic(None, f"{_shown_path(display)[1:-1]}: no such file{hint}"))
         p = named  # not a file: the library spec of that name
         display = _display(named.resolve())
     try:
@@ -471,7 +482,9 @@ def load_spec(
         why = getattr(e, "strerror", None) or str(e)
         if isinstance(e, RuntimeError):
             why = "a loop of symbolic links"
-        raise SpecError(Diagnostic(None, f"{_short(display)}: not a usable path: {why}")) from None
+        raise SpecError(
+            Diagnostic(None, f"{_shown_path(display)}: not a usable path: {why}")
+        ) from None
     if not real.exists() and p.exists():  # /dev/fd/63 of <(...) resolves to "pipe:[...]"
         real = p.absolute()
     if roots is None:
