@@ -251,8 +251,10 @@ def _recorded_recipe(data: dict[str, Any]) -> Any:
     for key, value in data.items():
         if key == "milestones":
             ok = isinstance(value, list) and all(_conforms(m, int) for m in value)
+        elif key in ("schedule", "unit"):
+            ok = value in typing.get_args(hints[key])
         else:
-            ok = key not in hints or key in ("schedule", "unit") or _conforms(value, hints[key])
+            ok = key not in hints or _conforms(value, hints[key])
         if not ok:
             raise UserError(f"config.json: plan.recipe.{key} is unreadable: {_short(value)}")
     try:

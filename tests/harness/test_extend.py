@@ -122,3 +122,22 @@ def test_the_command_line_extends_and_explains(tmp_path):
     assert r.code == 1 and "use it with --resume" in r.stderr
     r = run_cli("train", "--resume", str(run), "--lr", "0.5")
     assert r.code == 1 and "drop --lr" in r.stderr
+
+
+def test_a_damaged_recorded_recipe_or_extension_is_a_clear_error(tmp_path):
+    run = tmp_path / "r"
+    train(_config(run, steps=6, eval_every=6))
+    original = json.loads((run / "config.json").read_text())
+    for where, value, message in (
+        ("schedule", "zigzag", "plan.recipe.schedule is unreadable"),
+        ("lr", "fast", "plan.recipe.lr is unreadable"),
+        ("extensions", [{"from_step": 6, "steps": "x"}], "malformed entry"),
+    ):
+        damaged = json.loads(json.dumps(original))
+        if where == "extensions":
+            damaged["config"]["extensions"] = value
+        else:
+            damaged["plan"]["recipe"][where] = value
+        (run / "config.json").write_text(json.dumps(damaged))
+        with pytest.raises(UserError, match=message):
+            train(resume=run, steps=10)
