@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e '.[torch,flax,train,dev]'
+	$(BIN)/pip install -q -e '.[torch,flax,train,tensorboard,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -576,14 +576,58 @@ def train(
         str | None,
         _opt("digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | cifar100:PATH", "--data"),
     ] = None,
-    recipe: Annotated[str | None, _opt("paper-cifar | paper-imagenet | fast", "--recipe")] = None,
+    recipe: Annotated[
+        str | None,
+        _opt(
+            "a recipe file (YAML) or a library recipe: paper-cifar | paper-imagenet | fast "
+            "| torchvision-resnet50",
+            "--recipe",
+        ),
+    ] = None,
     epochs: Annotated[float | None, _opt("run length in epochs", "--epochs")] = None,
-    steps: Annotated[int | None, _opt("run length in steps", "--steps")] = None,
+    steps: Annotated[
+        int | None, _opt("run length in steps (with --resume: extend the run)", "--steps")
+    ] = None,
     batch_size: Annotated[int | None, _opt("global batch size", "--batch-size")] = None,
     lr: Annotated[float | None, _opt("base learning rate", "--lr")] = None,
+    momentum: Annotated[float | None, _opt("SGD momentum (the recipe's)", "--momentum")] = None,
+    nesterov: Annotated[
+        bool | None, _opt("Nesterov momentum (the recipe's)", "--nesterov/--no-nesterov")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, _opt("L2 weight decay (the recipe's)", "--weight-decay")
+    ] = None,
+    norm_weight_decay: Annotated[
+        float | None,
+        _opt(
+            "weight decay of BatchNorm scale and shift (default: --weight-decay)",
+            "--norm-weight-decay",
+        ),
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, _opt("label smoothing (the recipe's)", "--label-smoothing")
+    ] = None,
+    sync_bn: Annotated[
+        bool | None,
+        _opt(
+            "torchrun: BatchNorm statistics of the global batch (default on)",
+            "--sync-bn/--no-sync-bn",
+        ),
+    ] = None,
+    clip_grad_norm: Annotated[
+        float | None, _opt("clip the gradients' global L2 norm", "--clip-grad-norm")
+    ] = None,
     seed: Annotated[int | None, _opt("seed of init, order, augmentation", "--seed")] = None,
     out: Annotated[str | None, _opt("run directory (default runs/NAME-BACKEND)", "--out")] = None,
     resume: Annotated[str | None, _opt("continue the run in this directory", "--resume")] = None,
+    reschedule: Annotated[
+        bool,
+        _opt(
+            "with --resume RUN --steps N: plan the schedule afresh over N steps "
+            "(needed to extend a cosine or one-cycle run)",
+            "--reschedule",
+        ),
+    ] = False,
     eval_every: Annotated[int | None, _opt("steps between evaluations", "--eval-every")] = None,
     ckpt_every: Annotated[int | None, _opt("steps between checkpoints", "--ckpt-every")] = None,
     log_every: Annotated[int | None, _opt("steps between log records", "--log-every")] = None,
@@ -613,6 +657,10 @@ def train(
             "(another num_classes re-initialises the classifier)",
             "--init-from",
         ),
+    ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        _opt("also write TensorBoard event files to RUN/tensorboard", "--tensorboard"),
     ] = None,
     quiet: Annotated[bool, _opt("no progress output", "--quiet", "-q")] = False,
 ) -> None:

@@ -72,6 +72,13 @@ def test_wheel_carries_the_library_schema_and_types(wheel):
     assert "rescompile/backends/torch/__init__.py" in names
     assert "rescompile/backends/flax/__init__.py" in names
     assert not any(n.startswith(("tests/", "specs/", "backends/")) for n in names)
+    recipes = sorted(p.name for p in (ROOT / "rescompile" / "recipes").glob("*.yaml"))
+    prefix = "rescompile/recipes/"
+    shipped_recipes = sorted(
+        n.removeprefix(prefix) for n in names if n.startswith(prefix) and n.endswith(".yaml")
+    )
+    assert shipped_recipes == recipes
+    assert "torchvision-resnet50.yaml" in recipes
 
 
 def test_installed_wheel_audits_reports_and_builds_from_elsewhere(installed, tmp_path):
@@ -102,6 +109,10 @@ def test_installed_wheel_audits_reports_and_builds_from_elsewhere(installed, tmp
     source = (tmp_path / "m.py").read_text()
     assert "class Mine(nn.Module):" in source
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py", "mine.yaml"]
+
+    code = "from rescompile.harness.recipes import load_recipe as r; print(r('fast').lr)"
+    recipe = _run(installed / "python", "-c", code, cwd=tmp_path)
+    assert recipe.stdout.strip() == "0.1"
 
 
 def test_check_all_with_an_empty_library_is_an_error(installed, tmp_path):

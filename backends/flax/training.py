@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from rescompile.errors import UserError
-from rescompile.harness.runtime import Batch, RuntimeOptions, TrainData, host_batch, split_state
+from rescompile.harness.runtime import (
+    Batch,
+    RuntimeOptions,
+    TrainData,
+    host_batch,
+    split_state,
+    weight_decay_of,
+)
 from rescompile.ir.graph import Graph, Op
 
 __all__ = ["FlaxRuntime", "enable_compilation_cache", "make_runtime"]
@@ -62,6 +69,25 @@ def enable_compilation_cache() -> str | None:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     return str(path)
+
+
+def _clip_and_decay(decay: Any, max_norm: float | None) -> Any:
+    """An optax transformation: clip the gradients' global L2 norm to ``max_norm`` (when given),
+    as ``torch.nn.utils.clip_grad_norm_`` does, then add each parameter's weight decay times the
+    parameter, as ``torch.optim.SGD`` does (``decay`` mirrors the parameter tree)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def update(grads: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        if max_norm is not None:
+            norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
+            coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+            grads = jax.tree.map(lambda g: g * coef.astype(g.dtype), grads)
+        grads = jax.tree.map(lambda g, p, wd: g + wd * p if wd else g, grads, params, decay)
+        return grads, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _devices(want: str | None) -> list[Any]:
@@ -97,6 +123,11 @@ class FlaxRuntime:
         from .tools import linear_tracing, load_module
 
         self.options = options
+        if options.sync_bn is False:
+            raise UserError(
+                "--no-sync-bn: the flax backend normalises over the global batch (jax.sharding); "
+                "per-device BatchNorm statistics are not available"
+            )
         cache = enable_compilation_cache()
         devices = _devices(options.device)
         self.num_devices = len(devices)
@@ -115,6 +146,7 @@ class FlaxRuntime:
             "channels_last": True,  # flax is NHWC throughout
             "data_on_device": self.data_on_device,
             "devices": self.num_devices,
+            "sync_bn": True,  # sharded BatchNorm: statistics of the global batch
             "jax": jax.__version__,
             "compilation_cache": cache,
         }
@@ -142,12 +174,12 @@ class FlaxRuntime:
         self.rng_tags = sorted({v.tag for _, v in nnx.to_flat_state(nnx.state(model, nnx.RngKey))})
         self.dropout = any(n.op is Op.DROPOUT and n.attrs.get("p", 0) > 0 for n in graph)
 
-        self.tx = optax.chain(
-            optax.add_decayed_weights(options.weight_decay),
-            optax.trace(decay=options.momentum, nesterov=options.nesterov),
-        )
         self.params, self.stats, self.other = jax.device_put(
             (params, stats, other), self.replicated
+        )
+        self.tx = optax.chain(
+            _clip_and_decay(self._decay_tree(graph, model), options.clip_grad_norm),
+            optax.trace(decay=options.momentum, nesterov=options.nesterov),
         )
         self.opt_state = jax.device_put(self.tx.init(self.params), self.replicated)
         self.torch_shapes = convert.torch_shapes(model)
@@ -156,6 +188,22 @@ class FlaxRuntime:
         ]
         self._build_steps()
         self.data: TrainData | None = None
+
+    def _decay_tree(self, graph: Graph, model: Any) -> Any:
+        """The parameters' tree with each leaf replaced by its weight decay (a Python float),
+        mapped from PyTorch's parameter names through the portable layout."""
+        import jax
+        from flax import nnx
+
+        from .convert import torch_shapes, torch_state_dict_to_nnx
+
+        decay = weight_decay_of(graph, self.options)
+        values = {
+            k: np.full(shape, decay.get(k, 0.0), np.float32)
+            for k, shape in torch_shapes(model).items()
+        }
+        tree = nnx.split(torch_state_dict_to_nnx(self._model(), values), nnx.Param, ...)[1]
+        return jax.tree.map(lambda a: float(np.asarray(a).reshape(-1)[0]), tree)
 
     # -- the jitted functions --------------------------------------------------------------------
 

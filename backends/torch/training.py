@@ -13,8 +13,10 @@ the data. The driver asks it for steps, evaluations and state; see
   is switchable through :class:`~rescompile.harness.runtime.RuntimeOptions`.
 - **Data parallel**: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
   ``DistributedDataParallel`` on the ``nccl`` (GPU) or ``gloo`` (CPU) process group; each rank
-  trains on its share of every global batch; BatchNorm statistics are per rank, and rank 0's
-  buffers are broadcast at each forward (DDP's default).
+  trains on its share of every global batch. BatchNorm is synchronised by default
+  (``sync_bn``; :mod:`.syncbn`): its statistics are those of the global batch, as in flax's
+  sharded runs and as a single process would compute them; with ``sync_bn=False`` they are per
+  rank, and rank 0's buffers are broadcast at each forward (DDP's default).
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from torch import nn
 
 from rescompile.errors import UserError
 from rescompile.harness.checkpoint import check_compatible
-from rescompile.harness.runtime import Batch, RuntimeOptions, TrainData, host_batch, split_state
+from rescompile.harness.runtime import (
+    Batch,
+    RuntimeOptions,
+    TrainData,
+    host_batch,
+    split_state,
+    weight_decay_of,
+)
 from rescompile.ir.graph import Graph, Op
 
 from .tools import expected_state_dict, load_module
@@ -105,10 +114,16 @@ class TorchRuntime:
         model = load_module(source, graph.class_name)().to(self.dev)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.sync_bn = self.world_size > 1 and options.sync_bn is not False
+        self.settings["sync_bn"] = self.sync_bn
+        if self.sync_bn:
+            from .syncbn import synchronise_batchnorm
+
+            model = synchronise_batchnorm(model, self.dev)
         self.model = model
         self.params = dict(model.named_parameters())
         self.optimizer = torch.optim.SGD(
-            model.parameters(),
+            _decay_groups(self.params, weight_decay_of(graph, options)),
             lr=0.1,
             momentum=options.momentum,
             weight_decay=options.weight_decay,
@@ -202,6 +217,8 @@ class TorchRuntime:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.options.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad_norm)
         self.optimizer.step()
         correct = (logits.detach().argmax(1) == y).sum()
         return torch.stack([loss.detach().float(), correct.float()])
@@ -312,6 +329,16 @@ class TorchRuntime:
                 if not aborted:  # rank 0 may still be writing the summary and the plot
                     dist.barrier()
                 dist.destroy_process_group()
+
+
+def _decay_groups(
+    params: Mapping[str, nn.Parameter], decay: Mapping[str, float]
+) -> list[dict[str, object]]:
+    """SGD parameter groups, one per weight decay value, in the model's parameter order."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in params.items():
+        groups.setdefault(decay[name], []).append(p)
+    return [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

@@ -45,6 +45,7 @@ import numpy as np
 
 from rescompile.backends import load_backend
 from rescompile.errors import UserError
+from rescompile.harness.interrupt import DeferredInterrupt
 from rescompile.harness.runtime import Batch, Runtime, RuntimeOptions, TrainData
 from rescompile.ir.features import require_backend_support
 
@@ -84,11 +85,19 @@ class TrainConfig:
     backend: str = "torch"
     data: str = "digits"
     overrides: list[str] = field(default_factory=list)
-    recipe: str | None = None  # None: paper-cifar for inputs up to 64 px, else paper-imagenet
+    recipe: str | None = None  # a name or a YAML file; None: paper-cifar up to 64 px, else
+    # paper-imagenet (rescompile.harness.recipes)
     steps: int | None = None
     epochs: float | None = None
     batch_size: int | None = None
     lr: float | None = None
+    momentum: float | None = None  # these six replace the recipe's values
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    norm_weight_decay: float | None = None
+    label_smoothing: float | None = None
+    clip_grad_norm: float | None = None
+    sync_bn: bool | None = None  # None: synchronised BatchNorm when data-parallel
     seed: int = 0
     out: str | None = None
     eval_every: int | None = None
@@ -102,7 +111,10 @@ class TrainConfig:
     augment: bool | None = None  # None: the dataset's convention (CIFAR: pad-crop-flip)
     warmup: bool | None = None  # None: paper-cifar warms up nets of 110 layers or more
     quiet: bool = False
+    tensorboard: bool = False  # also write TensorBoard event files (rescompile.harness.tensorboard)
     init_from: str | None = None  # start from these weights (rescompile.harness.init)
+    # --resume RUN --steps N: {"from_step", "steps", "reschedule"} per extension, in order
+    extensions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +170,7 @@ def _auto_run_dir(name: str, backend: str) -> Path:
 class _Plan:
     recipe: Any
     plan: Any
+    warmup: bool | None
     batch_size: int
     eval_every: int
     ckpt_every: int
@@ -167,14 +180,19 @@ class _Plan:
     augment: bool
 
 
-def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -> _Plan:
+def _make_plan(
+    config: TrainConfig, graph: Any, dataset: Any, world_size: int, recorded: Any = None
+) -> _Plan:
+    """The run's plan; ``recorded`` is the recipe a resumed run recorded in its config.json (a
+    recipe file edited since, or a library recipe changed by an upgrade, does not change it)."""
     from rescompile.harness.data import steps_per_epoch
     from rescompile.harness.schedules import PAPER_WARMUP_DEPTH, get_recipe, plan_training
 
     name = config.recipe or (
         "paper-cifar" if max(graph.input_shape[1:]) <= 64 else "paper-imagenet"
     )
-    recipe = get_recipe(name)
+    recipe = get_recipe(name) if recorded is None else _recorded_recipe(recorded)
+    recipe = _with_flags(recipe, config)
     if config.batch_size is not None:
         if config.batch_size <= 0:
             raise UserError(f"--batch-size must be positive, got {config.batch_size}")
@@ -191,7 +209,7 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
         raise UserError(f"the batch size {bs} is larger than the training set ({n} images)")
     depth = weighted_layers(graph)
     warmup = config.warmup
-    if warmup is None and recipe.name == "paper-cifar":
+    if warmup is None and recipe.warmup_deep:
         warmup = depth >= PAPER_WARMUP_DEPTH
     if config.steps is not None and config.steps <= 0:
         raise UserError(f"--steps must be positive, got {config.steps}")
@@ -200,7 +218,9 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
     plan = plan_training(
         recipe, steps_per_epoch(n, bs), steps=config.steps, epochs=config.epochs, warmup=warmup
     )
-    total = plan.total_steps
+    total = plan.total_steps  # the cadence stays that of the run as first planned
+    for ext in config.extensions:
+        plan = _replay_extension(plan, ext, warmup)
     for what in ("eval_every", "ckpt_every", "log_every"):
         value = getattr(config, what)
         if value is not None and value <= 0:
@@ -212,6 +232,7 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
     return _Plan(
         recipe,
         plan,
+        warmup,
         bs,
         eval_every,
         ckpt_every,
@@ -219,6 +240,68 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
         eval_batch=max(bs, 256),
         depth=depth,
         augment=augment,
+    )
+
+
+def _recorded_recipe(data: dict[str, Any]) -> Any:
+    """The recipe a run recorded in its config.json, checked like the rest of that file."""
+    from rescompile.harness.schedules import Recipe
+
+    hints = typing.get_type_hints(Recipe)
+    for key, value in data.items():
+        if key == "milestones":
+            ok = isinstance(value, list) and all(_conforms(m, int) for m in value)
+        elif key in ("schedule", "unit"):
+            ok = value in typing.get_args(hints[key])
+        else:
+            ok = key not in hints or _conforms(value, hints[key])
+        if not ok:
+            raise UserError(f"config.json: plan.recipe.{key} is unreadable: {_short(value)}")
+    try:
+        return Recipe.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"config.json: plan.recipe is unreadable: {_short(str(exc))}") from None
+
+
+_FLAGS = {  # TrainConfig field -> (what it must be, its check)
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": ("at least 0", lambda v: v >= 0),
+    "norm_weight_decay": ("at least 0", lambda v: v >= 0),
+    "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "clip_grad_norm": ("positive", lambda v: v > 0),
+}
+
+
+def _with_flags(recipe: Any, config: TrainConfig) -> Any:
+    """The recipe with the optimiser values given on the command line."""
+    values: dict[str, Any] = {}
+    for name, (what, ok) in _FLAGS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+        values[name] = value
+    if config.nesterov is not None:
+        values["nesterov"] = config.nesterov
+    recipe = replace(recipe, **values)
+    if recipe.nesterov and recipe.momentum == 0:
+        raise UserError("Nesterov momentum needs a momentum above 0 (--momentum)")
+    return recipe
+
+
+def _replay_extension(plan: Any, ext: Any, warmup: bool | None) -> Any:
+    """A run's plan with one of the extensions recorded in its config.json applied again."""
+    from rescompile.harness.schedules import extend_plan
+
+    if (
+        not isinstance(ext, dict)
+        or not all(_conforms(ext.get(k), int) for k in ("from_step", "steps"))
+        or not isinstance(ext.get("reschedule"), bool)
+    ):
+        raise UserError(f"config.extensions holds a malformed entry: {_short(ext)}")
+    return extend_plan(
+        plan, ext["steps"], from_step=ext["from_step"], reschedule=ext["reschedule"], warmup=warmup
     )
 
 
@@ -314,6 +397,9 @@ def train(
     resume: str | Path | None = None,
     quiet: bool | None = None,
     on_step: Callable[[int], None] | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    reschedule: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a training run and return its summary (empty on ranks other than 0).
 
@@ -322,6 +408,9 @@ def train(
         resume: a run directory: continue from its latest checkpoint with its saved
             configuration and its saved resolved spec.
         quiet: overrides ``config.quiet`` (for a resumed run).
+        steps, epochs: with ``resume``, a new length for the run (at least its current one);
+            see :func:`rescompile.harness.schedules.extend_plan` for what happens to the
+            schedule, and ``reschedule`` to plan it afresh over the new length.
         on_step: called with the step count after every step (tests, notebooks).
 
     Raises:
@@ -338,7 +427,12 @@ def train(
             raise UserError(f"{run_dir} is not a run directory")
         with _lock(run_dir, rank0):
             config, saved, resolved, graph = _read_run(run_dir)
-            return _train(config, saved, resolved, graph, run_dir, quiet, on_step, session_start)
+            extend = _Extension(steps, epochs, reschedule)
+            return _train(
+                config, saved, resolved, graph, run_dir, quiet, on_step, session_start, extend
+            )
+    if steps is not None or epochs is not None or reschedule:
+        raise ValueError("steps, epochs and reschedule extend a resumed run; set them in config")
     if config is None:
         raise ValueError("give a config or a run directory to resume")
     resolved, graph = compile_spec(config.spec, config.overrides)
@@ -413,6 +507,8 @@ def _conforms(value: Any, tp: Any) -> bool:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return any(_conforms(value, a) for a in args)
+    if typing.get_origin(tp) is dict:
+        return isinstance(value, dict)
     if typing.get_origin(tp) is list:
         return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
     if tp is type(None):
@@ -461,6 +557,18 @@ def _short(text: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+@dataclass(frozen=True)
+class _Extension:
+    """What ``--resume RUN`` was asked to change: the run's length and whether to re-plan."""
+
+    steps: int | None = None
+    epochs: float | None = None
+    reschedule: bool = False
+
+    def __bool__(self) -> bool:
+        return self.steps is not None or self.epochs is not None or self.reschedule
+
+
 def _train(
     config: TrainConfig,
     saved: dict[str, Any] | None,
@@ -470,6 +578,7 @@ def _train(
     quiet: bool | None,
     on_step: Callable[[int], None] | None,
     session_start: float,
+    extend: _Extension | None = None,
 ) -> dict[str, Any]:
     from rescompile.harness.data import load_dataset
     from rescompile.harness.runtime import load_training_module
@@ -480,13 +589,18 @@ def _train(
     dataset = load_dataset(config.data)
     _check_fit(graph, dataset, config.data)
     training = load_training_module(config.backend)  # before anything slow: clear import errors
+    if config.tensorboard:
+        from rescompile.harness.tensorboard import require_tensorboard
+
+        require_tensorboard()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and config.backend != "torch":
         raise UserError(
             f"torchrun starts one process per device for the torch backend; the {config.backend} "
             "backend uses every local device from a single process: run it without torchrun"
         )
-    p = _make_plan(config, graph, dataset, world)
+    recorded = (saved or {}).get("plan", {}).get("recipe") if saved else None
+    p = _make_plan(config, graph, dataset, world, recorded if isinstance(recorded, dict) else None)
     backend = load_backend(config.backend)
     require_backend_support(graph, backend, config.backend)
     source = backend.emit(graph)
@@ -496,6 +610,10 @@ def _train(
         weight_decay=p.recipe.weight_decay,
         nesterov=p.recipe.nesterov,
         label_smoothing=p.recipe.label_smoothing,
+        norm_weight_decay=p.recipe.norm_weight_decay,
+        bias_weight_decay=p.recipe.bias_weight_decay,
+        clip_grad_norm=p.recipe.clip_grad_norm,
+        sync_bn=config.sync_bn,
         precision=config.precision,  # type: ignore[arg-type]
         compile=config.compile,
         channels_last=config.channels_last,
@@ -504,7 +622,7 @@ def _train(
     rt: Runtime = training.make_runtime(graph, source, options)
     try:
         session = _Session(config, resolved, graph, dataset, p, rt, run_dir, source, on_step)
-        summary = session.run(saved, session_start)
+        summary = session.run(saved, session_start, extend)
     except BaseException:
         rt.close(aborted=True)
         raise
@@ -551,10 +669,23 @@ class _Session:
         self.timer = 0.0
         self.step = 0
         self.last_ckpt = -1
+        self.ema = None
+        if p.recipe.ema_decay is not None:
+            from rescompile.harness.ema import WeightAverage
+
+            self.ema = WeightAverage(p.recipe.ema_decay, p.recipe.ema_every)
+        self.guard = DeferredInterrupt(
+            "interrupt: finishing this step, then saving a checkpoint "
+            "(Ctrl-C again stops at once and keeps the last checkpoint)"
+            if self.rank0 and not config.quiet
+            else None
+        )
 
     # -- the phases ----------------------------------------------------------------------------
 
-    def run(self, saved: dict[str, Any] | None, session_start: float) -> dict[str, Any]:
+    def run(
+        self, saved: dict[str, Any] | None, session_start: float, extend: _Extension | None = None
+    ) -> dict[str, Any]:
         self.session_start = session_start
         d = self.dataset
         self.rt.set_data(
@@ -563,6 +694,9 @@ class _Session:
             )
         )
         resumed_from = self._restore() if saved is not None else None
+        self.extend_note: str | None = None
+        if extend:
+            self._extend(extend, saved)
         if self.config.init_from and self.step == 0:  # a new run (or one with no checkpoint)
             self.init_note = self._init_from(self.config.init_from)
         self.reporter = _Reporter(self.total, self.step, self.config.quiet, enabled=self.rank0)
@@ -570,7 +704,8 @@ class _Session:
             self._open_run_dir(new=saved is None)
             self.reporter.say(self._header(saved is not None, resumed_from))
         try:
-            self._loop()
+            with self.guard:
+                self._loop()
             train_loss, train_correct, train_count = self.rt.evaluate("train", self.p.eval_batch)
         except KeyboardInterrupt:
             self._save_on_interrupt()
@@ -625,9 +760,55 @@ class _Session:
             for what in skipped:
                 print(f"warning: skipped the damaged checkpoint {what}", file=sys.stderr)
         self.rt.load_state_dict(tensors)
+        if self.ema is not None:
+            self.ema.restore(tensors)
         self.step = self.last_ckpt = state["step"]
         self.clock = _Clock.from_state(state)
         return ckpt
+
+    def _extend(self, extend: _Extension, saved: dict[str, Any] | None) -> None:
+        """Make the resumed run longer (or re-plan it) from the restored step, and record that
+        in config.json so that a later --resume replays it."""
+        from rescompile.harness.schedules import extend_plan
+
+        if extend.steps is not None and extend.epochs is not None:
+            raise UserError("give the new run length as --steps or --epochs, not both")
+        if extend.steps is not None and extend.steps <= 0:
+            raise UserError(f"--steps must be positive, got {extend.steps}")
+        if extend.epochs is not None and not (extend.epochs > 0 and math.isfinite(extend.epochs)):
+            raise UserError(f"--epochs must be positive, got {extend.epochs}")
+        old = self.total
+        if extend.steps is not None:
+            total = extend.steps
+        elif extend.epochs is not None:
+            total = round(extend.epochs * self.spe)
+        else:
+            total = old
+        plan = extend_plan(
+            self.plan,
+            total,
+            from_step=self.step,
+            reschedule=extend.reschedule,
+            warmup=self.p.warmup,
+        )
+        if plan is self.plan:
+            return
+        entry = {"from_step": self.step, "steps": total, "reschedule": extend.reschedule}
+        self.config.extensions = [*self.config.extensions, entry]
+        self.p = replace(self.p, plan=plan)
+        self.plan, self.total = plan, plan.total_steps
+        how = (
+            f"the {self.p.recipe.schedule} schedule planned afresh over {total} steps from "
+            f"step {self.step}"
+            if extend.reschedule
+            else f"the schedule continued past step {old} at its final rate"
+        )
+        self.extend_note = f"extended from {old} to {total} steps: {how}"
+        if self.rank0 and saved is not None:
+            record = dict(saved)
+            record["config"] = self.config.to_dict()
+            record["plan"] = plan.to_dict()
+            _write_json(self.run_dir / CONFIG_FILE, record)
 
     def _init_from(self, path: str) -> str:
         """Load the starting weights of a fine-tuning run; the note says what was loaded."""
@@ -661,6 +842,11 @@ class _Session:
             _write_json(self.run_dir / CONFIG_FILE, record)
         # a resumed run drops the records written after its checkpoint by the killed process
         self.logger = MetricsLogger(self.run_dir, resume_step=None if new else self.step)
+        if self.config.tensorboard:
+            from rescompile.harness.tensorboard import Tee, TensorBoardWriter
+
+            writer = TensorBoardWriter(self.run_dir, resume_step=None if new else self.step)
+            self.logger = Tee(self.logger, writer)
 
     def _header(self, resuming: bool, resumed_from: Path | None) -> str:
         g, p, plan, rt = self.graph, self.p, self.plan, self.rt
@@ -677,6 +863,7 @@ class _Session:
             f"{self.bs} ({plan.epochs:.1f} epochs), lr {p.recipe.lr}, milestones "
             f"{list(plan.milestones)}{warm}\nrun directory {self.run_dir}{where}"
             + (f"\n{self.init_note}" if self.init_note else "")
+            + (f"\n{self.extend_note}" if self.extend_note else "")
         )
 
     def _loop(self) -> None:
@@ -691,39 +878,46 @@ class _Session:
         self.timer = time.perf_counter()
         self.loop_start, self.loop_start_step = self.timer, self.step
         while self.step < self.total:
-            epoch, index = divmod(self.step, self.spe)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_permutation(n_train, seed, epoch), epoch
-            idx = order[index * self.bs : (index + 1) * self.bs]
-            crop = augment_params(batch_rng(seed, epoch, index), self.bs) if p.augment else ()
-            batch = Batch(self.step, idx, *crop).shard(rt.rank, rt.world_size)
-            self.lr = self.plan.lr(self.step)
-            self.pending.append(rt.train_step(batch, self.lr))
-            self.step += 1
-            step = self.step
-            if first:  # the session's first step includes compilation: time it on its own
-                first = False
-                self._flush()
-                now = time.perf_counter()
-                if self.clock.first_step_s is None:
-                    self.clock.first_step_s = now - self.timer
-                self.timer = now
-            else:
-                self.window_timed += 1
-            if step % p.log_every == 0 or step == self.total:
-                self._flush()
-                self._log_window()
-            if step % p.eval_every == 0 or step == self.total:
-                self._flush()
-                with self._untimed():
-                    self._evaluate()
-            if step % p.ckpt_every == 0 or step == self.total:
-                self._flush()
-                with self._untimed():
-                    self._save()
-            if self.on_step is not None:
-                self.on_step(step)
-            self.reporter.advance(step)
+            # a Ctrl-C is held until the step, its evaluation and checkpoint are done: the
+            # state and the step always agree when it is raised (rescompile.harness.interrupt)
+            with self.guard.critical():
+                epoch, index = divmod(self.step, self.spe)
+                if epoch != order_epoch:
+                    order, order_epoch = epoch_permutation(n_train, seed, epoch), epoch
+                idx = order[index * self.bs : (index + 1) * self.bs]
+                crop = augment_params(batch_rng(seed, epoch, index), self.bs) if p.augment else ()
+                batch = Batch(self.step, idx, *crop).shard(rt.rank, rt.world_size)
+                self.lr = self.plan.lr(self.step)
+                self.pending.append(rt.train_step(batch, self.lr))
+                self.step += 1
+                step = self.step
+                if first:  # the session's first step includes compilation: time it on its own
+                    first = False
+                    self._flush()
+                    now = time.perf_counter()
+                    if self.clock.first_step_s is None:
+                        self.clock.first_step_s = now - self.timer
+                    self.timer = now
+                else:
+                    self.window_timed += 1
+                if step % p.log_every == 0 or step == self.total:
+                    self._flush()
+                    self._log_window()
+                if self.ema is not None and step % self.ema.every == 0:
+                    with self._untimed():
+                        reset = step <= self.plan.warmup_steps
+                        self.ema.update(self.rt.state_dict(), reset=reset)
+                if step % p.eval_every == 0 or step == self.total:
+                    self._flush()
+                    with self._untimed():
+                        self._evaluate()
+                if step % p.ckpt_every == 0 or step == self.total:
+                    self._flush()
+                    with self._untimed():
+                        self._save()
+                if self.on_step is not None:
+                    self.on_step(step)
+                self.reporter.advance(step)
 
     def _finish(self, train_loss: float, train_err: float) -> dict[str, Any]:
         from rescompile.harness.metrics import read_metrics
@@ -844,8 +1038,9 @@ class _Session:
         loss, err = loss_sum / count, 1.0 - correct / count
         if not math.isfinite(loss):  # the weights or BatchNorm statistics are no longer finite
             self._diverged(self.step, loss, "test loss")
+        extra = self._evaluate_average()
         if self.rank0:
-            self.logger.log_eval(self.step, test_loss=loss, test_error=err)
+            self.logger.log_eval(self.step, test_loss=loss, test_error=err, **extra)
         if self.reporter is not None:  # above the progress bar on a terminal
             width = len(str(self.total))
             train_err = self.last_train_error
@@ -855,6 +1050,19 @@ class _Session:
                 f"test err {100 * err:5.1f}%  test loss {loss:.3f}  lr {self.lr:.3g}  "
                 f"{self._pace()}"
             )
+
+    def _evaluate_average(self) -> dict[str, float]:
+        """The weight average's test loss and error (the runtime holds it for the evaluation,
+        then the training state again, exactly)."""
+        if self.ema is None or self.ema.tensors is None:
+            return {}
+        state = self.rt.state_dict()
+        self.rt.load_state_dict(self.ema.tensors)
+        try:
+            loss_sum, correct, count = self.rt.evaluate("test", self.p.eval_batch)
+        finally:
+            self.rt.load_state_dict(state)
+        return {"ema_test_loss": loss_sum / count, "ema_test_error": 1.0 - correct / count}
 
     def _pace(self) -> str:
         """Training images/s (of the last logged window), time elapsed in this session and the
@@ -886,6 +1094,8 @@ class _Session:
                 "wall_s": self.clock.wall_s + time.perf_counter() - self.session_start,
             }
             tensors = self.rt.state_dict()
+            if self.ema is not None:
+                tensors.update(self.ema.checkpoint_tensors())
             bad = next(
                 (k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()),
                 None,
@@ -912,6 +1122,15 @@ class _Session:
         """On Ctrl-C, keep the work done: checkpoint the current step if its losses are finite
         (single process only: other ranks may not be at the same point)."""
         if self.rt.world_size > 1 or self.step <= self.last_ckpt or self.logger is None:
+            return
+        if self.guard.torn:  # a second Ctrl-C inside a step: its state is not one to keep
+            if self.reporter is not None:
+                self.reporter.close()
+                self.reporter.say(
+                    f"interrupted during step {self.step + 1}: nothing saved; the last "
+                    f"checkpoint (step {max(self.last_ckpt, 0)}) stands: continue with "
+                    f"--resume {self.run_dir}"
+                )
             return
         try:
             self._flush()
@@ -967,8 +1186,9 @@ def _config_record(config, resolved, graph, dataset, p: _Plan, rt: Runtime) -> d
         "ckpt_every": p.ckpt_every,
         "log_every": p.log_every,
         "augment": p.augment,
-        "weight_decay_note": "L2 weight decay on every parameter (weights, biases, BatchNorm "
-        "scale and shift), added to the gradient, as in He et al. (2016)",
+        "weight_decay_note": "L2 weight decay added to the gradient, as in He et al. (2016); "
+        "on every parameter (weights, biases, BatchNorm scale and shift) unless the recipe's "
+        "norm_weight_decay or bias_weight_decay says otherwise",
         "backend": config.backend,
         "device": rt.device,
         "world_size": rt.world_size,
@@ -1009,6 +1229,7 @@ def _summary(
         ),
         "final_test_error": evals[-1]["test_error"] if evals else None,
         "final_test_loss": evals[-1]["test_loss"] if evals else None,
+        "final_ema_test_error": evals[-1].get("ema_test_error") if evals else None,
         "best_test_error": best["test_error"] if best else None,
         "best_test_step": best["step"] if best else None,
         "images_per_s": round(ips, 1) if ips else None,
@@ -1111,6 +1332,13 @@ _RUN_OPTIONS = {  # CLI name -> TrainConfig field
     "steps": "steps",
     "batch_size": "batch_size",
     "lr": "lr",
+    "momentum": "momentum",
+    "nesterov": "nesterov",
+    "weight_decay": "weight_decay",
+    "norm_weight_decay": "norm_weight_decay",
+    "label_smoothing": "label_smoothing",
+    "clip_grad_norm": "clip_grad_norm",
+    "sync_bn": "sync_bn",
     "seed": "seed",
     "out": "out",
     "eval_every": "eval_every",
@@ -1124,6 +1352,7 @@ _RUN_OPTIONS = {  # CLI name -> TrainConfig field
     "augment": "augment",
     "warmup": "warmup",
     "init_from": "init_from",
+    "tensorboard": "tensorboard",
 }
 
 
@@ -1131,7 +1360,12 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
     """``rescompile train``: build the config from the command's arguments and train."""
     quiet = bool(args.get("quiet"))
     if args.get("resume"):
-        given = [name for name in ("spec", "set_", *_RUN_OPTIONS) if args.get(name) is not None]
+        extending = ("steps", "epochs")  # --resume RUN --steps N makes the run longer
+        given = [
+            name
+            for name in ("spec", "set_", *_RUN_OPTIONS)
+            if args.get(name) is not None and name not in extending
+        ]
         if given:
             flags = ", ".join(
                 "SPEC" if g == "spec" else "--" + g.rstrip("_").replace("_", "-") for g in given
@@ -1140,7 +1374,15 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
                 f"--resume continues a run with its saved configuration; drop {flags} "
                 f"(see {Path(args['resume']) / CONFIG_FILE})"
             )
-        return train(resume=args["resume"], quiet=quiet)
+        return train(
+            resume=args["resume"],
+            quiet=quiet,
+            steps=args.get("steps"),
+            epochs=args.get("epochs"),
+            reschedule=bool(args.get("reschedule")),
+        )
+    if args.get("reschedule"):
+        raise UserError("--reschedule re-plans a resumed run: use it with --resume RUN --steps N")
     if not args.get("spec"):
         raise UserError("give a SPEC to train, or --resume RUN_DIR")
     if args.get("out") == "":

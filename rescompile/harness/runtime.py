@@ -23,9 +23,13 @@ Contract:
   each parameter as ``optim/<parameter>.momentum``. So a checkpoint written by one backend
   resumes or evaluates in the other.
 - **Optimiser**: SGD with momentum (optionally Nesterov) and L2 weight decay added to the
-  gradient of *every* parameter (convolution and fc weights, fc bias, BatchNorm scale and shift),
+  gradient of every parameter (convolution and fc weights, fc bias, BatchNorm scale and shift),
   as in He et al. (2016) and PyTorch's ``SGD(weight_decay=...)``:
-  ``g += wd * p; buf = momentum * buf + g; p -= lr * (g + momentum * buf if nesterov else buf)``.
+  ``g = clip(g); g += wd * p; buf = momentum * buf + g; p -= lr * (g + momentum * buf if nesterov
+  else buf)``, where ``wd`` is :func:`weight_decay_of` the parameter (normalisation layers and
+  biases may have their own) and ``clip`` rescales every gradient by
+  ``min(1, max_norm / (global L2 norm + 1e-6))`` when ``clip_grad_norm`` is set
+  (``torch.nn.utils.clip_grad_norm_``).
 - **Data parallelism** is the runtime's business: a runtime with ``world_size > 1`` receives in
   each :class:`Batch` only its own rank's share of the global batch, reduces gradients itself,
   and returns global figures from :meth:`Runtime.collect` and :meth:`Runtime.evaluate`. Only
@@ -53,6 +57,7 @@ __all__ = [
     "load_training_module",
     "make_runtime",
     "split_state",
+    "weight_decay_of",
 ]
 
 Precision = Literal["fp32", "bf16"]
@@ -68,6 +73,10 @@ class RuntimeOptions:
     weight_decay: float = 1e-4
     nesterov: bool = False
     label_smoothing: float = 0.0
+    norm_weight_decay: float | None = None  # normalisation scale and shift (None: weight_decay)
+    bias_weight_decay: float | None = None  # every `bias` (None: as the parameter's layer)
+    clip_grad_norm: float | None = None  # max global L2 norm of the gradients (before decay)
+    sync_bn: bool | None = None  # BatchNorm over the global batch (None: yes when data-parallel)
     precision: Precision | None = None
     compile: bool | None = None
     channels_last: bool | None = None
@@ -217,6 +226,30 @@ class Runtime(Protocol):
     def close(self, *, aborted: bool = False) -> None:
         """Release process groups and the like. At the normal end of a run (``aborted`` false)
         a data-parallel runtime first waits for every rank to get there."""
+
+
+def weight_decay_of(graph: Any, options: RuntimeOptions) -> dict[str, float]:
+    """The weight decay of each parameter, keyed like the emitted PyTorch model's parameters,
+    following torchvision's ``set_weight_decay``: a parameter called ``bias`` takes
+    ``bias_weight_decay`` when that is set; else a normalisation layer's takes
+    ``norm_weight_decay`` when that is set; else ``weight_decay``."""
+    from rescompile.emission.state import state_dict_layout
+    from rescompile.ir.graph import Op
+
+    norms = {n.name for n in graph if n.op in (Op.BATCHNORM, Op.GROUPNORM)}
+    buffers = (".running_mean", ".running_var", ".num_batches_tracked")
+    out: dict[str, float] = {}
+    for key in state_dict_layout(graph):
+        if key.endswith(buffers):
+            continue
+        module, _, name = key.rpartition(".")
+        if name == "bias" and options.bias_weight_decay is not None:
+            out[key] = options.bias_weight_decay
+        elif module in norms and options.norm_weight_decay is not None:
+            out[key] = options.norm_weight_decay
+        else:
+            out[key] = options.weight_decay
+    return out
 
 
 def load_training_module(backend: str) -> Any:

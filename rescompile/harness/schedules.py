@@ -18,15 +18,15 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from rescompile.errors import UserError
 
 __all__ = [
     "PAPER_WARMUP_DEPTH",
-    "RECIPES",
     "Cosine",
+    "Extended",
     "OneCycle",
     "Recipe",
     "RecipeError",
@@ -34,6 +34,7 @@ __all__ = [
     "StepDecay",
     "TrainPlan",
     "cosine",
+    "extend_plan",
     "get_recipe",
     "one_cycle",
     "plan_training",
@@ -71,12 +72,13 @@ class StepDecay:
     gamma: float = 0.1
     warmup_steps: int = 0
     warmup_lr: float | None = None
+    warmup_factor: float | None = None
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             if self.warmup_lr is not None:
                 return self.warmup_lr
-            return _linear_warmup(self.base_lr, step, self.warmup_steps)
+            return _linear_warmup(self.base_lr, step, self.warmup_steps, self.warmup_factor)
         return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, step)
 
 
@@ -88,10 +90,11 @@ class Cosine:
     total_steps: int
     warmup_steps: int = 0
     final_lr: float = 0.0
+    warmup_factor: float | None = None
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return _linear_warmup(self.base_lr, step, self.warmup_steps)
+            return _linear_warmup(self.base_lr, step, self.warmup_steps, self.warmup_factor)
         span = max(self.total_steps - self.warmup_steps, 1)
         progress = min(max((step - self.warmup_steps) / span, 0.0), 1.0)
         return _cosine_between(self.base_lr, self.final_lr, progress)
@@ -124,8 +127,33 @@ class OneCycle:
         return _cosine_between(self.max_lr, final, (step - peak) / (last - peak))
 
 
-def _linear_warmup(base_lr: float, step: int, warmup_steps: int) -> float:
-    return base_lr * (step + 1) / warmup_steps
+@dataclass(frozen=True)
+class Extended:
+    """A run's schedule after ``--resume RUN --steps N`` made it longer: each segment
+    ``(first step, schedule)`` gives the rate from its first step on (see :func:`extend_plan`)."""
+
+    segments: tuple[tuple[int, StepDecay | Cosine | OneCycle], ...]
+
+    def __call__(self, step: int) -> float:
+        for start, schedule in reversed(self.segments):
+            if step >= start:
+                return schedule(step)
+        return self.segments[0][1](step)
+
+    @property
+    def last(self) -> StepDecay | Cosine | OneCycle:
+        return self.segments[-1][1]
+
+
+def _linear_warmup(
+    base_lr: float, step: int, warmup_steps: int, factor: float | None = None
+) -> float:
+    """``factor`` None: ``base_lr * (step + 1) / warmup_steps`` (reaches ``base_lr`` on the last
+    warm-up step); a number: torchvision's ``LinearLR(start_factor=factor)``, per step:
+    ``base_lr * (factor + (1 - factor) * step / warmup_steps)``."""
+    if factor is None:
+        return base_lr * (step + 1) / warmup_steps
+    return base_lr * (factor + (1.0 - factor) * step / warmup_steps)
 
 
 def _cosine_between(start: float, end: float, progress: float) -> float:
@@ -138,21 +166,26 @@ def step_decay(
     gamma: float = 0.1,
     warmup_steps: int = 0,
     warmup_lr: float | None = None,
+    warmup_factor: float | None = None,
 ) -> StepDecay:
     """Piecewise-constant decay; see :class:`StepDecay`."""
     ordered = tuple(sorted(int(m) for m in milestones))
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    return StepDecay(base_lr, ordered, gamma, warmup_steps, warmup_lr)
+    return StepDecay(base_lr, ordered, gamma, warmup_steps, warmup_lr, warmup_factor)
 
 
 def cosine(
-    base_lr: float, total_steps: int, warmup_steps: int = 0, final_lr: float = 0.0
+    base_lr: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    final_lr: float = 0.0,
+    warmup_factor: float | None = None,
 ) -> Cosine:
     """Cosine decay with linear warm-up; see :class:`Cosine`."""
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
-    return Cosine(base_lr, total_steps, warmup_steps, final_lr)
+    return Cosine(base_lr, total_steps, warmup_steps, final_lr, warmup_factor)
 
 
 def one_cycle(
@@ -180,8 +213,15 @@ class Recipe:
     """A named set of optimization hyper-parameters. The optimizer is SGD with momentum.
 
     ``length``, ``milestones`` and ``warmup`` are in ``unit`` (steps or epochs).
-    ``warmup_by_default`` says whether the warm-up applies when the caller does not decide
-    (the paper warms up only its deepest nets; see :data:`PAPER_WARMUP_DEPTH`).
+    ``warmup_by_default`` says whether the warm-up applies when the caller does not decide;
+    ``warmup_deep`` makes that the paper's rule (nets of :data:`PAPER_WARMUP_DEPTH` layers or
+    more warm up). Recipes are written as YAML files (:mod:`rescompile.harness.recipes`).
+
+    ``norm_weight_decay`` (normalisation layers' scale and shift) and ``bias_weight_decay``
+    (every parameter called ``bias``, normalisation shifts included, taking precedence) replace
+    ``weight_decay`` for those parameters when set, as torchvision's ``--norm-weight-decay`` and
+    ``--bias-weight-decay``. ``clip_grad_norm`` rescales the gradients (before weight decay)
+    whose global L2 norm exceeds it, as ``torch.nn.utils.clip_grad_norm_``.
     """
 
     name: str
@@ -200,71 +240,42 @@ class Recipe:
     warmup_by_default: bool = True
     nesterov: bool = False
     label_smoothing: float = 0.0
+    warmup_deep: bool = False
+    warmup_factor: float | None = None
+    final_lr: float = 0.0
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    norm_weight_decay: float | None = None
+    bias_weight_decay: float | None = None
+    clip_grad_norm: float | None = None
+    ema_decay: float | None = None  # an average of the weights (rescompile.harness.ema)
+    ema_every: int = 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """The inverse of ``dataclasses.asdict`` (a recipe recorded in a run's config.json)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["milestones"] = tuple(values.get("milestones", ()))
+        return cls(**values)
 
 
-RECIPES: dict[str, Recipe] = {
-    "paper-cifar": Recipe(
-        name="paper-cifar",
-        description=(
-            "He et al. 2016, sec. 4.2: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 "
-            "divided by 10 at 32k and 48k iterations, 64k iterations in all; nets of 110 layers "
-            "or more warm up at lr 0.01 for the first 400 iterations"
-        ),
-        batch_size=128,
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="step",
-        length=64_000,
-        unit="steps",
-        milestones=(32_000, 48_000),
-        warmup=400,
-        warmup_lr=0.01,
-        warmup_by_default=False,
-    ),
-    "paper-imagenet": Recipe(
-        name="paper-imagenet",
-        description=(
-            "He et al. 2016, sec. 3.4: batch 256, SGD momentum 0.9, weight decay 1e-4, lr 0.1 "
-            "divided by 10 every 30 epochs, 90 epochs (the paper divides 'when the error "
-            "plateaus'; every 30 epochs is the torchvision reference convention)"
-        ),
-        batch_size=256,
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="step",
-        length=90,
-        unit="epochs",
-        milestones=(30, 60),
-    ),
-    "fast": Recipe(
-        name="fast",
-        description=(
-            "a short modern run: batch 128, SGD Nesterov momentum 0.9, weight decay 5e-4, "
-            "lr 0.1 with 1 epoch of linear warm-up then cosine decay to 0, label smoothing 0.1, "
-            "30 epochs"
-        ),
-        batch_size=128,
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-        schedule="cosine",
-        length=30,
-        unit="epochs",
-        warmup=1,
-        nesterov=True,
-        label_smoothing=0.1,
-    ),
-}
+def __getattr__(name: str) -> Any:
+    """``RECIPES``: the library's recipes by name (read from their YAML files on first use)."""
+    if name == "RECIPES":
+        from rescompile.harness.recipes import library_names, load_recipe
+
+        return {n: load_recipe(n) for n in library_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_recipe(name: str) -> Recipe:
-    """The recipe called ``name``; :class:`RecipeError` lists the choices otherwise."""
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise RecipeError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+    """The recipe called ``name`` (a library recipe) or in the YAML file ``name``; a
+    :class:`RecipeError` lists the choices otherwise (see :mod:`rescompile.harness.recipes`)."""
+    from rescompile.harness.recipes import load_recipe
+
+    return load_recipe(name)
 
 
 @dataclass(frozen=True)
@@ -276,7 +287,7 @@ class TrainPlan:
     total_steps: int
     milestones: tuple[int, ...]
     warmup_steps: int
-    lr: StepDecay | Cosine | OneCycle = field(repr=False)
+    lr: StepDecay | Cosine | OneCycle | Extended = field(repr=False)
 
     @property
     def epochs(self) -> float:
@@ -351,9 +362,68 @@ def plan_training(
 
     schedule: StepDecay | Cosine | OneCycle
     if recipe.schedule == "step":
-        schedule = step_decay(recipe.lr, milestones, recipe.gamma, warmup_steps, recipe.warmup_lr)
+        schedule = step_decay(
+            recipe.lr,
+            milestones,
+            recipe.gamma,
+            warmup_steps,
+            recipe.warmup_lr,
+            recipe.warmup_factor,
+        )
     elif recipe.schedule == "cosine":
-        schedule = cosine(recipe.lr, total, warmup_steps)
+        schedule = cosine(recipe.lr, total, warmup_steps, recipe.final_lr, recipe.warmup_factor)
     else:
-        schedule = one_cycle(recipe.lr, max(total, 2))
+        schedule = one_cycle(
+            recipe.lr,
+            max(total, 2),
+            recipe.pct_start,
+            recipe.div_factor,
+            recipe.final_div_factor,
+        )
     return TrainPlan(recipe, steps_per_epoch, total, milestones, warmup_steps, schedule)
+
+
+def extend_plan(
+    plan: TrainPlan, total: int, *, from_step: int, reschedule: bool, warmup: bool | None = None
+) -> TrainPlan:
+    """``plan`` made ``total`` steps long, for a run resumed at ``from_step`` with ``--steps``.
+
+    What torchvision and timm users expect of "train this run for longer":
+
+    - step decay keeps its milestones where they were (in steps), as ``MultiStepLR`` restored
+      from a checkpoint does: the steps already planned keep their rates and the added ones run
+      at the last rate. The extended run is the run it was, continued.
+    - cosine and one-cycle have annealed to (nearly) zero at the old end, so continuing them
+      trains at that rate: refused unless ``reschedule``.
+    - ``reschedule`` plans the recipe afresh over ``total`` steps (milestones and warm-up scaled
+      as for a new run of that length, as timm does when a run resumes with more epochs) and
+      applies it from ``from_step``: the steps already taken keep the rates they had, so the
+      rate may jump there.
+
+    Raises:
+        RecipeError: ``total`` shorter than the plan, or a cosine/one-cycle without reschedule.
+    """
+    if total < plan.total_steps:
+        raise RecipeError(
+            f"--steps {total} is shorter than the run's {plan.total_steps} steps; a run can be "
+            "extended, not shortened"
+        )
+    if total == plan.total_steps and not reschedule:
+        return plan
+    base = plan.lr.last if isinstance(plan.lr, Extended) else plan.lr
+    segments = plan.lr.segments if isinstance(plan.lr, Extended) else ((0, plan.lr),)
+    if reschedule:
+        fresh = plan_training(plan.recipe, plan.steps_per_epoch, steps=total, warmup=warmup)
+        return replace(
+            fresh,
+            lr=Extended((*segments, (from_step, fresh.lr))),
+        )
+    if not isinstance(base, StepDecay):
+        kind = "cosine" if isinstance(base, Cosine) else "one-cycle"
+        raise RecipeError(
+            f"the run's {kind} schedule has annealed to its final rate at step "
+            f"{plan.total_steps}; to train for {total} steps add --reschedule (the {kind} is "
+            f"planned afresh over {total} steps and applies from step {from_step}), or start a "
+            "new run with --init-from"
+        )
+    return replace(plan, total_steps=total)
