@@ -45,7 +45,7 @@ import numpy as np
 
 from rescompile.backends import load_backend
 from rescompile.errors import UserError
-from rescompile.harness.runtime import Batch, Runtime, RuntimeOptions, TrainData
+from rescompile.harness.runtime import Runtime, RuntimeOptions
 from rescompile.ir.features import require_backend_support
 
 __all__ = [
@@ -186,7 +186,7 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
     bs = recipe.batch_size
     if bs % world_size:
         raise UserError(f"the batch size {bs} does not split evenly over {world_size} processes")
-    n = len(dataset.x_train)
+    n = dataset.n_train
     if bs > n:
         raise UserError(f"the batch size {bs} is larger than the training set ({n} images)")
     depth = weighted_layers(graph)
@@ -208,7 +208,7 @@ def _make_plan(config: TrainConfig, graph: Any, dataset: Any, world_size: int) -
     eval_every = config.eval_every or max(MIN_EVAL_EVERY, total // EVAL_POINTS)
     ckpt_every = config.ckpt_every or eval_every
     log_every = config.log_every or max(1, min(eval_every, total // PROGRESS_POINTS))
-    augment = dataset.augment == "pad_crop_flip" if config.augment is None else config.augment
+    augment = dataset.augment != "none" if config.augment is None else config.augment
     return _Plan(
         recipe,
         plan,
@@ -477,7 +477,7 @@ def _train(
     if quiet is not None:
         config.quiet = quiet
 
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, image_size=graph.input_shape[1:])
     _check_fit(graph, dataset, config.data)
     training = load_training_module(config.backend)  # before anything slow: clear import errors
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -556,12 +556,7 @@ class _Session:
 
     def run(self, saved: dict[str, Any] | None, session_start: float) -> dict[str, Any]:
         self.session_start = session_start
-        d = self.dataset
-        self.rt.set_data(
-            TrainData(
-                d.x_train, d.y_train, d.x_test, d.y_test, d.mean, d.std, augment=self.p.augment
-            )
-        )
+        self.rt.set_data(self.dataset.train_data(augment=self.p.augment))
         resumed_from = self._restore() if saved is not None else None
         if self.config.init_from and self.step == 0:  # a new run (or one with no checkpoint)
             self.init_note = self._init_from(self.config.init_from)
@@ -581,6 +576,7 @@ class _Session:
             raise
         finally:
             self.reporter.close()
+            self.dataset.close()  # a streamed source's worker processes
         if not self.rank0:
             return {}
         return self._finish(train_loss / train_count, 1.0 - train_correct / train_count)
@@ -653,6 +649,8 @@ class _Session:
         if new:
             _write_json(self.run_dir / SPEC_FILE, self.spec_json)
             write_file(self.run_dir / MODEL_FILE, self.source)
+            for name, text in self.dataset.run_files().items():  # e.g. the class list
+                write_file(self.run_dir / name, text)
             record = _config_record(
                 self.config, self.resolved, self.graph, self.dataset, self.p, self.rt
             )
@@ -680,23 +678,17 @@ class _Session:
         )
 
     def _loop(self) -> None:
-        from rescompile.harness.data import batch_rng, epoch_permutation
-        from rescompile.harness.runtime import augment_params
-
         p, rt, seed = self.p, self.rt, self.config.seed
-        n_train = len(self.dataset.x_train)
-        order, order_epoch = np.arange(0), -1
+        # this rank's batches from the current step on, a pure function of (seed, step)
+        batches = self.dataset.train_batches(
+            self.step, self.bs, seed=seed, augment=p.augment, rank=rt.rank, world_size=rt.world_size
+        )
         self.pending_from = self.step
         first = True
         self.timer = time.perf_counter()
         self.loop_start, self.loop_start_step = self.timer, self.step
         while self.step < self.total:
-            epoch, index = divmod(self.step, self.spe)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_permutation(n_train, seed, epoch), epoch
-            idx = order[index * self.bs : (index + 1) * self.bs]
-            crop = augment_params(batch_rng(seed, epoch, index), self.bs) if p.augment else ()
-            batch = Batch(self.step, idx, *crop).shard(rt.rank, rt.world_size)
+            batch = next(batches)
             self.lr = self.plan.lr(self.step)
             self.pending.append(rt.train_step(batch, self.lr))
             self.step += 1
@@ -1073,7 +1065,7 @@ def evaluate_checkpoint(
         spec_file = Path(tmp) / SPEC_FILE
         spec_file.write_text(json.dumps(meta["spec"]))
         resolved, graph = compile_spec(spec_file)
-    dataset = load_dataset(data)
+    dataset = load_dataset(data, image_size=graph.input_shape[1:])
     _check_fit(graph, dataset, data)
     training = load_training_module(backend)
     module = load_backend(backend)
@@ -1082,20 +1074,12 @@ def evaluate_checkpoint(
     options = RuntimeOptions(precision="fp32", compile=False, device=device)
     rt = training.make_runtime(graph, source, options)
     try:
-        rt.set_data(
-            TrainData(
-                dataset.x_train,
-                dataset.y_train,
-                dataset.x_test,
-                dataset.y_test,
-                dataset.mean,
-                dataset.std,
-            )
-        )
+        rt.set_data(dataset.train_data())
         rt.load_state_dict(tensors)
         loss_sum, correct, count = rt.evaluate(split, batch_size)
     finally:
         rt.close(aborted=True)
+        dataset.close()
     return loss_sum / count, 1.0 - correct / count
 
 
