@@ -1004,6 +1004,7 @@ def _summary(
         "best_test_error": best["test_error"] if best else None,
         "best_test_step": best["step"] if best else None,
         "images_per_s": round(ips, 1) if ips else None,
+        "skipped_images": getattr(session.dataset, "skipped", 0),  # unreadable files met
         "first_step_s": round(clock.first_step_s, 3) if clock.first_step_s else None,
         "train_time_s": round(clock.train_s, 3),
         "wall_time_s": round(wall, 3),
