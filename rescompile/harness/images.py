@@ -174,6 +174,7 @@ class _Split:
     offsets: np.ndarray | None = None  # tar shards: where each member's data starts
     sizes: np.ndarray | None = None
     shards: tuple[str, ...] = ()
+    members: np.ndarray | None = None  # tar shards: each example's image member name (bytes)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -181,7 +182,8 @@ class _Split:
     def name(self, i: int) -> str:
         if self.offsets is None:
             return os.fsdecode(self.paths[i])
-        return f"{self.shards[int(self.paths[i])]}:{int(self.offsets[i])}"
+        member = os.fsdecode(self.members[i]) if self.members is not None else self.offsets[i]
+        return f"{self.shards[int(self.paths[i])]}:{member}"
 
     def read(self, i: int) -> bytes:
         if self.offsets is None:

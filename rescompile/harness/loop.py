@@ -1133,7 +1133,7 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
     if not args.get("data"):
         raise UserError(
             "give the data to train on: --data digits | synthetic[:HxWxC[:CLASSES]] "
-            "| cifar10:PATH | cifar100:PATH"
+            "| cifar10:PATH | cifar100:PATH | imagefolder:PATH | webdataset:PATTERN"
         )
     if args.get("precision") not in (None, "fp32", "bf16"):
         raise UserError(f"--precision is fp32 or bf16, not {args['precision']!r}")
