@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import tarfile
@@ -302,6 +304,14 @@ _worker_loader: _StepLoader | None = None
 def _install_loader(loader: _StepLoader) -> None:
     global _worker_loader
     _worker_loader = loader
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # a worker: leave when the training process dies, even by kill -9
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
 
 
 def _load_step(step: int) -> dict[str, Any]:
@@ -317,7 +327,6 @@ class _Prefetcher:
     number. ``workers == 0``: one thread of this process (decoding releases the GIL)."""
 
     def __init__(self, loader: _StepLoader, start: int, workers: int, prefetch: int) -> None:
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.next_step = start

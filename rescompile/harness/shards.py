@@ -119,8 +119,8 @@ def _index(shards: list[str], what: str) -> _Split:
 def open_shards(pattern: str, image_size: tuple[int, int] = (224, 224), **options: Any) -> Any:
     """Training shards named by ``pattern`` and the matching validation shards."""
     train_files = expand_pattern(os.path.expanduser(pattern))
-    val_files = _val_files(os.path.expanduser(pattern))
-    splits = [_index(train_files, "training"), _index(val_files, "validation")]
+    train = _index(train_files, "training")
+    splits = [train, _index(_val_files(os.path.expanduser(pattern)), "validation")]
     classes_file = Path(train_files[0]).parent / CLASSES_FILE
     top = int(max(splits[0].labels.max(), splits[1].labels.max())) + 1
     if classes_file.is_file():
