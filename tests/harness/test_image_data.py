@@ -286,6 +286,33 @@ def test_cli_reports_a_missing_val_folder_without_a_traceback(tmp_path):
     ]
 
 
+def test_pack_shards_command(tmp_path, folder):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "rescompile", "pack-shards", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+
+    out = tmp_path / "shards"
+    p = run(str(folder), "-o", str(out), "--per-shard", "12")
+    assert p.returncode == 0, p.stderr
+    pattern = f"{out}/train-{{000000..000002}}.tar"  # 28 training images, 12 a shard
+    assert p.stdout.strip() == f"train with --data webdataset:{pattern}"
+    assert sorted(f.name for f in out.iterdir()) == [
+        "classes.txt",
+        *(f"train-00000{k}.tar" for k in range(3)),
+        "val-000000.tar",
+    ]
+    p = run(str(folder), "-o", str(out))
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        f"error: {out} already holds shards; choose an empty directory"
+    ]
+
+
 # -- training ------------------------------------------------------------------------------------
 
 
@@ -323,7 +350,14 @@ def test_both_backends_train_from_folders_and_shards(
     assert np.isfinite(summary["final_test_loss"])
     assert (run / "classes.txt").read_text() == "cat\ndog\neel\n"
     config = json.loads((run / "config.json").read_text())
-    assert config["dataset"].startswith(("data:", "shards")) and "3 classes" in config["dataset"]
+    assert "3 classes" in config["dataset"]
+    if backend == "torch":  # rescompile eval on the run: its data, its final test figures
+        from rescompile.harness.evaluate import evaluate
+
+        e = evaluate(run)
+        assert e.images == 9 and e.step == 4
+        assert e.top1_error == summary["final_test_error"]
+        assert abs(e.loss - summary["final_test_loss"]) < 1e-5 * max(1.0, e.loss)
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("flax", marks=pytest.mark.slow)])
@@ -336,7 +370,7 @@ def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, f
     for o in FIT:
         args += ["--set", o]
     args += ["--data", f"imagefolder:{folder}", "--batch-size", "8", "--backend", backend]
-    args += ["--steps", "24", "--ckpt-every", "4", "--eval-every", "12", "--quiet"]
+    args += ["--steps", "16", "--ckpt-every", "4", "--eval-every", "8", "--quiet"]
     ref, victim = tmp_path / "ref", tmp_path / "victim"
     logs = [open(tmp_path / f"{name}.log", "w") for name in ("ref", "victim")]  # noqa: SIM115
     reference = subprocess.Popen([*args, "--out", str(ref)], cwd=ROOT, env=env, stderr=logs[0])
@@ -364,6 +398,6 @@ def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, f
     assert reference.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()
     a, meta_a = load_checkpoint(ref)
     b, meta_b = load_checkpoint(victim)
-    assert meta_a["state"]["step"] == meta_b["state"]["step"] == 24
+    assert meta_a["state"]["step"] == meta_b["state"]["step"] == 16
     assert sorted(a) == sorted(b)
     assert [k for k in a if not np.array_equal(a[k], b[k])] == []
