@@ -44,6 +44,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,7 +349,13 @@ class _Prefetcher:
             while len(self.pending) < self.depth:
                 self.pending.append(self.pool.submit(_load_step, self.next_step))
                 self.next_step += 1
-            yield self.pending.popleft().result()
+            try:
+                yield self.pending.popleft().result()
+            except BrokenProcessPool:
+                raise DataError(
+                    "a data worker process died (out of memory? killed?); resume the run with "
+                    "--resume, with fewer workers (RESCOMPILE_DATA_WORKERS) if memory is short"
+                ) from None
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -261,6 +261,20 @@ def test_too_many_unreadable_files_stop_with_one_line(folder):
         source.close()
 
 
+def test_a_dead_worker_is_a_one_line_error(folder):
+    source = open_image_folder(folder, (16, 16), workers=1)
+    try:
+        it = source.train_batches(0, 8, seed=0, augment=True)
+        next(it)
+        (pid,) = source._iterators[0].pool._processes
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(DataError, match="a data worker process died"):
+            for _ in range(8):  # the batches already computed may still arrive
+                next(it)
+    finally:
+        source.close()
+
+
 def test_cli_reports_a_missing_val_folder_without_a_traceback(tmp_path):
     (tmp_path / "d/train/cat").mkdir(parents=True)
     p = subprocess.run(
