@@ -18,7 +18,10 @@ process tree (main process + workers, sampled every 20 ms):
   ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize`` do, written out with PIL and torch
   (torchvision itself ships only with CUDA builds of torch on this index): full-size PIL decode,
   ``crop`` then ``resize(BILINEAR)``, a torch ``DataLoader(shuffle=True, num_workers=W)``;
-- ``torch-draft``: the torch DataLoader running rescompile's decode (library vs decoding).
+- ``torch-draft``: the torch DataLoader running rescompile's decode (library vs decoding);
+- ``webdataset``: the folder packed into tar shards of 250 (``rescompile pack-shards``), read by
+  webdataset's ``WebDataset`` + ``shuffle(1000)`` + rescompile's decode + ``batched`` (uint8
+  batches, as ours) in its ``WebLoader`` (a torch DataLoader) with the same workers.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-PIPELINES = ("rescompile", "rescompile-grain", "torch-baseline", "torch-draft")
+PIPELINES = ("rescompile", "rescompile-grain", "webdataset", "torch-baseline", "torch-draft")
 
 
 def make_images(root: Path, n: int, classes: int = 10, seed: int = 0) -> None:
@@ -169,6 +172,42 @@ def run_one(name: str, folder: Path, workers: int, batch: int, size: int) -> dic
                 count += len(next(it).labels)
             t2 = time.perf_counter()
             source.close()
+        elif name == "webdataset":
+            import torch
+            import webdataset as wds
+
+            from rescompile.harness.images import decode_train
+            from rescompile.harness.shards import expand_pattern, pack_shards
+
+            torch.set_num_threads(1)
+            shards = folder.parent / f"{folder.name}-shards"
+            if not shards.is_dir():
+                pack_shards(folder, shards, per_shard=250)
+            count = len(list(shards.glob("train-*.tar")))
+            urls = expand_pattern(str(shards / f"train-{{000000..{count - 1:06d}}}.tar"))
+
+            def decode(sample):
+                key = int(sample["__key__"].rsplit("/", 1)[-1])
+                rng = np.random.default_rng([7, key])
+                return decode_train(sample["jpg"], (size, size), rng), int(sample["cls"])
+
+            def collate(samples):
+                xs, ys = zip(*samples, strict=True)
+                return np.stack(xs), np.asarray(ys)
+
+            ds = (
+                wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False)
+                .shuffle(1000)
+                .map(decode)
+                .batched(batch, collation_fn=collate, partial=False)
+            )
+            it = iter(wds.WebLoader(ds, batch_size=None, num_workers=workers))
+            x, _ = next(it)
+            t1 = time.perf_counter()
+            count = len(x)
+            for x, _ in it:
+                count += len(x)
+            t2 = time.perf_counter()
         else:
             import torch
 

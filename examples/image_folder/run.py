@@ -2,8 +2,8 @@
 
 Generates a small ImageNet-style folder (``train/<class>/*.jpg``, ``val/<class>/*.jpg``: three
 classes of shapes -- discs, squares, triangles -- of random colour, size and place on textured
-backgrounds, as 96-160 px JPEGs), packs it into webdataset tar shards, then trains torchvision's
-ResNet-18 (``specs/torchvision/resnet18.yaml`` at 64 px input, 3 classes) from the folder with
+backgrounds, as 64-112 px JPEGs), packs it into webdataset tar shards, then trains torchvision's
+ResNet-18 (``specs/torchvision/resnet18.yaml`` at 32 px input, 3 classes) from the folder with
 PyTorch and from the shards with Flax, evaluates each run's last checkpoint with
 ``rescompile eval``'s function, and overlays both runs' curves in ``image_folder.png``.
 
@@ -13,9 +13,9 @@ PyTorch and from the shards with Flax, evaluates each run's last checkpoint with
 The same as commands::
 
     rescompile pack-shards data -o shards
-    rescompile train specs/torchvision/resnet18.yaml --set input.size=64 --set num_classes=3 \\
-        --data imagefolder:data --recipe fast --steps 200 --batch-size 32 --out runs/r18-torch
-    rescompile train specs/torchvision/resnet18.yaml --set input.size=64 --set num_classes=3 \\
+    rescompile train specs/torchvision/resnet18.yaml --set input.size=32 --set num_classes=3 \\
+        --data imagefolder:data --recipe fast --steps 150 --batch-size 32 --out runs/r18-torch
+    rescompile train specs/torchvision/resnet18.yaml --set input.size=32 --set num_classes=3 \\
         --data 'webdataset:shards/train-{000000..000001}.tar' -b flax --recipe fast ...
     rescompile eval runs/r18-torch
     rescompile plot runs/r18-torch runs/r18-flax -o image_folder.png
@@ -39,11 +39,11 @@ CLASSES = ("disc", "square", "triangle")
 def draw(kind: str, rng: np.random.Generator):
     from PIL import Image, ImageDraw, ImageFilter
 
-    w, h = (int(v) for v in rng.integers(96, 161, 2))
+    w, h = (int(v) for v in rng.integers(64, 113, 2))
     low = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
     image = Image.fromarray(low).resize((w, h), Image.BICUBIC)
     pen = ImageDraw.Draw(image)
-    r = int(rng.integers(min(w, h) // 6, min(w, h) // 3))
+    r = int(rng.integers(min(w, h) // 4, min(w, h) // 2 - 2))
     cx, cy = int(rng.integers(r, w - r)), int(rng.integers(r, h - r))
     colour = tuple(int(v) for v in rng.integers(0, 256, 3))
     if kind == "disc":
@@ -68,7 +68,7 @@ def make_folder(root: Path, n: int, seed: int = 0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=600, help="training images")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--work", default=str(HERE / "work"), help="data and runs go here")
     parser.add_argument("--backends", default="torch,flax")
@@ -95,7 +95,7 @@ def main() -> None:
         summary = train(
             TrainConfig(
                 spec=SPEC,
-                overrides=["input.size=64", f"num_classes={len(CLASSES)}"],
+                overrides=["input.size=32", f"num_classes={len(CLASSES)}"],
                 backend=backend,
                 data=sources[backend],
                 recipe="fast",
@@ -113,7 +113,7 @@ def main() -> None:
             f"{summary['images_per_s']:.0f} | {summary['skipped_images']} |"
         )
         print(json.dumps(e.to_dict()))
-    figure = plot_runs(runs, str(HERE / "image_folder.png"), title="ResNet-18, 64 px, 3 shapes")
+    figure = plot_runs(runs, str(HERE / "image_folder.png"), title="ResNet-18, 32 px, 3 shapes")
     table = "\n".join(
         [
             "| backend | data | steps | final test error | eval top-1 error | train images/s "
