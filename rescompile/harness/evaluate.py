@@ -200,7 +200,8 @@ def evaluate(
     resolved, graph = rebuild(meta, str(ckpt.with_suffix(".json")))
     dataset = load_dataset(data, image_size=graph.input_shape[1:])
     _check_fit(graph, dataset, data)
-    mean, std, normalised_with = dataset.mean, dataset.std, f"{data} (training split)"
+    stats = getattr(dataset, "stats_from", "training split")  # image folders: ImageNet's
+    mean, std, normalised_with = dataset.mean, dataset.std, f"{data} ({stats})"
     run_data = config.get("data")
     if isinstance(run_data, str) and run_data != data:
         try:

@@ -19,9 +19,10 @@ the sorted folder names). ``--data webdataset:PATTERN`` reads tar shards in the 
   the step in the checkpoint is the whole iterator state.
 - **Augmentation**: RandomResizedCrop (area 0.08-1, aspect 3/4-4/3, torchvision's algorithm)
   to the model's input size and a horizontal flip; evaluation resizes the shorter side to
-  ``size * 256 / 224`` and takes the centre crop. JPEGs are decoded at a reduced size where
-  the crop allows it (PIL's ``draft`` mode: libjpeg's DCT scaling by 1/2, 1/4, 1/8), and the
-  crop and resize are one ``Image.resize(box=...)`` call. Grey-scale, CMYK, palette and RGBA
+  ``size * 256 / 224`` and takes the centre crop. JPEGs are decoded by simplejpeg
+  (libjpeg-turbo) when it is installed, else by Pillow, at a reduced size where the crop allows
+  it (libjpeg's DCT scaling by 1/2, 1/4, 1/8; Pillow's ``draft`` mode), and the crop and resize
+  are one ``Image.resize(box=...)`` call. Grey-scale, CMYK, palette and RGBA
   images are converted to RGB. Batches are ``uint8`` NHWC; the runtime normalises them with the
   ImageNet mean and standard deviation on the device.
 - **Bad files**: an unreadable, truncated or non-image file is skipped (the next file of the
@@ -46,6 +47,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -116,25 +118,78 @@ def _open(data: bytes) -> Any:
     return image
 
 
+@lru_cache(maxsize=1)
+def _simplejpeg() -> Any:
+    """simplejpeg (libjpeg-turbo through TurboJPEG) when installed: it decodes a JPEG about
+    2.5 times faster than Pillow here (benchmarks/RESULTS.md); else None (Pillow only)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+class _Encoded:
+    """An encoded image: its size read from the header, then decoded at a reduced size.
+
+    JPEGs in grey or YCbCr go through simplejpeg when it is installed (DCT scaling to the
+    smallest size at least the one asked for); anything else (CMYK JPEGs, PNGs, a JPEG
+    simplejpeg refuses) through Pillow (draft mode for JPEGs: the same DCT scaling). The size
+    comes from the header before any decoding, so the augmentation draws never depend on which
+    decoder runs."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.image, self.turbo = data, None, None
+        turbo = _simplejpeg() if data[:3] == b"\xff\xd8\xff" else None
+        if turbo is not None:
+            try:
+                height, width, colorspace, _ = turbo.decode_jpeg_header(data)
+                if colorspace in ("Gray", "YCbCr") and width > 0 and height > 0:
+                    self.turbo, self.size = turbo, (width, height)
+            except ValueError:
+                pass
+        if self.turbo is None:
+            self.image = _open(data)
+            self.size = self.image.size
+
+    def rgb(self, need: tuple[int, int]) -> Any:
+        """A PIL RGB image of at least ``need`` (W, H) where the original is that large."""
+        from PIL import Image
+
+        if self.turbo is not None:
+            try:
+                # min_factor 2: scale by 1/2, 1/4, 1/8 only (a 3/4 scale decodes slower
+                # than full size)
+                pixels = self.turbo.decode_jpeg(
+                    self.data, "RGB", min_width=need[0], min_height=need[1], min_factor=2
+                )
+                return Image.fromarray(pixels)
+            except ValueError:  # e.g. a truncated file: Pillow decides (and names the error)
+                self.image = _open(self.data)
+        image = self.image
+        if image.format == "JPEG":
+            image.draft("RGB", need)  # libjpeg scales by 1/2, 1/4 or 1/8 while >= need
+        if image.mode != "RGB":
+            image = image.convert("RGB")  # grey, CMYK, palette, RGBA
+        return image
+
+
 def _crop_resize(
-    image: Any, box: tuple[float, float, float, float], size: tuple[int, int], flip: bool
+    picture: _Encoded, box: tuple[float, float, float, float], size: tuple[int, int], flip: bool
 ) -> np.ndarray:
     """Crop ``box`` (original pixel coordinates) and resize it to ``size`` (H, W) as RGB,
     decoding a JPEG at the smallest DCT scale that keeps the crop at least ``size``."""
     from PIL import Image
 
     out_h, out_w = size
-    width, height = image.size
+    width, height = picture.size
     left, top, right, bottom = box
-    if image.format == "JPEG":
-        need = (
-            math.ceil(width * out_w / max(right - left, 1e-6)),
-            math.ceil(height * out_h / max(bottom - top, 1e-6)),
-        )
-        image.draft("RGB", need)  # libjpeg scales by 1/2, 1/4 or 1/8 while >= need
+    need = (
+        math.ceil(width * out_w / max(right - left, 1e-6)),
+        math.ceil(height * out_h / max(bottom - top, 1e-6)),
+    )
+    image = picture.rgb(need)
     sx, sy = image.size[0] / width, image.size[1] / height
-    if image.mode != "RGB":
-        image = image.convert("RGB")  # grey, CMYK, palette, RGBA
     box = (left * sx, top * sy, right * sx, bottom * sy)
     out = image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
     if flip:
@@ -144,22 +199,22 @@ def _crop_resize(
 
 def decode_train(data: bytes, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """RandomResizedCrop to ``size`` (H, W) and a flip with probability 1/2: ``uint8`` HxWx3."""
-    image = _open(data)
-    left, top, w, h = random_resized_crop_box(*image.size, rng)
+    picture = _Encoded(data)
+    left, top, w, h = random_resized_crop_box(*picture.size, rng)
     flip = bool(rng.random() < 0.5)
-    return _crop_resize(image, (left, top, left + w, top + h), size, flip)
+    return _crop_resize(picture, (left, top, left + w, top + h), size, flip)
 
 
 def decode_eval(data: bytes, size: tuple[int, int]) -> np.ndarray:
     """Resize the shorter side to ``size * 256 / 224`` and take the centre ``size`` crop (as
     torchvision's ``Resize(256)`` + ``CenterCrop(224)`` at 224): ``uint8`` HxWx3."""
-    image = _open(data)
-    width, height = image.size
+    picture = _Encoded(data)
+    width, height = picture.size
     out_h, out_w = size
     scale = round(max(out_h, out_w) * 256 / 224) / min(width, height)
     cw, ch = out_w / scale, out_h / scale
     left, top = (width - cw) / 2, (height - ch) / 2
-    return _crop_resize(image, (left, top, left + cw, top + ch), size, flip=False)
+    return _crop_resize(picture, (left, top, left + cw, top + ch), size, flip=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +440,7 @@ class ImageSource:
 
     augment = "random_resized_crop"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    stats_from = "ImageNet mean and std"
     channels = 3
 
     def __init__(

@@ -122,26 +122,52 @@ def test_grey_and_cmyk_jpegs_become_rgb(tmp_path, mode, channels, expected):
         assert np.abs(x.astype(int) - np.asarray(expected)).max() <= 3
 
 
-def test_large_jpegs_are_decoded_at_a_reduced_size(tmp_path):
-    """Draft mode: a 1600x1200 JPEG cropped to 32 px decodes at 1/8 scale (200x150)."""
+@pytest.mark.parametrize("decoder", ["simplejpeg", "pillow"])
+def test_large_jpegs_are_decoded_at_a_reduced_size(tmp_path, monkeypatch, decoder):
+    """DCT scaling: a 1600x1200 JPEG cropped to 32 px decodes at 1/8 scale (200x150), whichever
+    decoder runs (simplejpeg, or Pillow's draft mode when simplejpeg is absent)."""
     from rescompile.harness import images
 
+    if decoder == "pillow":
+        monkeypatch.setattr(images, "_simplejpeg", lambda: None)
     path = tmp_path / "big.jpg"
     _jpeg(path, np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
     seen = []
-    original = images._crop_resize
+    original = images._Encoded.rgb
 
-    def spy(image, box, size, flip):
-        out = original(image, box, size, flip)
-        seen.append(image.size)
+    def spy(self, need):
+        out = original(self, need)
+        seen.append(out.size)
         return out
 
-    images._crop_resize = spy
-    try:
-        decode_eval(path.read_bytes(), (32, 32))
-    finally:
-        images._crop_resize = original
+    monkeypatch.setattr(images._Encoded, "rgb", spy)
+    decode_eval(path.read_bytes(), (32, 32))
     assert seen == [(200, 150)]
+
+
+def test_simplejpeg_and_pillow_decode_alike(tmp_path, monkeypatch):
+    """Both wrap libjpeg-turbo with its defaults (accurate integer IDCT, fancy upsampling), so
+    the choice of decoder does not change a batch; 1 level allowed for another build's
+    rounding. Full size (train crop) and 1/8 scale (eval at 32 px of a large image)."""
+    from rescompile.harness import images
+
+    rng = np.random.default_rng(0)
+    low = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(low).resize((1600, 1200), Image.BICUBIC).save(path, quality=90)
+    data = path.read_bytes()
+
+    def decode():
+        return (
+            decode_train(data, (224, 224), np.random.default_rng(5)),
+            decode_eval(data, (32, 32)),
+        )
+
+    turbo = decode()
+    monkeypatch.setattr(images, "_simplejpeg", lambda: None)
+    pillow = decode()
+    for a, b in zip(turbo, pillow, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
 # -- the source ------------------------------------------------------------------------------------
@@ -370,7 +396,10 @@ def test_both_backends_train_from_folders_and_shards(
 
         e = evaluate(run)
         assert e.images == 9 and e.step == 4
+        assert e.normalised_with == f"{data} (ImageNet mean and std)"
         assert e.top1_error == summary["final_test_error"]
+        # the run sums float32 cross-entropies, eval computes them in float64 from the same
+        # float32 logits: they agree to float32 rounding
         assert abs(e.loss - summary["final_test_loss"]) < 1e-5 * max(1.0, e.loss)
 
 
