@@ -7,7 +7,7 @@ ResNet-18 (``specs/torchvision/resnet18.yaml`` at 32 px input, 3 classes) from t
 PyTorch and from the shards with Flax, evaluates each run's last checkpoint with
 ``rescompile eval``'s function, and overlays both runs' curves in ``image_folder.png``.
 
-    .venv/bin/python examples/image_folder/run.py                 # ~10 min on 2 cores
+    .venv/bin/python examples/image_folder/run.py                 # ~15 min on 2 busy cores
     .venv/bin/python examples/image_folder/run.py --steps 60 --images 300
 
 The same as commands::
