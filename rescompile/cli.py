@@ -574,7 +574,11 @@ def train(
     ] = None,
     data: Annotated[
         str | None,
-        _opt("digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | cifar100:PATH", "--data"),
+        _opt(
+            "digits | synthetic[:HxWxC[:CLASSES]] | cifar10:PATH | cifar100:PATH | "
+            "imagefolder:PATH | webdataset:PATTERN",
+            "--data",
+        ),
     ] = None,
     recipe: Annotated[
         str | None,
@@ -718,6 +722,22 @@ def eval_(
         _emit(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n", output)
     else:
         _emit(render_table(result) + "\n", output)
+
+
+@app.command("pack-shards")
+def pack_shards(
+    folder: Annotated[
+        str, typer.Argument(metavar="FOLDER", help="image folder: train/<class>/*, val/<class>/*")
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="directory for the shards")],
+    per_shard: Annotated[int, _opt("examples per shard", "--per-shard")] = 1000,
+) -> None:
+    """Pack an image folder into tar shards (webdataset layout) for --data webdataset:PATTERN."""
+    from rescompile.harness.shards import pack_shards as pack
+
+    train_pattern, val_pattern = pack(folder, output, per_shard)
+    typer.echo(f"wrote {train_pattern} and {val_pattern}", err=True)
+    typer.echo(f"train with --data webdataset:{train_pattern}")
 
 
 @app.command()

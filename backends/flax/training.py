@@ -291,6 +291,8 @@ class FlaxRuntime:
         self.data = data
         stats = (np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32))
         self.mean_std = jax.device_put(stats, self.replicated)
+        if data.streamed:  # image folders, shards: decoded batch by batch on the host
+            self.data_on_device = self.settings["data_on_device"] = False
         if self.data_on_device:
             self.splits = {
                 name: jax.device_put((*data.split(name), *stats), self.replicated)
@@ -307,6 +309,9 @@ class FlaxRuntime:
         n = len(batch.index)
         if n % self.num_devices:
             raise ValueError(f"a batch of {n} does not split over {self.num_devices} devices")
+        if batch.images is not None:  # a streamed uint8 batch, normalised on the device
+            data = (self._put(batch.images), self._put(batch.labels), *self.mean_std)
+            return data, self._put(np.arange(n)), None
         if self.data_on_device:
             crop = None
             if batch.top is not None:

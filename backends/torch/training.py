@@ -151,13 +151,15 @@ class TorchRuntime:
 
     def set_data(self, data: TrainData) -> None:
         self.data = data
+        if data.streamed:  # image folders, shards: decoded batch by batch on the host
+            self.data_on_device = self.settings["data_on_device"] = False
+        self.mean = torch.as_tensor(data.mean, dtype=torch.float32, device=self.dev)
+        self.std = torch.as_tensor(data.std, dtype=torch.float32, device=self.dev)
         if self.data_on_device:
             self.splits = {
                 name: (torch.from_numpy(x).to(self.dev), torch.from_numpy(y).to(self.dev))
                 for name, (x, y) in (("train", data.split("train")), ("test", data.split("test")))
             }
-            self.mean = torch.as_tensor(data.mean, dtype=torch.float32, device=self.dev)
-            self.std = torch.as_tensor(data.std, dtype=torch.float32, device=self.dev)
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a))
@@ -168,6 +170,12 @@ class TorchRuntime:
     def _inputs(self, batch: Batch, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """NCHW float32 images (channels_last strides when asked) and labels on the device."""
         assert self.data is not None, "set_data() first"
+        if batch.images is not None:  # a streamed uint8 batch, normalised on the device
+            x = self._to_device(batch.images).float() / 255.0
+            x = ((x - self.mean) / self.std).permute(0, 3, 1, 2)
+            if not self.channels_last:
+                x = x.contiguous()
+            return x, self._to_device(batch.labels)
         if not self.data_on_device:
             x_np, y_np = host_batch(self.data, batch, split)
             x = torch.from_numpy(x_np).permute(0, 3, 1, 2)

@@ -20,7 +20,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from rescompile.harness.safepickle import UnsafePickleError, safe_loads
 
 __all__ = [
     "DataError",
+    "DataSource",
     "Dataset",
     "batch_rng",
     "batches",
@@ -43,9 +44,16 @@ __all__ = [
     "synthetic",
 ]
 
-Augment = Literal["pad_crop_flip", "none"]
+Augment = Literal["pad_crop_flip", "random_resized_crop", "none"]
 
-DATASET_CHOICES = ("cifar10:PATH", "cifar100:PATH", "digits", "synthetic[:HxWxC[:CLASSES]]")
+DATASET_CHOICES = (
+    "cifar10:PATH",
+    "cifar100:PATH",
+    "digits",
+    "synthetic[:HxWxC[:CLASSES]]",
+    "imagefolder:PATH",
+    "webdataset:PATTERN",
+)
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _MAX_MEMBER_BYTES = 512 * 1024 * 1024  # largest archive member read into memory
 
@@ -97,6 +105,58 @@ class Dataset:
         """``(H, W, C)`` of one image."""
         return (*self.image_size, self.channels)
 
+    # -- the data-source interface (see DataSource) ---------------------------------------------
+
+    @property
+    def n_train(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.x_test)
+
+    def train_data(self, augment: bool = False) -> Any:
+        """What the backend runtime receives: the whole arrays (it may copy them to a device)."""
+        from rescompile.harness.runtime import TrainData
+
+        return TrainData(
+            self.x_train, self.y_train, self.x_test, self.y_test, self.mean, self.std, augment
+        )
+
+    def train_batches(
+        self,
+        start: int,
+        batch_size: int,
+        *,
+        seed: int,
+        augment: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Any]:
+        """This rank's :class:`~rescompile.harness.runtime.Batch` of every global step from
+        ``start`` on: indices into the arrays and the pad-crop-flip draws, all fixed by
+        ``(seed, epoch, index)`` (:func:`epoch_permutation`, :func:`batch_rng`)."""
+        from rescompile.harness.runtime import Batch, augment_params
+
+        spe = steps_per_epoch(self.n_train, batch_size)
+        order, order_epoch = np.arange(0), -1
+        step = start
+        while True:
+            epoch, index = divmod(step, spe)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_permutation(self.n_train, seed, epoch), epoch
+            idx = order[index * batch_size : (index + 1) * batch_size]
+            crop = augment_params(batch_rng(seed, epoch, index), batch_size) if augment else ()
+            yield Batch(step, idx, *crop).shard(rank, world_size)
+            step += 1
+
+    def run_files(self) -> dict[str, str]:
+        """Files a run directory keeps about its data (none for in-memory arrays)."""
+        return {}
+
+    def close(self) -> None:
+        """In-memory data holds no workers."""
+
     def summary(self) -> str:
         """One line, e.g. ``cifar10: 50000 train / 10000 test, 32x32x3, 10 classes``."""
         h, w, c = self.input_shape
@@ -104,6 +164,49 @@ class Dataset:
             f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test, "
             f"{h}x{w}x{c}, {self.num_classes} classes"
         )
+
+
+class DataSource(Protocol):
+    """What the training loop and ``rescompile eval`` need from a dataset.
+
+    Two kinds implement it: :class:`Dataset` (in-memory arrays, which a runtime may copy to the
+    device and gather by index) and the streamed image sources of
+    :mod:`rescompile.harness.images` (image folders and tar shards, decoded and augmented by
+    worker processes, delivered batch by batch as ``uint8`` NHWC). Either way the batch of a
+    global step is a pure function of ``(seed, step)``, so a resumed run sees the batches the
+    uninterrupted run saw.
+    """
+
+    name: str
+    num_classes: int
+    mean: np.ndarray  # per-channel, on the 0..1 scale
+    std: np.ndarray
+    augment: str  # the conventional train-time augmentation ("none": none)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]: ...  # (H, W, C)
+
+    @property
+    def n_train(self) -> int: ...
+
+    @property
+    def n_test(self) -> int: ...
+
+    def summary(self) -> str: ...
+
+    def train_data(self, augment: bool = False) -> Any:
+        """The :class:`~rescompile.harness.runtime.TrainData` handed to a runtime."""
+
+    def train_batches(
+        self, start: int, batch_size: int, *, seed: int, augment: bool, rank: int, world_size: int
+    ) -> Iterator[Any]:
+        """This rank's share of the batch of every global step from ``start`` on."""
+
+    def run_files(self) -> dict[str, str]:
+        """``{file name: text}`` a new run directory keeps (e.g. the class list)."""
+
+    def close(self) -> None:
+        """Stop worker processes."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,14 +590,22 @@ def synthetic(
 # --------------------------------------------------------------------------------------------
 
 
-def load_dataset(spec: str) -> Dataset:
-    """Load a dataset named on the command line.
+def load_dataset(spec: str, image_size: tuple[int, int] | None = None) -> Any:
+    """Load (or, for image folders and shards, open) a dataset named on the command line.
 
     Accepted forms: ``cifar10:PATH``, ``cifar100:PATH``, ``digits``, ``synthetic``,
-    ``synthetic:HxWxC`` and ``synthetic:HxWxC:CLASSES`` (default ``32x32x3``, 10 classes).
+    ``synthetic:HxWxC`` and ``synthetic:HxWxC:CLASSES`` (default ``32x32x3``, 10 classes), which
+    return an in-memory :class:`Dataset`; ``imagefolder:PATH`` and ``webdataset:PATTERN``, which
+    return a streamed source (:mod:`rescompile.harness.images`) whose images are cropped to
+    ``image_size`` (the model's input size; 224 when not given). Every one is a
+    :class:`DataSource`.
     """
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
+    if kind in ("imagefolder", "webdataset"):
+        from rescompile.harness.images import open_image_source
+
+        return open_image_source(kind, arg, image_size or (224, 224))
     if kind in ("cifar10", "cifar100"):
         if not arg:
             raise DataError(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,7 @@ def evaluate(
     from rescompile.harness.checkpoint import load_checkpoint
     from rescompile.harness.data import load_dataset
     from rescompile.harness.loop import _check_fit
-    from rescompile.harness.runtime import RuntimeOptions, TrainData, load_training_module
+    from rescompile.harness.runtime import RuntimeOptions, load_training_module
     from rescompile.ir.features import require_backend_support
 
     if split not in ("train", "test"):
@@ -198,13 +198,15 @@ def evaluate(
 
     tensors, meta = load_checkpoint(ckpt)
     resolved, graph = rebuild(meta, str(ckpt.with_suffix(".json")))
-    dataset = load_dataset(data)
+    dataset = load_dataset(data, image_size=graph.input_shape[1:])
     _check_fit(graph, dataset, data)
-    mean, std, normalised_with = dataset.mean, dataset.std, f"{data} (training split)"
+    stats = getattr(dataset, "stats_from", "training split")  # image folders: ImageNet's
+    mean, std, normalised_with = dataset.mean, dataset.std, f"{data} ({stats})"
     run_data = config.get("data")
     if isinstance(run_data, str) and run_data != data:
         try:
-            trained_on = load_dataset(run_data)
+            trained_on = load_dataset(run_data, image_size=graph.input_shape[1:])
+            trained_on.close()
             mean, std, normalised_with = trained_on.mean, trained_on.std, run_data
         except UserError:  # the run's data is not here: the evaluated set's own statistics
             pass
@@ -217,10 +219,10 @@ def evaluate(
     try:
         if not hasattr(rt, "predict"):
             raise UserError(f"the {backend} backend cannot evaluate (its runtime has no predict)")
-        x_test, y_test = dataset.x_test, dataset.y_test
-        rt.set_data(TrainData(dataset.x_train, dataset.y_train, x_test, y_test, mean, std))
+        rt_data = replace(dataset.train_data(), mean=mean, std=std)
+        rt.set_data(rt_data)
         rt.load_state_dict(tensors)
-        labels = dataset.y_train if split == "train" else y_test
+        labels = rt_data.split(split)[1]
         clock = _Clock()
         start = time.perf_counter()
         loss_sum, top1, top5 = scores(clock.timed(rt.predict(split, batch_size)), labels)
@@ -229,6 +231,7 @@ def evaluate(
         where = rt.device
     finally:
         rt.close(aborted=True)
+        dataset.close()
     n = len(labels)
     state = meta.get("state") if isinstance(meta.get("state"), dict) else {}
     step = state.get("step")

@@ -46,7 +46,7 @@ import numpy as np
 from rescompile.backends import load_backend
 from rescompile.errors import UserError
 from rescompile.harness.interrupt import DeferredInterrupt
-from rescompile.harness.runtime import Batch, Runtime, RuntimeOptions, TrainData
+from rescompile.harness.runtime import Runtime, RuntimeOptions
 from rescompile.ir.features import require_backend_support
 
 __all__ = [
@@ -204,7 +204,7 @@ def _make_plan(
     bs = recipe.batch_size
     if bs % world_size:
         raise UserError(f"the batch size {bs} does not split evenly over {world_size} processes")
-    n = len(dataset.x_train)
+    n = dataset.n_train
     if bs > n:
         raise UserError(f"the batch size {bs} is larger than the training set ({n} images)")
     depth = weighted_layers(graph)
@@ -228,7 +228,7 @@ def _make_plan(
     eval_every = config.eval_every or max(MIN_EVAL_EVERY, total // EVAL_POINTS)
     ckpt_every = config.ckpt_every or eval_every
     log_every = config.log_every or max(1, min(eval_every, total // PROGRESS_POINTS))
-    augment = dataset.augment == "pad_crop_flip" if config.augment is None else config.augment
+    augment = dataset.augment != "none" if config.augment is None else config.augment
     return _Plan(
         recipe,
         plan,
@@ -586,7 +586,7 @@ def _train(
     if quiet is not None:
         config.quiet = quiet
 
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, image_size=graph.input_shape[1:])
     _check_fit(graph, dataset, config.data)
     training = load_training_module(config.backend)  # before anything slow: clear import errors
     if config.tensorboard:
@@ -687,12 +687,7 @@ class _Session:
         self, saved: dict[str, Any] | None, session_start: float, extend: _Extension | None = None
     ) -> dict[str, Any]:
         self.session_start = session_start
-        d = self.dataset
-        self.rt.set_data(
-            TrainData(
-                d.x_train, d.y_train, d.x_test, d.y_test, d.mean, d.std, augment=self.p.augment
-            )
-        )
+        self.rt.set_data(self.dataset.train_data(augment=self.p.augment))
         resumed_from = self._restore() if saved is not None else None
         self.extend_note: str | None = None
         if extend:
@@ -716,6 +711,7 @@ class _Session:
             raise
         finally:
             self.reporter.close()
+            self.dataset.close()  # a streamed source's worker processes
         if not self.rank0:
             return {}
         return self._finish(train_loss / train_count, 1.0 - train_correct / train_count)
@@ -834,6 +830,8 @@ class _Session:
         if new:
             _write_json(self.run_dir / SPEC_FILE, self.spec_json)
             write_file(self.run_dir / MODEL_FILE, self.source)
+            for name, text in self.dataset.run_files().items():  # e.g. the class list
+                write_file(self.run_dir / name, text)
             record = _config_record(
                 self.config, self.resolved, self.graph, self.dataset, self.p, self.rt
             )
@@ -867,12 +865,11 @@ class _Session:
         )
 
     def _loop(self) -> None:
-        from rescompile.harness.data import batch_rng, epoch_permutation
-        from rescompile.harness.runtime import augment_params
-
         p, rt, seed = self.p, self.rt, self.config.seed
-        n_train = len(self.dataset.x_train)
-        order, order_epoch = np.arange(0), -1
+        # this rank's batches from the current step on, a pure function of (seed, step)
+        batches = self.dataset.train_batches(
+            self.step, self.bs, seed=seed, augment=p.augment, rank=rt.rank, world_size=rt.world_size
+        )
         self.pending_from = self.step
         first = True
         self.timer = time.perf_counter()
@@ -881,12 +878,7 @@ class _Session:
             # a Ctrl-C is held until the step, its evaluation and checkpoint are done: the
             # state and the step always agree when it is raised (rescompile.harness.interrupt)
             with self.guard.critical():
-                epoch, index = divmod(self.step, self.spe)
-                if epoch != order_epoch:
-                    order, order_epoch = epoch_permutation(n_train, seed, epoch), epoch
-                idx = order[index * self.bs : (index + 1) * self.bs]
-                crop = augment_params(batch_rng(seed, epoch, index), self.bs) if p.augment else ()
-                batch = Batch(self.step, idx, *crop).shard(rt.rank, rt.world_size)
+                batch = next(batches)
                 self.lr = self.plan.lr(self.step)
                 self.pending.append(rt.train_step(batch, self.lr))
                 self.step += 1
@@ -1233,6 +1225,7 @@ def _summary(
         "best_test_error": best["test_error"] if best else None,
         "best_test_step": best["step"] if best else None,
         "images_per_s": round(ips, 1) if ips else None,
+        "skipped_images": getattr(session.dataset, "skipped", 0),  # unreadable files met
         "first_step_s": round(clock.first_step_s, 3) if clock.first_step_s else None,
         "train_time_s": round(clock.train_s, 3),
         "wall_time_s": round(wall, 3),
@@ -1294,7 +1287,7 @@ def evaluate_checkpoint(
         spec_file = Path(tmp) / SPEC_FILE
         spec_file.write_text(json.dumps(meta["spec"]))
         resolved, graph = compile_spec(spec_file)
-    dataset = load_dataset(data)
+    dataset = load_dataset(data, image_size=graph.input_shape[1:])
     _check_fit(graph, dataset, data)
     training = load_training_module(backend)
     module = load_backend(backend)
@@ -1303,20 +1296,12 @@ def evaluate_checkpoint(
     options = RuntimeOptions(precision="fp32", compile=False, device=device)
     rt = training.make_runtime(graph, source, options)
     try:
-        rt.set_data(
-            TrainData(
-                dataset.x_train,
-                dataset.y_train,
-                dataset.x_test,
-                dataset.y_test,
-                dataset.mean,
-                dataset.std,
-            )
-        )
+        rt.set_data(dataset.train_data())
         rt.load_state_dict(tensors)
         loss_sum, correct, count = rt.evaluate(split, batch_size)
     finally:
         rt.close(aborted=True)
+        dataset.close()
     return loss_sum / count, 1.0 - correct / count
 
 
@@ -1390,7 +1375,7 @@ def run_from_cli(args: dict[str, Any]) -> dict[str, Any]:
     if not args.get("data"):
         raise UserError(
             "give the data to train on: --data digits | synthetic[:HxWxC[:CLASSES]] "
-            "| cifar10:PATH | cifar100:PATH"
+            "| cifar10:PATH | cifar100:PATH | imagefolder:PATH | webdataset:PATTERN"
         )
     if args.get("precision") not in (None, "fp32", "bf16"):
         raise UserError(f"--precision is fp32 or bf16, not {args['precision']!r}")

@@ -11,7 +11,10 @@ Contract:
 - **Data** is handed over once (:meth:`Runtime.set_data`), as NHWC numpy arrays with the
   per-channel statistics. A runtime may keep it on the host and assemble each batch with
   :func:`host_batch`, or copy it to the accelerator once and gather, crop, flip and normalise
-  there; either way the batch it trains on is the one described by :class:`Batch`.
+  there; either way the batch it trains on is the one described by :class:`Batch`. Streamed
+  data (:attr:`TrainData.streamed`: image folders, shards) stays on the host: each training
+  :class:`Batch` brings its decoded, augmented ``uint8`` images, and the evaluation splits are
+  sequences that decode the images an index array names.
 - **A step** (:meth:`Runtime.train_step`) trains on the examples ``batch.index`` of the training
   split with the augmentation draws in ``batch`` and learning rate ``lr``, and returns an opaque
   handle to that step's (mean loss, number correct). Nothing is synchronised per step:
@@ -102,6 +105,13 @@ class TrainData:
     augment: bool = False
     pad: int = 4
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are decoded on demand (image folders, shards) rather than held in
+        arrays: training batches then bring their images (:attr:`Batch.images`) and the splits
+        are read-only sequences indexed by arrays of indices (never copied to a device)."""
+        return not isinstance(self.x_train, np.ndarray)
+
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name == "train":
             return self.x_train, self.y_train
@@ -124,6 +134,8 @@ class Batch:
     top: np.ndarray | None = None
     left: np.ndarray | None = None
     flip: np.ndarray | None = None
+    images: np.ndarray | None = None  # a streamed source's decoded, augmented uint8 NHWC batch
+    labels: np.ndarray | None = None  # ... and its int64 labels (``index`` then names the files)
 
     def shard(self, rank: int, world_size: int) -> Batch:
         """Rank ``rank``'s contiguous share of the batch."""
@@ -136,7 +148,15 @@ class Batch:
         def cut(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[sl]
 
-        return Batch(self.step, self.index[sl], cut(self.top), cut(self.left), cut(self.flip))
+        return Batch(
+            self.step,
+            self.index[sl],
+            cut(self.top),
+            cut(self.left),
+            cut(self.flip),
+            cut(self.images),
+            cut(self.labels),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +194,8 @@ def host_batch(
     """The normalised ``float32`` NHWC images and ``int64`` labels that ``batch`` describes."""
     from rescompile.harness.data import normalize
 
+    if batch.images is not None:  # a streamed batch brings its images
+        return normalize(batch.images, data.mean, data.std), batch.labels
     x_all, y_all = data.split(split)
     x = x_all[batch.index]
     if batch.top is not None:

@@ -14,7 +14,7 @@ def test_harness_imports_no_framework() -> None:
         "import sys\n"
         "import rescompile.harness\n"
         "from rescompile.harness import checkpoint, data, metrics, plots, safepickle, schedules\n"
-        "from rescompile.harness import evaluate, init\n"
+        "from rescompile.harness import evaluate, images, init, shards\n"
         "heavy = ('torch', 'jax', 'flax', 'matplotlib', 'sklearn')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
     )

@@ -1,0 +1,446 @@
+"""Image folders and tar shards: decoding, augmentation, determinism and resume, rank splits,
+bad input, and both backends training from each (tiny PIL-written data, no download)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rescompile.harness.data import DataError, load_dataset
+from rescompile.harness.images import (
+    decode_eval,
+    decode_train,
+    open_image_folder,
+    random_resized_crop_box,
+)
+from rescompile.harness.shards import open_shards, pack_shards
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
+TINY = ["stages.0.depth=1", "stages.1.depth=1", "stages.2.depth=1"]
+FIT = [*TINY, "input.channels=3", "input.size=32", "num_classes=3"]
+CLASSES = ("cat", "dog", "eel")
+SIZES = [(50, 40), (40, 60), (33, 33), (80, 45)]  # (W, H)
+
+
+def _jpeg(path: Path, array: np.ndarray, mode: str | None = None) -> None:
+    Image.fromarray(array, mode).save(path, quality=90)
+
+
+def make_folder(root: Path, per_class: int = 8, val: int = 3, seed: int = 0) -> Path:
+    """``train/`` and ``val/`` of three classes: RGB JPEGs of several sizes, plus in train one
+    grey-scale JPEG, one CMYK JPEG, one PNG with alpha and one corrupt ``.jpg``."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", val)):
+        for c in CLASSES:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                w, h = SIZES[i % len(SIZES)]
+                _jpeg(d / f"{i:03d}.jpg", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    _jpeg(root / "train/cat/grey.jpg", rng.integers(0, 256, (40, 44), dtype=np.uint8))
+    _jpeg(root / "train/dog/cmyk.jpg", rng.integers(0, 256, (36, 48, 4), dtype=np.uint8), "CMYK")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 4), dtype=np.uint8), "RGBA").save(
+        root / "train/eel/alpha.png"
+    )
+    (root / "train/eel/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    (root / "train/eel/notes.txt").write_text("not an image extension: ignored")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("images") / "data")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, folder) -> str:
+    train, _ = pack_shards(folder, tmp_path_factory.mktemp("shards"), per_shard=10)
+    return train
+
+
+# -- decoding and augmentation -------------------------------------------------------------------
+
+
+def test_random_resized_crop_boxes_follow_the_scale_and_ratio_ranges():
+    rng = np.random.default_rng(0)
+    width, height = 500, 375
+    for _ in range(2000):
+        left, top, w, h = random_resized_crop_box(width, height, rng)
+        assert 0 <= left and left + w <= width and 0 <= top and top + h <= height
+        # rounding w and h to whole pixels moves the area and ratio by at most ~1 pixel's worth
+        assert 0.08 * width * height * 0.98 <= w * h <= width * height
+        assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
+
+
+def test_eval_crop_matches_resize_then_centre_crop_done_separately(tmp_path):
+    """decode_eval does resize + centre crop in one Image.resize(box=...); the reference does
+    the two steps as torchvision does them (PNG: no reduced-size decoding). They differ only by
+    where the crop falls: the reference rounds the resized width (49.33 -> 49) and the crop
+    offset (8.67 -> 8) to whole pixels, ours does not: under one output pixel. On this ramp an
+    output pixel (8.1 input pixels) spans at most 0.4 * 8.1 + 0.3 * 8.1 = 5.7 levels, so half a
+    pixel moves a value by under 3 levels; with rounding, 4."""
+    x = np.add.outer(np.arange(300) * 0.4, np.arange(400) * 0.3).astype(np.uint8)
+    image = np.stack([x, x[::-1], 255 - x], axis=-1)
+    path = tmp_path / "ramp.png"
+    Image.fromarray(image).save(path)
+    ours = decode_eval(path.read_bytes(), (32, 32))
+    short = round(32 * 256 / 224)  # 37
+    resized = Image.fromarray(image).resize((round(400 * short / 300), short), Image.BILINEAR)
+    left, top = (resized.width - 32) // 2, (resized.height - 32) // 2
+    reference = np.asarray(resized.crop((left, top, left + 32, top + 32)))
+    assert ours.shape == (32, 32, 3) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 4
+
+
+@pytest.mark.parametrize(
+    ("mode", "channels", "expected"),
+    [("L", None, (90, 90, 90)), ("CMYK", 4, (255, 255, 255)), ("RGB", 3, (200, 30, 90))],
+)
+def test_grey_and_cmyk_jpegs_become_rgb(tmp_path, mode, channels, expected):
+    """A uniform image keeps its colour through decode, crop and resize (JPEG: within 3
+    levels); CMYK (0, 0, 0, 0) is white."""
+    shape = (60, 80) if channels is None else (60, 80, channels)
+    value = {"L": 90, "CMYK": 0, "RGB": (200, 30, 90)}[mode]
+    array = np.zeros(shape, np.uint8) + np.asarray(value, np.uint8)
+    path = tmp_path / "one.jpg"
+    Image.fromarray(array, mode).save(path, quality=95)
+    for x in (
+        decode_train(path.read_bytes(), (24, 24), np.random.default_rng(1)),
+        decode_eval(path.read_bytes(), (24, 24)),
+    ):
+        assert x.shape == (24, 24, 3)
+        assert np.abs(x.astype(int) - np.asarray(expected)).max() <= 3
+
+
+@pytest.mark.parametrize("decoder", ["simplejpeg", "pillow"])
+def test_large_jpegs_are_decoded_at_a_reduced_size(tmp_path, monkeypatch, decoder):
+    """DCT scaling: a 1600x1200 JPEG cropped to 32 px decodes at 1/8 scale (200x150), whichever
+    decoder runs (simplejpeg, or Pillow's draft mode when simplejpeg is absent)."""
+    from rescompile.harness import images
+
+    if decoder == "pillow":
+        monkeypatch.setattr(images, "_simplejpeg", lambda: None)
+    path = tmp_path / "big.jpg"
+    _jpeg(path, np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
+    seen = []
+    original = images._Encoded.rgb
+
+    def spy(self, need):
+        out = original(self, need)
+        seen.append(out.size)
+        return out
+
+    monkeypatch.setattr(images._Encoded, "rgb", spy)
+    decode_eval(path.read_bytes(), (32, 32))
+    assert seen == [(200, 150)]
+
+
+def test_simplejpeg_and_pillow_decode_alike(tmp_path, monkeypatch):
+    """Both wrap libjpeg-turbo with its defaults (accurate integer IDCT, fancy upsampling), so
+    the choice of decoder does not change a batch; 1 level allowed for another build's
+    rounding. Full size (train crop) and 1/8 scale (eval at 32 px of a large image)."""
+    from rescompile.harness import images
+
+    rng = np.random.default_rng(0)
+    low = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(low).resize((1600, 1200), Image.BICUBIC).save(path, quality=90)
+    data = path.read_bytes()
+
+    def decode():
+        return (
+            decode_train(data, (224, 224), np.random.default_rng(5)),
+            decode_eval(data, (32, 32)),
+        )
+
+    turbo = decode()
+    monkeypatch.setattr(images, "_simplejpeg", lambda: None)
+    pillow = decode()
+    for a, b in zip(turbo, pillow, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+# -- the source ------------------------------------------------------------------------------------
+
+
+def _take(source, start, count, **kw):
+    it = source.train_batches(start, 8, seed=3, augment=True, **kw)
+    return [next(it) for _ in range(count)]
+
+
+def test_folder_source_metadata_classes_and_bad_files(folder):
+    source = open_image_folder(folder, (32, 32), workers=0)
+    try:
+        assert source.classes == list(CLASSES)
+        assert source.n_train == 3 * 8 + 4 and source.n_test == 9
+        assert source.input_shape == (32, 32, 3)
+        assert source.run_files() == {"classes.txt": "cat\ndog\neel\n"}
+        batches = _take(source, 0, 4)  # more than an epoch (28 // 8 = 3 steps)
+        for b in batches:
+            assert b.images.shape == (8, 32, 32, 3) and b.images.dtype == np.uint8
+            assert b.labels.dtype == np.int64 and set(b.labels) <= {0, 1, 2}
+        source.train_data().x_train[np.arange(source.n_train)]  # every file, once
+        assert source.skipped == 1 and "corrupt.jpg" in next(iter(source.bad))
+        data = source.train_data()
+        assert data.streamed and data.x_test[np.arange(3)].shape == (3, 32, 32, 3)
+    finally:
+        source.close()
+
+
+def test_batches_depend_only_on_seed_and_step_whatever_the_workers(folder):
+    """A resumed pipeline (start at step 5) and one with two worker processes give the same
+    batches as an uninterrupted single-threaded one: what exact resume rests on."""
+    a = open_image_folder(folder, (32, 32), workers=0)
+    b = open_image_folder(folder, (32, 32), workers=2)
+    try:
+        straight = _take(a, 0, 7)
+        resumed = _take(b, 5, 2)
+        for x, y in zip(straight[5:], resumed, strict=True):
+            assert x.step == y.step
+            assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)
+        assert not np.array_equal(straight[0].images, straight[1].images)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_ranks_split_each_batch_without_overlap(folder, shards):
+    for source in (open_image_folder(folder, (16, 16), workers=0), open_shards(shards, (16, 16))):
+        source.workers = 0
+        try:
+            whole = _take(source, 0, 3)
+            parts = [_take(source, 0, 3, rank=r, world_size=2) for r in (0, 1)]
+            for k in range(3):
+                joined = np.concatenate([parts[0][k].index, parts[1][k].index])
+                assert np.array_equal(joined, whole[k].index)
+                assert not set(parts[0][k].index) & set(parts[1][k].index)
+                assert np.array_equal(
+                    np.concatenate([parts[0][k].images, parts[1][k].images]), whole[k].images
+                )
+        finally:
+            source.close()
+
+
+def test_shards_hold_the_folder(folder, shards):
+    source = open_shards(shards, (32, 32), workers=0)
+    reference = open_image_folder(folder, (32, 32), workers=0)
+    try:
+        assert source.classes == list(CLASSES)
+        assert source.n_train == reference.n_train and source.n_test == reference.n_test
+        assert sorted(source.train.labels) == sorted(reference.train.labels)
+        # the validation shards keep the folder's order: the same images, decoded the same way
+        assert np.array_equal(
+            source.train_data().x_test[np.arange(9)], reference.train_data().x_test[np.arange(9)]
+        )
+        source.train_data().x_train[np.arange(source.n_train)]  # every file, once
+        assert source.skipped == 1 and next(iter(source.bad)).endswith(".jpg")
+    finally:
+        source.close()
+        reference.close()
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+def test_bad_folders_are_one_line_errors(tmp_path):
+    with pytest.raises(DataError, match="is not a directory"):
+        load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
+    (tmp_path / "a/train/cat").mkdir(parents=True)
+    with pytest.raises(DataError, match="has no val/ folder"):
+        load_dataset(f"imagefolder:{tmp_path / 'a'}")
+    (tmp_path / "a/val/cat").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"class folder .*train/cat holds no"):
+        load_dataset(f"imagefolder:{tmp_path / 'a'}")
+    _jpeg(tmp_path / "a/train/cat/1.jpg", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "a/val/cow").mkdir()
+    with pytest.raises(DataError, match=r"val/cow is a class that .*train does not have"):
+        load_dataset(f"imagefolder:{tmp_path / 'a'}")
+    with pytest.raises(DataError, match="imagefolder needs PATH"):
+        load_dataset("imagefolder:")
+    with pytest.raises(DataError, match="training shard .* does not exist"):
+        load_dataset(f"webdataset:{tmp_path}/train-{{000000..000001}}.tar")
+    (tmp_path / "train-000000.tar").write_bytes(b"garbage" * 100)
+    (tmp_path / "val-000000.tar").write_bytes(b"garbage" * 100)
+    with pytest.raises(DataError, match="is not a readable tar shard"):
+        load_dataset(f"webdataset:{tmp_path}/train-000000.tar")
+
+
+def test_too_many_unreadable_files_stop_with_one_line(folder):
+    source = open_image_folder(folder, (16, 16), workers=0, max_bad=0)
+    try:
+        with pytest.raises(
+            DataError,
+            match=r"1 unreadable images .* limit of 0; the first is .*corrupt\.jpg \(",
+        ):
+            source.train_data().x_train[np.arange(source.n_train)]
+    finally:
+        source.close()
+
+
+def test_a_dead_worker_is_a_one_line_error(folder):
+    source = open_image_folder(folder, (16, 16), workers=1)
+    try:
+        it = source.train_batches(0, 8, seed=0, augment=True)
+        next(it)
+        (pid,) = source._iterators[0].pool._processes
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(DataError, match="a data worker process died"):
+            for _ in range(8):  # the batches already computed may still arrive
+                next(it)
+    finally:
+        source.close()
+
+
+def test_cli_reports_a_missing_val_folder_without_a_traceback(tmp_path):
+    (tmp_path / "d/train/cat").mkdir(parents=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rescompile",
+            "train",
+            DIGITS,
+            "--data",
+            f"imagefolder:{tmp_path / 'd'}",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        f"error: imagefolder: {tmp_path / 'd'} has no val/ folder; expected "
+        "PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg (torchvision's ImageFolder)"
+    ]
+
+
+def test_pack_shards_command(tmp_path, folder):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "rescompile", "pack-shards", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+
+    out = tmp_path / "shards"
+    p = run(str(folder), "-o", str(out), "--per-shard", "12")
+    assert p.returncode == 0, p.stderr
+    pattern = f"{out}/train-{{000000..000002}}.tar"  # 28 training images, 12 a shard
+    assert p.stdout.strip() == f"train with --data webdataset:{pattern}"
+    assert sorted(f.name for f in out.iterdir()) == [
+        "classes.txt",
+        *(f"train-00000{k}.tar" for k in range(3)),
+        "val-000000.tar",
+    ]
+    p = run(str(folder), "-o", str(out))
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        f"error: {out} already holds shards; choose an empty directory"
+    ]
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "kind"),
+    [
+        ("torch", "imagefolder"),
+        ("torch", "webdataset"),
+        pytest.param("flax", "imagefolder", marks=pytest.mark.slow),
+        ("flax", "webdataset"),
+    ],
+)
+def test_both_backends_train_from_folders_and_shards(
+    tmp_path, folder, shards, backend, kind, monkeypatch
+):
+    from rescompile.harness.loop import TrainConfig, train
+
+    monkeypatch.setenv("RESCOMPILE_DATA_WORKERS", "0")
+    data = f"imagefolder:{folder}" if kind == "imagefolder" else f"webdataset:{shards}"
+    run = tmp_path / "run"
+    summary = train(
+        TrainConfig(
+            spec=DIGITS,
+            overrides=FIT,
+            backend=backend,
+            data=data,
+            steps=4,
+            batch_size=8,
+            out=str(run),
+            quiet=True,
+        )
+    )
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert summary["skipped_images"] == 1  # the corrupt file
+    assert np.isfinite(summary["final_test_loss"])
+    assert (run / "classes.txt").read_text() == "cat\ndog\neel\n"
+    config = json.loads((run / "config.json").read_text())
+    assert "3 classes" in config["dataset"]
+    if backend == "torch":  # rescompile eval on the run: its data, its final test figures
+        from rescompile.harness.evaluate import evaluate
+
+        e = evaluate(run)
+        assert e.images == 9 and e.step == 4
+        assert e.normalised_with == f"{data} (ImageNet mean and std)"
+        assert e.top1_error == summary["final_test_error"]
+        # the run sums float32 cross-entropies, eval computes them in float64 from the same
+        # float32 logits: they agree to float32 rounding
+        assert abs(e.loss - summary["final_test_loss"]) < 1e-5 * max(1.0, e.loss)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("flax", marks=pytest.mark.slow)])
+def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, folder, backend):
+    """The sigkill test of test_train_runs.py on an image folder with two worker processes."""
+    from rescompile.harness.checkpoint import latest_checkpoint, load_checkpoint
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", RESCOMPILE_DATA_WORKERS="2", PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-m", "rescompile", "train", DIGITS]
+    for o in FIT:
+        args += ["--set", o]
+    args += ["--data", f"imagefolder:{folder}", "--batch-size", "8", "--backend", backend]
+    args += ["--steps", "16", "--ckpt-every", "4", "--eval-every", "8", "--quiet"]
+    ref, victim = tmp_path / "ref", tmp_path / "victim"
+    logs = [open(tmp_path / f"{name}.log", "w") for name in ("ref", "victim")]  # noqa: SIM115
+    reference = subprocess.Popen([*args, "--out", str(ref)], cwd=ROOT, env=env, stderr=logs[0])
+    killed = subprocess.Popen([*args, "--out", str(victim)], cwd=ROOT, env=env, stderr=logs[1])
+    deadline = time.monotonic() + 600  # a hang check
+    while (
+        latest_checkpoint(victim) is None
+        or latest_checkpoint(victim).name < "ckpt-000008.safetensors"
+    ):
+        assert killed.poll() is None, (tmp_path / "victim.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not (victim / "summary.json").exists()
+    p = subprocess.run(
+        [sys.executable, "-m", "rescompile", "train", "--resume", str(victim), "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    assert reference.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()
+    a, meta_a = load_checkpoint(ref)
+    b, meta_b = load_checkpoint(victim)
+    assert meta_a["state"]["step"] == meta_b["state"]["step"] == 16
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if not np.array_equal(a[k], b[k])] == []
