@@ -13,6 +13,7 @@ so the events the interrupted process wrote past that checkpoint are hidden, as 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ class TensorBoardWriter:
             str(Path(run_dir) / TENSORBOARD_DIR),
             purge_step=None if resume_step is None else resume_step + 1,
             flush_secs=30,
+            # tensorboardX names a file by the second it was opened: a resume within the same
+            # second would truncate the interrupted session's file; nanoseconds keep them apart
+            # (and in order: TensorBoard reads a directory's files sorted by name)
+            filename_suffix=f".{time.time_ns()}",
         )
 
     def log_train(

@@ -115,3 +115,16 @@ def test_without_tensorboardx_the_flag_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"pip install 'rescompile\[tensorboard\]'"):
         train(config)
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_sessions_opened_within_one_second_keep_their_own_files(tmp_path):
+    """tensorboardX names an event file by the second it was opened; a session resumed within
+    that second must not truncate the first one's file."""
+    from rescompile.harness.tensorboard import TensorBoardWriter
+
+    for step, resume in ((1, None), (2, 1), (3, 2)):  # well within a second of each other
+        writer = TensorBoardWriter(tmp_path, resume_step=resume)
+        writer.log_eval(step, test_loss=float(step), test_error=0.5)
+        writer.close()
+    assert len(list((tmp_path / "tensorboard").iterdir())) == 3
+    assert _scalars(tmp_path)["test/loss"] == {1: 1.0, 2: 2.0, 3: 3.0}
