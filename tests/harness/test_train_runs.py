@@ -55,9 +55,18 @@ def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.Com
     )
 
 
+# `rescompile ARGS` with SIGINT at its default disposition: a process started from a shell's
+# background job (`make test &`) inherits SIGINT ignored, and rescompile then rightly ignores
+# Ctrl-C as every program does; the interrupt tests need it to arrive.
+_WITH_SIGINT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'rescompile'; runpy.run_module('rescompile', run_name='__main__')"
+)
+
+
 def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "rescompile", *args],
+        [sys.executable, "-c", _WITH_SIGINT, *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
