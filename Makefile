@@ -23,8 +23,9 @@ demo: setup
 	$(BIN)/rescompile check $(SPEC)
 	$(BIN)/rescompile report $(SPEC) --depth stage
 
-# one pytest-xdist worker per core; a test file stays on one worker (its module fixtures run once)
-JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
+# one pytest-xdist worker per core, at most 4 (each worker loads torch and jax); a test
+# file stays on one worker (its module fixtures run once)
+JOBS    ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$((n < 4 ? n : 4)))
 test: setup
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=15
 
