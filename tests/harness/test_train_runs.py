@@ -386,14 +386,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(*args: str) -> list[str]:
+def _torchrun(*args: str, node: tuple[int, int] | None = None) -> list[str]:
+    """torchrun on this machine: two processes, or with ``node=(rank, port)`` one process as
+    node ``rank`` of a two-node job whose rendezvous is at ``port`` (as on two machines)."""
+    where = ["--nproc_per_node=2", f"--master_port={_free_port()}"]
+    if node is not None:
+        where = ["--nnodes=2", f"--node_rank={node[0]}", "--nproc_per_node=1"]
+        where.append(f"--master_port={node[1]}")
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nproc_per_node=2",
+        *where,
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
         "-m",
         "rescompile",
         *args,
@@ -440,6 +445,26 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
     # float32 sums in another order: 2e-6 after 2 steps, about 2e-4 after these 20 (training
     # amplifies rounding; measured on x86-64); per-rank statistics give 0.9 (below)
     assert synced < 1e-3, synced
+
+    # the same job over two "nodes": two torchrun launches of one process each, the commands two
+    # machines would run (README); rank 1 on the second node trains its half of every batch
+    nodes_run, port = tmp_path / "two-nodes", _free_port()
+    launches = [
+        subprocess.Popen(
+            _torchrun(*DDP, "--out", str(nodes_run), node=(rank, port)),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    for launch in launches:
+        assert launch.wait(timeout=600) == 0, launch.communicate()[1][-3000:]
+    s = json.loads((nodes_run / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["status"] == "completed"
+    assert _max_rel_diff(load_checkpoint(nodes_run)[0], reference) < 1e-3
 
     unsynced_run = tmp_path / "ddp-no-sync"
     cmd = _torchrun(*DDP, "--no-sync-bn", "--out", str(unsynced_run))
