@@ -25,6 +25,7 @@ from rescompile.emission.names import num
 from rescompile.emission.plan import (
     ATTENTION_DEFAULTS,
     ATTENTION_HELPERS,
+    HELPER_DOCS,
     BlockCall,
     BlockClass,
     ConvHelper,
@@ -270,11 +271,7 @@ class _Renderer:
             return [
                 f"class {name}(nnx.Module):",
                 *docstring(
-                    "Squeeze-and-excitation (Hu et al. 2018), as timm's SEModule: global average "
-                    "pool, a 1x1 conv down to ``rd_channels``, ReLU, a 1x1 conv back up, and a "
-                    "sigmoid gate that scales ``x``.\n\n``rd_channels`` is ``channels * "
-                    "rd_ratio`` rounded to the nearest multiple of ``rd_divisor`` (halves up), "
-                    "at least ``rd_divisor`` (timm's make_divisible).",
+                    HELPER_DOCS["se"],
                     1,
                 ),
                 "",
@@ -303,10 +300,7 @@ class _Renderer:
         return [
             f"class {name}(nnx.Module):",
             *docstring(
-                "Efficient channel attention (Wang et al. 2020), as timm's EcaModule: global "
-                "average pool, a 1-d convolution across the channels, and a sigmoid gate that "
-                "scales ``x``.\n\nWithout ``kernel_size`` the kernel follows the channel "
-                "count: int((log2(channels) + 1) / 2), made odd, at least 3.",
+                HELPER_DOCS["eca"],
                 1,
             ),
             "",
@@ -532,9 +526,7 @@ class _Renderer:
         return [
             f"class {self.n['SameAvgPool']}(nnx.Module):",
             *docstring(
-                "timm's AvgPool2dSame(2, stride=1), where a dilated stage starts: zeros padded on "
-                "the right and below, then 2x2 average pooling at stride 1 (the padded zeros "
-                "count), so the map keeps its size.",
+                HELPER_DOCS["same_avgpool"],
                 1,
             ),
             "",
@@ -560,8 +552,7 @@ class _Renderer:
         return [
             f"class {self.n['ZeroPadShortcut']}(nnx.Module):",
             *docstring(
-                "Option A shortcut (no parameters): keep every ``stride``-th row and column, "
-                "then append zero channels up to ``out_channels``.",
+                HELPER_DOCS["option_a"],
                 1,
             ),
             "",

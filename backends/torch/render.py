@@ -23,6 +23,7 @@ from rescompile.emission.plan import (
     ATTENTION_HELPERS,
     BN_EPS,
     BN_MOMENTUM,
+    HELPER_DOCS,
     BlockCall,
     BlockClass,
     Layer,
@@ -230,11 +231,7 @@ class _Renderer:
             return [
                 f"class {name}(nn.Module):",
                 *docstring(
-                    "Squeeze-and-excitation (Hu et al. 2018), as timm's SEModule: global average "
-                    "pool, a 1x1 conv down to ``rd_channels``, ReLU, a 1x1 conv back up, and a "
-                    "sigmoid gate that scales ``x``.\n\n``rd_channels`` is ``channels * "
-                    "rd_ratio`` rounded to the nearest multiple of ``rd_divisor`` (halves up), "
-                    "at least ``rd_divisor`` (timm's make_divisible).",
+                    HELPER_DOCS["se"],
                     1,
                 ),
                 "",
@@ -263,10 +260,7 @@ class _Renderer:
         return [
             f"class {name}(nn.Module):",
             *docstring(
-                "Efficient channel attention (Wang et al. 2020), as timm's EcaModule: global "
-                "average pool, a 1-d convolution across the channels, and a sigmoid gate that "
-                "scales ``x``.\n\nWithout ``kernel_size`` the kernel follows the channel "
-                "count: int((log2(channels) + 1) / 2), made odd, at least 3.",
+                HELPER_DOCS["eca"],
                 1,
             ),
             "",
@@ -292,9 +286,7 @@ class _Renderer:
         return [
             f"class {self.p.names['SameAvgPool']}(nn.Module):",
             *docstring(
-                "timm's AvgPool2dSame(2, stride=1), where a dilated stage starts: zeros padded on "
-                "the right and below, then 2x2 average pooling at stride 1 (the padded zeros "
-                "count), so the map keeps its size.",
+                HELPER_DOCS["same_avgpool"],
                 1,
             ),
             "",
@@ -355,8 +347,7 @@ class _Renderer:
         return [
             f"class {self.p.names['ZeroPadShortcut']}(nn.Module):",
             *docstring(
-                "Option A shortcut (no parameters): keep every ``stride``-th row and column, "
-                "then append zero channels up to ``out_channels``.",
+                HELPER_DOCS["option_a"],
                 1,
             ),
             "",

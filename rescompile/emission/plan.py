@@ -78,6 +78,33 @@ ATTENTION_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 
+# What each shared helper module does, in the same words in every backend's source.
+HELPER_DOCS = {
+    "se": (
+        "Squeeze-and-excitation (Hu et al. 2018), as timm's SEModule: global average "
+        "pool, a 1x1 conv down to ``rd_channels``, ReLU, a 1x1 conv back up, and a "
+        "sigmoid gate that scales ``x``.\n\n``rd_channels`` is ``channels * "
+        "rd_ratio`` rounded to the nearest multiple of ``rd_divisor`` (halves up), "
+        "at least ``rd_divisor`` (timm's make_divisible)."
+    ),
+    "eca": (
+        "Efficient channel attention (Wang et al. 2020), as timm's EcaModule: global "
+        "average pool, a 1-d convolution across the channels, and a sigmoid gate that "
+        "scales ``x``.\n\nWithout ``kernel_size`` the kernel follows the channel "
+        "count: int((log2(channels) + 1) / 2), made odd, at least 3."
+    ),
+    "same_avgpool": (
+        "timm's AvgPool2dSame(2, stride=1), where a dilated stage starts: zeros padded on "
+        "the right and below, then 2x2 average pooling at stride 1 (the padded zeros "
+        "count), so the map keeps its size."
+    ),
+    "option_a": (
+        "Option A shortcut (no parameters): keep every ``stride``-th row and column, "
+        "then append zero channels up to ``out_channels``."
+    ),
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # plan elements
 
