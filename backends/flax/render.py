@@ -270,10 +270,7 @@ class _Renderer:
             conv = "nnx.Conv({}, {}, (1, 1), kernel_init=" + he + ", rngs=rngs)"
             return [
                 f"class {name}(nnx.Module):",
-                *docstring(
-                    HELPER_DOCS["se"],
-                    1,
-                ),
+                *docstring(HELPER_DOCS["se"], 1),
                 "",
                 *def_lines(
                     "__init__",
@@ -299,10 +296,7 @@ class _Renderer:
             ]
         return [
             f"class {name}(nnx.Module):",
-            *docstring(
-                HELPER_DOCS["eca"],
-                1,
-            ),
+            *docstring(HELPER_DOCS["eca"], 1),
             "",
             *def_lines(
                 "__init__",
@@ -525,10 +519,7 @@ class _Renderer:
     def same_avg_pool(self) -> list[str]:
         return [
             f"class {self.n['SameAvgPool']}(nnx.Module):",
-            *docstring(
-                HELPER_DOCS["same_avgpool"],
-                1,
-            ),
+            *docstring(HELPER_DOCS["same_avgpool"], 1),
             "",
             "    def __call__(self, x: jax.Array) -> jax.Array:",
             "        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))",
@@ -551,10 +542,7 @@ class _Renderer:
     def zero_pad(self) -> list[str]:
         return [
             f"class {self.n['ZeroPadShortcut']}(nnx.Module):",
-            *docstring(
-                HELPER_DOCS["option_a"],
-                1,
-            ),
+            *docstring(HELPER_DOCS["option_a"], 1),
             "",
             *def_lines(
                 "__init__",

@@ -230,10 +230,7 @@ class _Renderer:
         if kind == "se":
             return [
                 f"class {name}(nn.Module):",
-                *docstring(
-                    HELPER_DOCS["se"],
-                    1,
-                ),
+                *docstring(HELPER_DOCS["se"], 1),
                 "",
                 *def_lines(
                     "__init__",
@@ -259,10 +256,7 @@ class _Renderer:
             ]
         return [
             f"class {name}(nn.Module):",
-            *docstring(
-                HELPER_DOCS["eca"],
-                1,
-            ),
+            *docstring(HELPER_DOCS["eca"], 1),
             "",
             *def_lines(
                 "__init__",
@@ -285,10 +279,7 @@ class _Renderer:
     def same_avg_pool(self) -> list[str]:
         return [
             f"class {self.p.names['SameAvgPool']}(nn.Module):",
-            *docstring(
-                HELPER_DOCS["same_avgpool"],
-                1,
-            ),
+            *docstring(HELPER_DOCS["same_avgpool"], 1),
             "",
             "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
             f"        x = {self.F}.pad(x, (0, 1, 0, 1))",
@@ -346,10 +337,7 @@ class _Renderer:
     def zero_pad(self) -> list[str]:
         return [
             f"class {self.p.names['ZeroPadShortcut']}(nn.Module):",
-            *docstring(
-                HELPER_DOCS["option_a"],
-                1,
-            ),
+            *docstring(HELPER_DOCS["option_a"], 1),
             "",
             *def_lines(
                 "__init__",
