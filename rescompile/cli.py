@@ -667,11 +667,35 @@ def train(
         _opt("also write TensorBoard event files to RUN/tensorboard", "--tensorboard"),
     ] = None,
     quiet: Annotated[bool, _opt("no progress output", "--quiet", "-q")] = False,
+    coordinator: Annotated[
+        str | None,
+        _opt(
+            "multi-host flax: process 0's HOST:PORT (default $JAX_COORDINATOR_ADDRESS), or "
+            "auto (SLURM, Open MPI, Cloud TPU)",
+            "--coordinator",
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None, _opt("multi-host flax: number of processes (hosts)", "--num-processes")
+    ] = None,
+    process_id: Annotated[
+        int | None, _opt("multi-host flax: this process, 0 to N-1", "--process-id")
+    ] = None,
 ) -> None:
     """Train a spec with a backend; writes a run directory (metrics, checkpoints, curves)."""
     from rescompile.harness.loop import run_from_cli
 
-    run_from_cli(locals())
+    args = locals()
+    if (coordinator, num_processes, process_id) != (None, None, None):
+        from rescompile.harness import distributed
+
+        if backend != "flax" and not (backend is None and resume):
+            raise UserError(
+                "--coordinator, --num-processes and --process-id start a multi-host flax run: "
+                "add --backend flax (the torch backend runs on several hosts under torchrun)"
+            )
+        distributed.initialize(coordinator, num_processes, process_id)
+    run_from_cli(args)
 
 
 class EvalFormat(StrEnum):

@@ -12,6 +12,13 @@ evaluations and state; see :mod:`rescompile.harness.runtime` for the contract.
   ``"data"``; parameters, statistics, optimiser state and the dataset are replicated, each
   batch's indices are sharded along the mesh, and XLA partitions the step. BatchNorm statistics
   are therefore those of the *global* batch (synchronised BatchNorm), unlike PyTorch's DDP.
+- **Several hosts** (``jax.distributed``, joined by :mod:`rescompile.harness.distributed`
+  before the runtime is built): the mesh spans every process's devices, in process order.
+  Each process is a rank: the driver hands it its contiguous share of each global batch (a pure
+  function of seed and step), which becomes its local devices' part of the global batch
+  (``jax.make_array_from_process_local_data``); an in-memory dataset is replicated on every
+  process's devices. Each evaluation batch is split the same way and summed over all devices,
+  so every process gets the global figures; process 0 alone writes files.
 - bf16 (``precision="bf16"``, the default on a GPU) sets the computation dtype of every
   convolution, BatchNorm and fc layer to bfloat16; parameters, BatchNorm statistics (reduced in
   float32 by flax), the loss and the optimiser stay float32.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -91,25 +99,36 @@ def _clip_and_decay(decay: Any, max_norm: float | None) -> Any:
 
 
 def _devices(want: str | None) -> list[Any]:
+    """The devices of the mesh: this process's, or every process's (in process order) in a
+    multi-host run."""
     import jax
 
-    if want is None:
-        return jax.local_devices()
-    platform = {"cuda": "gpu", "gpu": "gpu", "cpu": "cpu", "tpu": "tpu"}.get(want)
-    if platform is None:
-        raise UserError(f"the flax backend runs on --device cpu, gpu or tpu, not {want!r}")
+    platform = None
+    if want is not None:
+        platform = {"cuda": "gpu", "gpu": "gpu", "cpu": "cpu", "tpu": "tpu"}.get(want)
+        if platform is None:
+            raise UserError(f"the flax backend runs on --device cpu, gpu or tpu, not {want!r}")
     try:
-        return jax.local_devices(backend=platform)
+        local = jax.local_devices(backend=platform)
+        if jax.process_count() == 1:
+            return local
+        devices = sorted(jax.devices(platform), key=lambda d: (d.process_index, d.id))
     except RuntimeError as exc:
         raise UserError(
             f"--device {want} was asked for, but jax has no {platform}: {exc}"
         ) from None
+    if len(devices) != len(local) * jax.process_count():
+        raise UserError(
+            f"the hosts of this run have different numbers of {devices[0].platform} devices "
+            f"({len(devices)} in all, {len(local)} here): each process must use as many"
+        )
+    return devices
 
 
 class FlaxRuntime:
     backend = "flax"
-    rank = 0
-    world_size = 1  # one process; the local devices are used through sharding
+    rank = 0  # jax.process_index(): a multi-host run has one rank per process (host)
+    world_size = 1  # jax.process_count(); each process uses all its local devices
 
     def __init__(self, graph: Graph, source: str, options: RuntimeOptions) -> None:
         import jax
@@ -130,13 +149,17 @@ class FlaxRuntime:
             )
         cache = enable_compilation_cache()
         devices = _devices(options.device)
+        self.rank, self.world_size = _launch(jax.process_index(), jax.process_count())
         self.num_devices = len(devices)
+        self.local_devices = self.num_devices // self.world_size
         self.mesh = Mesh(np.array(devices), ("data",))
         self.replicated = NamedSharding(self.mesh, P())
         self.sharded = NamedSharding(self.mesh, P("data"))
         gpu = devices[0].platform == "gpu"
         kind = devices[0].device_kind
         self.device = f"{devices[0].platform} x{self.num_devices} ({kind})"
+        if self.world_size > 1:
+            self.device += f" over {self.world_size} processes"
 
         bf16 = (options.precision or ("bf16" if gpu else "fp32")) == "bf16"
         self.data_on_device = options.data_on_device is not False
@@ -146,6 +169,7 @@ class FlaxRuntime:
             "channels_last": True,  # flax is NHWC throughout
             "data_on_device": self.data_on_device,
             "devices": self.num_devices,
+            "processes": self.world_size,
             "sync_bn": True,  # sharded BatchNorm: statistics of the global batch
             "jax": jax.__version__,
             "compilation_cache": cache,
@@ -159,7 +183,7 @@ class FlaxRuntime:
                     module.dtype = jnp.bfloat16
         graphdef, _ = nnx.split(abstract)
 
-        @jax.jit
+        @partial(jax.jit, out_shardings=self.replicated)  # the same state on every device
         def init(key):
             model = cls(rngs=nnx.Rngs(key))
             return nnx.split(model, nnx.Param, nnx.BatchStat, ...)[1:]
@@ -273,13 +297,14 @@ class FlaxRuntime:
             return model(normalize(x, mean, std)).astype(jnp.float32)
 
         rep = self.replicated
-        self._logits = jax.jit(logits_step)
+        # several processes: the logits come back whole to every one (each holds only its part)
+        self._logits = jax.jit(logits_step, out_shardings=rep if self.world_size > 1 else None)
         self._train = jax.jit(
             train_step,
             donate_argnums=(0, 1, 2, 3),
             out_shardings=(rep, rep, rep, rep, rep),
         )
-        self._eval = jax.jit(eval_step)
+        self._eval = jax.jit(eval_step, out_shardings=rep)
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -300,15 +325,26 @@ class FlaxRuntime:
             }
 
     def _put(self, a: np.ndarray) -> Any:
+        """This process's part of a global array sharded along the batch (all of it when the
+        run has one process)."""
         import jax
 
-        return jax.device_put(a, self.sharded)
+        if self.world_size == 1:
+            return jax.device_put(a, self.sharded)
+        return jax.make_array_from_process_local_data(self.sharded, a)
+
+    def _mine(self, a: np.ndarray) -> np.ndarray:
+        """This process's contiguous share of a global batch (the devices are in process
+        order)."""
+        per = len(a) // self.world_size
+        return a[self.rank * per : (self.rank + 1) * per]
 
     def _batch_args(self, batch: Batch, split: str) -> tuple[Any, Any, Any]:
-        """``(data, index, crop)`` arguments of the jitted functions for ``batch``."""
+        """``(data, index, crop)`` arguments of the jitted functions for ``batch`` (this
+        process's share of the global batch)."""
         n = len(batch.index)
-        if n % self.num_devices:
-            raise ValueError(f"a batch of {n} does not split over {self.num_devices} devices")
+        if n % self.local_devices:
+            raise ValueError(f"a batch of {n} does not split over {self.local_devices} devices")
         if batch.images is not None:  # a streamed uint8 batch, normalised on the device
             data = (self._put(batch.images), self._put(batch.labels), *self.mean_std)
             return data, self._put(np.arange(n)), None
@@ -319,15 +355,27 @@ class FlaxRuntime:
             return self.splits[split], self._put(batch.index), crop
         x, y = host_batch(self.data, batch, split)
         c = x.shape[-1]
-        data = (self._put(x), self._put(y), np.zeros(c, np.float32), np.ones(c, np.float32))
+        data = (self._put(x), self._put(y), *self.identity(c))
         return data, self._put(np.arange(n)), None
+
+    def identity(self, channels: int) -> tuple[Any, Any]:
+        """A mean of 0 and a standard deviation of 1 (for batches normalised on the host)."""
+        import jax
+
+        if not hasattr(self, "_identity"):
+            stats = (np.zeros(channels, np.float32), np.ones(channels, np.float32))
+            self._identity = jax.device_put(stats, self.replicated)
+        return self._identity
 
     # -- steps ---------------------------------------------------------------------------------
 
     def train_step(self, batch: Batch, lr: float) -> Any:
-        import jax.numpy as jnp
+        import jax
 
         data, index, crop = self._batch_args(batch, "train")
+        scalars = (np.float32(lr), np.int32(batch.step))
+        if self.world_size > 1:  # every argument on the global mesh
+            scalars = jax.device_put(scalars, self.replicated)
         (self.params, self.stats, self.other, self.opt_state, stats) = self._train(
             self.params,
             self.stats,
@@ -336,8 +384,7 @@ class FlaxRuntime:
             data,
             index,
             crop,
-            jnp.float32(lr),
-            jnp.int32(batch.step),
+            *scalars,
         )
         return stats
 
@@ -351,7 +398,8 @@ class FlaxRuntime:
 
     def evaluate(self, split: str, batch_size: int) -> tuple[float, int, int]:
         """Batches of one fixed size (the last one padded and masked), gathered on the host: one
-        compiled program serves every split."""
+        compiled program serves every split. Several processes: each gathers (or decodes) only
+        its share of every batch; the sums are over all devices."""
         import jax
 
         assert self.data is not None, "set_data() first"
@@ -363,7 +411,7 @@ class FlaxRuntime:
             index = np.arange(start, min(start + size, n))
             mask = np.ones(size, np.float32)
             mask[len(index) :] = 0
-            index = np.pad(index, (0, size - len(index)))
+            index = self._mine(np.pad(index, (0, size - len(index))))
             totals.append(
                 self._eval(
                     self.params,
@@ -372,7 +420,7 @@ class FlaxRuntime:
                     self._put(x_all[index]),
                     self._put(y_all[index]),
                     *self.mean_std,
-                    self._put(mask),
+                    self._put(self._mine(mask)),
                 )
             )
         loss, correct = np.sum(np.asarray(jax.device_get(totals), np.float64), axis=0)
@@ -390,7 +438,7 @@ class FlaxRuntime:
         for start in range(0, n, size):
             index = np.arange(start, min(start + size, n))
             count = len(index)
-            index = np.pad(index, (0, size - count))
+            index = self._mine(np.pad(index, (0, size - count)))
             logits = self._logits(
                 self.params, self.stats, self.other, self._put(x_all[index]), *self.mean_std
             )
@@ -440,4 +488,25 @@ class FlaxRuntime:
         )
 
     def close(self, *, aborted: bool = False) -> None:
-        pass
+        """At the normal end of a multi-host run, wait for every process: process 0 may still
+        be writing the summary and the plot (and it serves the coordinator)."""
+        if self.world_size > 1 and not aborted:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("rescompile: end of the run")
+
+
+def _launch(rank: int, world: int) -> tuple[int, int]:
+    """jax's process index and count, which must be the launch the driver planned for (it
+    chose which process writes the run directory before the runtime existed)."""
+    from rescompile.harness.distributed import current
+
+    launch = current()
+    if (launch.rank, launch.world_size) != (rank, world):
+        raise UserError(
+            f"jax runs as process {rank} of {world}, but the run was planned as process "
+            f"{launch.rank} of {launch.world_size}: join a multi-host run with "
+            "rescompile.harness.distributed.initialize() (the CLI's --coordinator), not "
+            "jax.distributed.initialize() alone"
+        )
+    return rank, world

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -45,6 +44,7 @@ import numpy as np
 
 from rescompile.backends import load_backend
 from rescompile.errors import UserError
+from rescompile.harness import distributed
 from rescompile.harness.interrupt import DeferredInterrupt
 from rescompile.harness.runtime import Runtime, RuntimeOptions
 from rescompile.ir.features import require_backend_support
@@ -420,7 +420,7 @@ def train(
     from rescompile.compiler import compile_spec
 
     session_start = time.perf_counter()
-    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run
+    rank0 = distributed.current().rank == 0  # torchrun, jax.distributed: rank 0 writes the run
     if resume is not None:
         run_dir = Path(resume)
         if not run_dir.is_dir():
@@ -593,12 +593,8 @@ def _train(
         from rescompile.harness.tensorboard import require_tensorboard
 
         require_tensorboard()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and config.backend != "torch":
-        raise UserError(
-            f"torchrun starts one process per device for the torch backend; the {config.backend} "
-            "backend uses every local device from a single process: run it without torchrun"
-        )
+    distributed.check_backend(config.backend)  # torchrun for torch, jax.distributed for flax
+    world = distributed.current().world_size
     recorded = (saved or {}).get("plan", {}).get("recipe") if saved else None
     p = _make_plan(config, graph, dataset, world, recorded if isinstance(recorded, dict) else None)
     backend = load_backend(config.backend)

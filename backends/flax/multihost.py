@@ -1,0 +1,121 @@
+"""Multi-host JAX for the flax backend: ``jax.distributed.initialize``, checked.
+
+Called through :func:`rescompile.harness.distributed.initialize`, before jax's backends exist.
+jax itself turns most rendezvous failures into a fatal abort with a C++ stack trace after its
+``initialization_timeout``; the checks here come first, so the common mistakes end in one line:
+
+- process 0 checks that the coordinator's port is free (it serves the coordinator there);
+- every other process waits for the coordinator's port to accept connections, up to the
+  timeout (process 0 not started, a wrong address, a firewall);
+- once joined, the processes exchange their ``--num-processes`` and refuse a mismatch.
+
+What remains to jax is a process that never arrives (a count larger than the processes
+started): the others wait ``initialization_timeout`` seconds, then jax stops them.
+
+On CPUs the cross-process collectives are gloo's (``jax_cpu_collectives_implementation``,
+jax's default since 0.4.3x; set here when a configuration turned it off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from rescompile.errors import UserError
+
+__all__ = ["initialize"]
+
+NOTICE_AFTER_S = 10.0  # say what is being waited for when joining takes longer than this
+
+
+def initialize(
+    address: str | None, num_processes: int | None, process_id: int | None, timeout: int
+) -> tuple[int, int]:
+    """Join the run; ``(process index, process count)``. ``address`` ``None``: jax detects the
+    settings not given (SLURM, Open MPI, Cloud TPU, Kubernetes)."""
+    import jax
+
+    from rescompile.harness.distributed import check_port_free, wait_for_coordinator
+
+    if jax.distributed.is_initialized():  # a script that called jax.distributed itself
+        return jax.process_index(), jax.process_count()
+    if jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if address is not None and process_id == 0:
+        check_port_free(address)
+    elif address is not None:
+        wait_for_coordinator(address, timeout)
+
+    who = "" if process_id is None else f"process {process_id} of {num_processes}: "
+    notice = threading.Timer(
+        min(NOTICE_AFTER_S, timeout / 2),
+        lambda: print(
+            f"{who}waiting for the other processes to join at {address or 'the coordinator'} "
+            f"(up to {timeout} s)",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    notice.daemon = True
+    notice.start()
+    try:
+        jax.distributed.initialize(
+            address, num_processes, process_id, initialization_timeout=timeout
+        )
+    except (ValueError, TypeError) as exc:  # jax found no cluster to read the settings from
+        raise UserError(
+            f"--coordinator auto: {exc} (jax found no SLURM, Open MPI, Cloud TPU or Kubernetes "
+            "job to read it from): give --coordinator HOST:PORT --num-processes N "
+            "--process-id I"
+        ) from None
+    except RuntimeError as exc:
+        raise UserError(f"jax.distributed.initialize failed: {_first_line(exc)}") from None
+    finally:
+        notice.cancel()
+
+    rank, world = jax.process_index(), jax.process_count()
+    _check_counts(world if num_processes is None else num_processes, world)
+    return rank, world
+
+
+def _check_counts(requested: int, world: int) -> None:
+    """Every process was started with the same process count (the coordinator's rules: a
+    process asking for more processes than process 0 still joins)."""
+    from jax.experimental import multihost_utils
+
+    with _stdout_to_stderr():  # gloo announces its first connection on stdout
+        gathered = multihost_utils.process_allgather(np.int64(requested))
+    counts = np.asarray(gathered).reshape(-1)
+    if (counts != world).any():
+        import jax
+
+        said = ", ".join(f"{int(n)} (process {i})" for i, n in enumerate(counts))
+        jax.distributed.shutdown()
+        raise UserError(
+            f"the processes were started with different --num-processes: {said}; give every "
+            "host the same count"
+        )
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what native code prints to file descriptor 1 to 2 instead: a command's standard
+    output stays its own."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
