@@ -67,12 +67,14 @@ def initialize(
         jax.distributed.initialize(
             address, num_processes, process_id, initialization_timeout=timeout
         )
-    except (ValueError, TypeError) as exc:  # jax found no cluster to read the settings from
-        raise UserError(
-            f"--coordinator auto: {exc} (jax found no SLURM, Open MPI, Cloud TPU or Kubernetes "
-            "job to read it from): give --coordinator HOST:PORT --num-processes N "
-            "--process-id I"
-        ) from None
+    except (ValueError, TypeError) as exc:
+        if address is None:  # jax found no cluster to read the settings from
+            raise UserError(
+                "--coordinator auto: jax found no SLURM, Open MPI, Cloud TPU or Kubernetes job "
+                f"to read the settings from ({_first_line(exc)}); give --coordinator HOST:PORT "
+                "--num-processes N --process-id I"
+            ) from None
+        raise UserError(f"jax.distributed.initialize: {_first_line(exc)}") from None
     except RuntimeError as exc:
         raise UserError(f"jax.distributed.initialize failed: {_first_line(exc)}") from None
     finally:

@@ -186,8 +186,11 @@ def check_port_free(address: str) -> None:
     """Process 0 serves the coordinator at ``address``'s port: a one-line error if another
     program already listens there."""
     _, port = parse_coordinator(address)
-    family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
-    with socket.socket(family) as s:
+    try:
+        s = socket.socket(socket.AF_INET6)  # jax listens on [::]:PORT
+    except OSError:  # no IPv6 here
+        s = socket.socket(socket.AF_INET)
+    with s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is free
         try:
             s.bind(("", port))

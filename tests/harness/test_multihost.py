@@ -35,15 +35,16 @@ HANG = 600  # s: a hang check, an order of magnitude above a normal run on a bus
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-    """One thread per process, one CPU device per process, no torchrun variables, and a
-    compilation cache shared by this module's processes."""
-    e = dict(os.environ)
+    """One thread per process, one CPU device per process, no launcher's variables (torchrun,
+    jax, clusters jax detects), and a compilation cache shared by this module's processes."""
+    clusters = ("SLURM_", "OMPI_", "PMIX_", "TPU_", "KUBERNETES_", "JAX_")
+    e = {k: v for k, v in os.environ.items() if not k.startswith(clusters)}
     e.update(
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
         RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")),
     )
-    for name in ("WORLD_SIZE", "RANK", "JAX_COORDINATOR_ADDRESS"):
+    for name in ("WORLD_SIZE", "RANK"):
         e.pop(name, None)
     flags = e.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=2", "")
     e["XLA_FLAGS"] = flags.strip()
@@ -125,6 +126,16 @@ def test_launch_options_are_checked_before_any_process_starts(monkeypatch):
     distributed.check_backend("flax")
 
 
+def test_process_0_needs_the_coordinator_port_free():
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"port {port} is taken here"):
+            distributed.check_port_free(f"127.0.0.1:{port}")
+    distributed.check_port_free(f"127.0.0.1:{port}")  # free again
+
+
 def test_cli_launch_errors_are_one_line(tmp_path, env):
     port = _free_port()
     train = ["train", *SMALL, "--steps", "2", "--out", str(tmp_path / "run")]
@@ -134,12 +145,14 @@ def test_cli_launch_errors_are_one_line(tmp_path, env):
         "range": _rescompile(*train, "--backend", "flax", *_host(2, port), env=quick),
         # process 1 with no process 0 anywhere: a bounded wait, then one line (not jax's abort)
         "alone": _rescompile(*train, "--backend", "flax", *_host(1, port), env=quick),
+        "auto": _rescompile(*train, "--backend", "flax", "--coordinator", "auto", env=quick),
     }
     results = dict(zip(runs, _finish(list(runs.values())), strict=True))
     expected = {
         "torch": "start a multi-host flax run: add --backend flax",
         "range": "--process-id 2 is out of range for --num-processes 2 (ids 0 to 1)",
         "alone": f"cannot reach the coordinator 127.0.0.1:{port} within 1 s",
+        "auto": "--coordinator auto: jax found no SLURM, Open MPI, Cloud TPU or Kubernetes job",
     }
     for name, (code, err) in results.items():
         assert code == 1, (name, err)
