@@ -347,7 +347,7 @@ class FlaxRuntime:
             raise ValueError(f"a batch of {n} does not split over {self.local_devices} devices")
         if batch.images is not None:  # a streamed uint8 batch, normalised on the device
             data = (self._put(batch.images), self._put(batch.labels), *self.mean_std)
-            return data, self._put(np.arange(n)), None
+            return data, self._put(self._positions(n)), None
         if self.data_on_device:
             crop = None
             if batch.top is not None:
@@ -355,17 +355,22 @@ class FlaxRuntime:
             return self.splits[split], self._put(batch.index), crop
         x, y = host_batch(self.data, batch, split)
         c = x.shape[-1]
-        data = (self._put(x), self._put(y), *self.identity(c))
-        return data, self._put(np.arange(n)), None
+        data = (self._put(x), self._put(y), *self._unit_stats(c))
+        return data, self._put(self._positions(n)), None
 
-    def identity(self, channels: int) -> tuple[Any, Any]:
+    def _positions(self, n: int) -> np.ndarray:
+        """Where this process's ``n`` examples sit in a global batch built from every
+        process's share: the index into it of each of them."""
+        return np.arange(self.rank * n, (self.rank + 1) * n)
+
+    def _unit_stats(self, channels: int) -> tuple[Any, Any]:
         """A mean of 0 and a standard deviation of 1 (for batches normalised on the host)."""
         import jax
 
-        if not hasattr(self, "_identity"):
+        if not hasattr(self, "_unit"):
             stats = (np.zeros(channels, np.float32), np.ones(channels, np.float32))
-            self._identity = jax.device_put(stats, self.replicated)
-        return self._identity
+            self._unit = jax.device_put(stats, self.replicated)
+        return self._unit
 
     # -- steps ---------------------------------------------------------------------------------
 

@@ -292,3 +292,36 @@ def test_two_hosts_train_like_one_process_and_resume(tmp_path, env):
     # torchrun test's. Feeding the wrong half of a batch, or the same half twice, breaks it.
     summed = _max_rel_diff(tensors, load_checkpoint(single)[0])
     assert summed < 1e-3, summed
+
+
+@pytest.mark.slow
+def test_two_hosts_stream_an_image_folder_like_one_process(tmp_path, env):
+    """Streamed data: each process decodes only its share of every training batch and of every
+    evaluation batch; the run is the single-process run with two devices."""
+    from tests.harness.test_image_data import FIT, make_folder
+
+    folder = make_folder(tmp_path / "data")
+    args = ["train", DIGITS, *[a for o in FIT for a in ("--set", o)], "--backend", "flax"]
+    args += ["--data", f"imagefolder:{folder}", "--batch-size", "8", "--steps", "6", "--quiet"]
+    e = {**env, "RESCOMPILE_DATA_WORKERS": "0"}
+    two = {**e, "XLA_FLAGS": f"{e['XLA_FLAGS']} --xla_force_host_platform_device_count=2"}
+    port = _free_port()
+    procs = [
+        _rescompile(*args, "--out", str(tmp_path / "two-devices"), env=two),
+        *(
+            _rescompile(*args, "--out", str(tmp_path / "two-hosts"), *_host(i, port), env=e)
+            for i in (0, 1)
+        ),
+    ]
+    for code, err in _finish(procs):
+        assert code == 0, err[-3000:]
+    hosts, devices = (
+        json.loads((tmp_path / r / "summary.json").read_text())
+        for r in ("two-hosts", "two-devices")
+    )
+    assert hosts["world_size"] == 2 and devices["world_size"] == 1
+    # the evaluation sums each process's share of the 9 validation images (padded to 10)
+    for key in ("final_test_error", "final_test_loss", "final_train_error"):
+        assert hosts[key] == pytest.approx(devices[key], rel=1e-6, abs=1e-7), key
+    a, b = (load_checkpoint(tmp_path / r)[0] for r in ("two-hosts", "two-devices"))
+    assert _max_rel_diff(a, b) <= 1e-6  # as above: the same program, two-way sums
