@@ -683,19 +683,24 @@ def train(
     ] = None,
 ) -> None:
     """Train a spec with a backend; writes a run directory (metrics, checkpoints, curves)."""
+    from rescompile.harness import distributed
     from rescompile.harness.loop import run_from_cli
 
     args = locals()
     if (coordinator, num_processes, process_id) != (None, None, None):
-        from rescompile.harness import distributed
-
         if backend != "flax" and not (backend is None and resume):
             raise UserError(
                 "--coordinator, --num-processes and --process-id start a multi-host flax run: "
                 "add --backend flax (the torch backend runs on several hosts under torchrun)"
             )
         distributed.initialize(coordinator, num_processes, process_id)
-    run_from_cli(args)
+    try:
+        run_from_cli(args)
+    except BaseException as exc:  # multi-host: exit at once, a lost peer in one line
+        error = distributed.failed(exc)
+        if error is exc:
+            raise
+        raise error from None
 
 
 class EvalFormat(StrEnum):

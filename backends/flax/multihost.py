@@ -28,7 +28,7 @@ import numpy as np
 
 from rescompile.errors import UserError
 
-__all__ = ["initialize"]
+__all__ = ["initialize", "lost_peer"]
 
 NOTICE_AFTER_S = 10.0  # say what is being waited for when joining takes longer than this
 
@@ -102,6 +102,16 @@ def _check_counts(requested: int, world: int) -> None:
             f"the processes were started with different --num-processes: {said}; give every "
             "host the same count"
         )
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """What a failed cross-process collective says (``"Gloo AllGather failed: ... Connection
+    closed by peer"``), or ``None`` for any other exception."""
+    import jax
+
+    if not isinstance(exc, jax.errors.JaxRuntimeError):
+        return None
+    return _first_line(exc)
 
 
 @contextlib.contextmanager

@@ -18,8 +18,11 @@ Nothing here imports a framework: the jax side is ``rescompile.backends.flax.mul
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -30,6 +33,7 @@ __all__ = [
     "Launch",
     "check_backend",
     "current",
+    "failed",
     "initialize",
     "check_port_free",
     "init_timeout",
@@ -161,6 +165,35 @@ def initialize(
     rank, world = multihost.initialize(address, num_processes, process_id, timeout)
     _jax_launch = Launch(rank, world, "jax")
     return _jax_launch
+
+
+def failed(exc: BaseException) -> BaseException:
+    """This process's part of a multi-host jax run failed with ``exc``: return the exception to
+    raise (a collective that failed because another process is gone becomes a one-line
+    :class:`UserError`), and let the process exit at once with status 1 (130 for Ctrl-C)
+    instead of waiting up to jax's shutdown timeout (300 s) at exit for processes that will
+    never get there. The others, waiting for this one in a collective, see it gone (gloo: at
+    once; else jax's heartbeat timeout) and stop the same way. Outside such a run: ``exc``."""
+    if _jax_launch is None or _jax_launch.world_size == 1:
+        return exc
+    from rescompile.backends.flax.multihost import lost_peer
+
+    code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    why = lost_peer(exc)
+    if why is not None:
+        exc = UserError(
+            f"process {_jax_launch.rank} of {_jax_launch.world_size}: the run stopped because "
+            f"another process is gone ({why}); that process's output says why"
+        )
+
+    def leave() -> None:  # registered last, so it runs before jax's own exit handler
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    atexit.register(leave)
+    return exc
 
 
 def wait_for_coordinator(address: str, timeout: float, *, poll: float = 0.5) -> None:

@@ -217,6 +217,28 @@ def test_two_processes_join_and_refuse_mismatched_counts(env):
         assert "Traceback" not in err
 
 
+def test_a_process_that_fails_stops_the_other_in_one_line(tmp_path, env):
+    """Host 1 lacks the data: it says so and exits at once (not after jax's 300 s shutdown
+    barrier); host 0, waiting for it in a collective, stops with one line too."""
+    port = _free_port()
+    train = ["train", DIGITS, *TINY, "--batch-size", "32", "--quiet", "--backend", "flax"]
+    train += ["--steps", "2", "--out", str(tmp_path / "run")]
+    missing = str(tmp_path / "no-cifar")
+    procs = [
+        _rescompile(*train, "--data", "digits", *_host(0, port), env=env),
+        _rescompile(*train, "--data", f"cifar10:{missing}", *_host(1, port), env=env),
+    ]
+    start = time.monotonic()
+    (code0, err0), (code1, err1) = _finish(procs, timeout=120)
+    assert time.monotonic() - start < 120  # a hang check: both stop within seconds
+    assert code1 == 1 and f"error: cifar10: {missing} does not exist" in err1, err1
+    assert code0 == 1, err0
+    errors = [line for line in err0.splitlines() if line.startswith("error")]
+    assert errors == [line for line in err0.splitlines() if not line.startswith("[Gloo]")], err0
+    assert len(errors) == 1 and "another process is gone" in errors[0], err0
+    assert not (tmp_path / "run").exists()
+
+
 # -- training (slow: four runs of a small net, about 2 minutes on two busy cores) ----------------
 
 RUN = ["train", *SMALL, "--backend", "flax", "--steps", "40", "--eval-every", "10"]
