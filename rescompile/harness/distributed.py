@@ -160,6 +160,9 @@ def initialize(
         parse_coordinator(address)
     timeout = init_timeout() if timeout is None else timeout
 
+    from rescompile.backends import load_backend
+
+    load_backend("flax").training  # noqa: B018 - a one-line error when jax or flax is missing
     from rescompile.backends.flax import multihost
 
     rank, world = multihost.initialize(address, num_processes, process_id, timeout)
