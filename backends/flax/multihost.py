@@ -30,6 +30,7 @@ from rescompile.errors import UserError
 
 __all__ = ["initialize", "lost_peer"]
 
+PEER_LOST = ("Gloo", "NCCL", "Connection closed", "Connection reset", "connection reset")
 NOTICE_AFTER_S = 10.0  # say what is being waited for when joining takes longer than this
 
 
@@ -105,13 +106,13 @@ def _check_counts(requested: int, world: int) -> None:
 
 
 def lost_peer(exc: BaseException) -> str | None:
-    """What a failed cross-process collective says (``"Gloo AllGather failed: ... Connection
-    closed by peer"``), or ``None`` for any other exception."""
-    import jax
-
-    if not isinstance(exc, jax.errors.JaxRuntimeError):
-        return None
-    return _first_line(exc)
+    """What a failed cross-process collective says (``"UNKNOWN: Gloo AllGather failed: ...
+    Connection closed by peer"``: a ``JaxRuntimeError``, or a ``ValueError`` when it fails inside
+    jax's own checks), or ``None`` for any other exception."""
+    text = _first_line(exc)
+    if isinstance(exc, ValueError | RuntimeError) and any(m in text for m in PEER_LOST):
+        return text
+    return None
 
 
 @contextlib.contextmanager

@@ -309,20 +309,39 @@ class FlaxRuntime:
     # -- data ----------------------------------------------------------------------------------
 
     def set_data(self, data: TrainData) -> None:
-        import jax
 
         if data.pad != 4:
             raise ValueError("the flax runtime crops with a padding of 4 pixels")
         self.data = data
         stats = (np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32))
-        self.mean_std = jax.device_put(stats, self.replicated)
+        self.mean_std = self._replicate(stats)
         if data.streamed:  # image folders, shards: decoded batch by batch on the host
             self.data_on_device = self.settings["data_on_device"] = False
         if self.data_on_device:
             self.splits = {
-                name: jax.device_put((*data.split(name), *stats), self.replicated)
-                for name in ("train", "test")
+                name: self._replicate((*data.split(name), *stats)) for name in ("train", "test")
             }
+
+    def _replicate(self, tree: Any) -> Any:
+        """``tree`` whole on every device of the mesh. Several processes: each places its own
+        copy (the same everywhere by construction: same seed, same files, same checkpoint),
+        without the check jax.device_put makes of a host value then (an all-gather of the whole
+        value: a synchronisation of all processes, every step for the learning rate)."""
+        import jax
+
+        if self.world_size == 1:
+            return jax.device_put(tree, self.replicated)
+
+        def place(leaf: Any) -> Any:
+            if isinstance(leaf, jax.Array) and (
+                leaf.sharding == self.replicated
+                or jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+            ):
+                return jax.device_put(leaf, self.replicated)
+            a = np.asarray(leaf)
+            return jax.make_array_from_callback(a.shape, self.replicated, lambda index: a[index])
+
+        return jax.tree.map(place, tree)
 
     def _put(self, a: np.ndarray) -> Any:
         """This process's part of a global array sharded along the batch (all of it when the
@@ -365,22 +384,20 @@ class FlaxRuntime:
 
     def _unit_stats(self, channels: int) -> tuple[Any, Any]:
         """A mean of 0 and a standard deviation of 1 (for batches normalised on the host)."""
-        import jax
 
         if not hasattr(self, "_unit"):
             stats = (np.zeros(channels, np.float32), np.ones(channels, np.float32))
-            self._unit = jax.device_put(stats, self.replicated)
+            self._unit = self._replicate(stats)
         return self._unit
 
     # -- steps ---------------------------------------------------------------------------------
 
     def train_step(self, batch: Batch, lr: float) -> Any:
-        import jax
 
         data, index, crop = self._batch_args(batch, "train")
         scalars = (np.float32(lr), np.int32(batch.step))
         if self.world_size > 1:  # every argument on the global mesh
-            scalars = jax.device_put(scalars, self.replicated)
+            scalars = self._replicate(scalars)
         (self.params, self.stats, self.other, self.opt_state, stats) = self._train(
             self.params,
             self.stats,
@@ -471,7 +488,6 @@ class FlaxRuntime:
         return out
 
     def load_state_dict(self, tensors: Mapping[str, np.ndarray]) -> None:
-        import jax
         from flax import nnx
 
         from .convert import torch_state_dict_to_nnx
@@ -488,8 +504,8 @@ class FlaxRuntime:
             trace_model = torch_state_dict_to_nnx(self._model(), full)
             trace = nnx.split(trace_model, nnx.Param, ...)[1]
             opt_state = (opt_state[0], opt_state[1]._replace(trace=trace))
-        self.params, self.stats, self.other, self.opt_state = jax.device_put(
-            (params, stats, other, opt_state), self.replicated
+        self.params, self.stats, self.other, self.opt_state = self._replicate(
+            (params, stats, other, opt_state)
         )
 
     def close(self, *, aborted: bool = False) -> None:
