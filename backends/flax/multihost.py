@@ -28,7 +28,7 @@ import numpy as np
 
 from rescompile.errors import UserError
 
-__all__ = ["initialize", "lost_peer"]
+__all__ = ["initialize", "joined", "lost_peer"]
 
 PEER_LOST = ("Gloo", "NCCL", "Connection closed", "Connection reset", "connection reset")
 NOTICE_AFTER_S = 10.0  # say what is being waited for when joining takes longer than this
@@ -43,8 +43,8 @@ def initialize(
 
     from rescompile.harness.distributed import check_port_free, wait_for_coordinator
 
-    if jax.distributed.is_initialized():  # a script that called jax.distributed itself
-        return jax.process_index(), jax.process_count()
+    if (joined_already := joined()) is not None:
+        return joined_already
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if address is not None and process_id == 0:
@@ -84,6 +84,16 @@ def initialize(
     rank, world = jax.process_index(), jax.process_count()
     _check_counts(world if num_processes is None else num_processes, world)
     return rank, world
+
+
+def joined() -> tuple[int, int] | None:
+    """``(process index, process count)`` when this process already called
+    ``jax.distributed.initialize`` (a script that did so itself), else ``None``."""
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return None
+    return jax.process_index(), jax.process_count()
 
 
 def _check_counts(requested: int, world: int) -> None:

@@ -121,10 +121,16 @@ def initialize(
     from SLURM, Open MPI, Cloud TPU or Kubernetes. Every problem that can be seen before the
     processes meet is a one-line :class:`UserError`: a bad address, a process id out of range,
     a coordinator that does not answer within ``timeout`` seconds, processes started with
-    different ``--num-processes``. Calling it again returns the same launch."""
+    different ``--num-processes``. Calling it again returns the same launch; called without
+    arguments after the script called ``jax.distributed.initialize`` itself, it adopts that."""
     global _jax_launch
     if _jax_launch is not None:
         return _jax_launch
+    if (coordinator, num_processes, process_id) == (None, None, None):
+        joined = _multihost().joined()  # a script that called jax.distributed.initialize
+        if joined is not None:
+            _jax_launch = Launch(*joined, "jax")
+            return _jax_launch
     if _env_int("WORLD_SIZE", 1) > 1:
         raise UserError(
             "this process was started by torchrun (WORLD_SIZE is set): --coordinator, "
@@ -159,15 +165,19 @@ def initialize(
     if address is not None:
         parse_coordinator(address)
     timeout = init_timeout() if timeout is None else timeout
-
-    from rescompile.backends import load_backend
-
-    load_backend("flax").training  # noqa: B018 - a one-line error when jax or flax is missing
-    from rescompile.backends.flax import multihost
-
-    rank, world = multihost.initialize(address, num_processes, process_id, timeout)
+    rank, world = _multihost().initialize(address, num_processes, process_id, timeout)
     _jax_launch = Launch(rank, world, "jax")
     return _jax_launch
+
+
+def _multihost():
+    """``rescompile.backends.flax.multihost`` (a one-line error when jax or flax is missing)."""
+    from rescompile.backends import load_backend
+
+    load_backend("flax").training  # noqa: B018
+    from rescompile.backends.flax import multihost
+
+    return multihost
 
 
 def failed(exc: BaseException) -> BaseException:

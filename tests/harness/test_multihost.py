@@ -73,13 +73,13 @@ def _rescompile(*args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def _finish(procs: list[subprocess.Popen], timeout: float = HANG) -> list[tuple[int, str]]:
-    """Wait for every process (a hang check); ``(exit status, stderr)`` of each."""
+def _finish(procs: list[subprocess.Popen], timeout: float = HANG) -> list[tuple[int, str, str]]:
+    """Wait for every process (a hang check); ``(exit status, stdout, stderr)`` of each."""
     out = []
     try:
         for p in procs:
-            err = p.communicate(timeout=timeout)[1]
-            out.append((p.returncode, err))
+            stdout, stderr = p.communicate(timeout=timeout)
+            out.append((p.returncode, stdout, stderr))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -154,7 +154,7 @@ def test_cli_launch_errors_are_one_line(tmp_path, env):
         "alone": f"cannot reach the coordinator 127.0.0.1:{port} within 1 s",
         "auto": "--coordinator auto: jax found no SLURM, Open MPI, Cloud TPU or Kubernetes job",
     }
-    for name, (code, err) in results.items():
+    for name, (code, _, err) in results.items():
         assert code == 1, (name, err)
         assert err.startswith("error: ") and err.count("\n") == 1, (name, err)
         assert expected[name] in err, (name, err)
@@ -175,27 +175,19 @@ _JOIN = (
 
 
 def _join(port: int, counts: tuple[int, int], env: dict[str, str]) -> list[tuple[int, str, str]]:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _JOIN, f"127.0.0.1:{port}", str(n), str(i)],
-            cwd=ROOT,
-            env={**env, distributed.TIMEOUT_VARIABLE: "60"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i, n in enumerate(counts)
-    ]
-    results = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=HANG)
-            results.append((p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return results
+    return _finish(
+        [
+            subprocess.Popen(
+                [sys.executable, "-c", _JOIN, f"127.0.0.1:{port}", str(n), str(i)],
+                cwd=ROOT,
+                env={**env, distributed.TIMEOUT_VARIABLE: "60"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i, n in enumerate(counts)
+        ]
+    )
 
 
 def test_two_processes_join_and_refuse_mismatched_counts(env):
@@ -229,7 +221,7 @@ def test_a_process_that_fails_stops_the_other_in_one_line(tmp_path, env):
         _rescompile(*train, "--data", f"cifar10:{missing}", *_host(1, port), env=env),
     ]
     start = time.monotonic()
-    (code0, err0), (code1, err1) = _finish(procs, timeout=120)
+    (code0, _, err0), (code1, _, err1) = _finish(procs, timeout=120)
     assert time.monotonic() - start < 120  # a hang check: both stop within seconds
     assert code1 == 1 and f"error: cifar10: {missing} does not exist" in err1, err1
     assert code0 == 1, err0
@@ -238,6 +230,52 @@ def test_a_process_that_fails_stops_the_other_in_one_line(tmp_path, env):
     assert len(errors) == 1 and "another process is gone" in errors[0], err0
     # process 0 may have begun the run (config.json): no step of it was completed
     assert not list((tmp_path / "run").glob("ckpt-*")) + list((tmp_path / "run").glob("summ*"))
+
+
+_SCRIPT = (
+    "import sys, jax\n"
+    "from rescompile.backends import flax as fb\n"
+    "from rescompile.compiler import compile_spec\n"
+    "from rescompile.errors import UserError\n"
+    "from rescompile.harness import distributed\n"
+    "from rescompile.harness.runtime import RuntimeOptions, make_runtime\n"
+    "jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]), initialization_timeout=60)\n"
+    f"g = compile_spec({DIGITS!r}, {TINY[1::2]!r})[1]\n"
+    "try:\n"
+    "    make_runtime('flax', g, fb.emit(g), RuntimeOptions())\n"
+    "except UserError as e:\n"
+    "    print('refused:', e)\n"
+    "launch = distributed.initialize()\n"
+    "rt = make_runtime('flax', g, fb.emit(g), RuntimeOptions())\n"
+    "print(launch.launcher, rt.rank, rt.world_size, rt.device)\n"
+)
+
+
+def test_a_script_that_joined_jax_itself_is_told_then_adopted(env):
+    """The driver decides which process writes before the runtime exists: a script that called
+    jax.distributed.initialize alone is refused by the runtime (every process would write);
+    distributed.initialize() without arguments adopts jax's processes."""
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SCRIPT, f"127.0.0.1:{port}", str(i)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    for i, (code, out, err) in enumerate(_finish(procs)):
+        assert code == 0, err[-3000:]
+        refused, adopted = [line for line in out.splitlines() if not line.startswith("[Gloo]")]
+        assert refused == (
+            f"refused: jax runs as process {i} of 2, but the run was planned as process 0 of 1: "
+            "join a multi-host run with rescompile.harness.distributed.initialize() (the CLI's "
+            "--coordinator), not jax.distributed.initialize() alone"
+        )
+        assert adopted == f"jax {i} 2 cpu x2 (cpu) over 2 processes"
 
 
 # -- training (slow: four runs of a small net, about 2 minutes on two busy cores) ----------------
@@ -291,9 +329,9 @@ def test_two_hosts_train_like_one_process_and_resume(tmp_path, env):
 
     port = _free_port()  # every process reads the run it resumes
     resumed = [_rescompile("train", "--resume", str(run), *_host(i, port), env=env) for i in (0, 1)]
-    for code, err in _finish(resumed):
+    for code, _, err in _finish(resumed):
         assert code == 0, err[-3000:]
-    for code, err in _finish(references):
+    for code, _, err in _finish(references):
         assert code == 0, err[-3000:]
 
     s = json.loads((run / "summary.json").read_text())
@@ -336,7 +374,7 @@ def test_two_hosts_stream_an_image_folder_like_one_process(tmp_path, env):
             for i in (0, 1)
         ),
     ]
-    for code, err in _finish(procs):
+    for code, _, err in _finish(procs):
         assert code == 0, err[-3000:]
     hosts, devices = (
         json.loads((tmp_path / r / "summary.json").read_text())
