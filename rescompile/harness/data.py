@@ -157,6 +157,13 @@ class Dataset:
     def close(self) -> None:
         """In-memory data holds no workers."""
 
+    def state(self) -> dict[str, Any]:
+        """In-memory data has no state beyond the step."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state`)."""
+
     def summary(self) -> str:
         """One line, e.g. ``cifar10: 50000 train / 10000 test, 32x32x3, 10 classes``."""
         h, w, c = self.input_shape
@@ -207,6 +214,13 @@ class DataSource(Protocol):
 
     def close(self) -> None:
         """Stop worker processes."""
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the source beyond the step (JSON), e.g. the unreadable
+        files met so far, so that a resumed run counts them against its limit once."""
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`state` from a checkpoint (checked: it is read from a file)."""
 
 
 # --------------------------------------------------------------------------------------------

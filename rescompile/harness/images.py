@@ -603,6 +603,22 @@ class ImageSource:
                     f"{self.max_bad}; the first is {first} ({why})"
                 )
 
+    def state(self) -> dict[str, Any]:
+        """The unreadable files met so far, ``{name: why}``: a resumed run keeps counting."""
+        with self._lock:
+            return {"unreadable": dict(self.bad)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back the unreadable files of :meth:`state` (a malformed entry is ignored: the
+        file will be met, named and counted again)."""
+        unreadable = state.get("unreadable") if isinstance(state, dict) else None
+        if not isinstance(unreadable, dict):
+            return
+        with self._lock:
+            for name, why in unreadable.items():
+                if isinstance(name, str) and isinstance(why, str):
+                    self.bad.setdefault(name, why)
+
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="decode")
