@@ -444,3 +444,9 @@ def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, f
     assert meta_a["state"]["step"] == meta_b["state"]["step"] == 16
     assert sorted(a) == sorted(b)
     assert [k for k in a if not np.array_equal(a[k], b[k])] == []
+    # the unreadable file met before the kill is in the checkpoint: the resumed session keeps
+    # counting (it is not named again, and the run's total is 1, not 1 per session)
+    unreadable = meta_b["state"]["data"]["unreadable"]
+    assert [Path(name).name for name in unreadable] == ["corrupt.jpg"]
+    assert "corrupt.jpg" not in p.stderr
+    assert json.loads((victim / "summary.json").read_text())["skipped_images"] == 1
