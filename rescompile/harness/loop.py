@@ -204,15 +204,15 @@ class _Session:
 
     def __init__(
         self,
-        config,
-        resolved,
-        graph,
-        dataset,
+        config: TrainConfig,
+        resolved: Any,
+        graph: Any,
+        dataset: Any,
         p: RunPlan,
         rt: Runtime,
         run_dir: Path,
         source: str,
-        on_step,
+        on_step: Callable[[int], None] | None,
     ) -> None:
         self.config, self.resolved, self.graph, self.dataset = config, resolved, graph, dataset
         self.p, self.rt, self.run_dir, self.source, self.on_step = p, rt, run_dir, source, on_step
