@@ -246,16 +246,13 @@ def recipe_from_file(path: str | Path, *, name: str | None = None) -> Recipe:
     return model.to_recipe(name or Path(path).stem)
 
 
-_MODELS = (
-    RecipeFile,
-    Ema,
-    Warmup,
-    StepSchedule,
-    MultiStepSchedule,
-    CosineSchedule,
-    OneCycleSchedule,
-)
-_FIELDS = sorted({f for m in _MODELS for f in m.model_fields})
+_SCHEDULES = (StepSchedule, MultiStepSchedule, CosineSchedule, OneCycleSchedule)
+_FIELDS_AT = {  # where an unknown key sits -> the fields it may have meant
+    (): sorted(RecipeFile.model_fields),
+    ("warmup",): sorted(Warmup.model_fields),
+    ("ema",): sorted(Ema.model_fields),
+    ("schedule",): sorted({f for m in _SCHEDULES for f in m.model_fields}),
+}
 
 
 def _data_path(raw: tuple, data: Any) -> tuple:
@@ -285,7 +282,8 @@ def _diagnostics(err: ValidationError, loc: Any) -> list[Diagnostic]:
         if e["type"] == "extra_forbidden":
             key = str(path[-1]) if path else "?"
             msg = f"unknown field {key!r}"
-            close = difflib.get_close_matches(key, _FIELDS, n=1)
+            fields = _FIELDS_AT.get(tuple(path[:-1]), [])
+            close = difflib.get_close_matches(key, [f for f in fields if f != key], n=1)
             if close:
                 msg += f"; did you mean {close[0]!r}?"
             pos = loc.key_positions.get(path) or loc.pos(path)

@@ -255,3 +255,22 @@ def test_one_cycle_and_step_every_from_yaml(tmp_path):
     plan = plan_training(load_recipe(str(every)), steps_per_epoch=3)
     # torch's StepLR(step_size=4 epochs, gamma=0.5), stepped per epoch of 3 steps
     assert [plan.lr(3 * e) for e in range(10)] == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_an_unknown_nested_key_is_matched_against_its_own_section(tmp_path):
+    """A suggestion comes from the fields of the section the key is in, and is never the
+    unknown key itself (``warmup: {steps: 10}`` once suggested 'steps', a top-level field)."""
+    bad = tmp_path / "nested.yaml"
+    bad.write_text(
+        "batch_size: 8\nsteps: 20\nlr: 0.1\nschedule: {kind: cosine, final_rl: 0.0}\n"
+        "warmup: {length: 2, steps: 10}\nema: {decy: 0.9}\n"
+    )
+    with pytest.raises(SpecError) as info:
+        recipe_from_file(bad)
+    lines = [str(d) for d in info.value.diagnostics]
+    assert (
+        f"{bad}:4:26: schedule.final_rl: unknown field 'final_rl'; did you mean 'final_lr'?"
+        in lines
+    )
+    assert f"{bad}:5:21: warmup.steps: unknown field 'steps'" in lines
+    assert f"{bad}:6:7: ema.decy: unknown field 'decy'; did you mean 'decay'?" in lines
