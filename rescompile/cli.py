@@ -375,9 +375,7 @@ def export(
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="default: NAME.onnx", metavar="FILE")
     ] = None,
-    ema: Annotated[
-        bool, _opt("the checkpoint's weight average (a recipe's ema) instead", "--ema")
-    ] = False,
+    ema: Annotated[bool, _opt("use the weight average (a recipe's ema)", "--ema")] = False,
 ) -> None:
     """Export the PyTorch model with a run's trained weights to ONNX, checked with onnx.checker
     and against PyTorch with onnxruntime."""
@@ -466,9 +464,7 @@ def weights(
         str | None,
         typer.Option("--output", "-o", help="default: NAME.safetensors", metavar="FILE"),
     ] = None,
-    ema: Annotated[
-        bool, _opt("the checkpoint's weight average (a recipe's ema) instead", "--ema")
-    ] = False,
+    ema: Annotated[bool, _opt("use the weight average (a recipe's ema)", "--ema")] = False,
 ) -> None:
     """Write a checkpoint's model tensors alone: a plain state_dict for the run's model.py.
 
@@ -782,9 +778,7 @@ def eval_(
     ] = None,
     format: Annotated[EvalFormat, typer.Option("--format", "-f")] = EvalFormat.table,
     output: OutOpt = None,
-    ema: Annotated[
-        bool, _opt("the checkpoint's weight average (a recipe's ema) instead", "--ema")
-    ] = False,
+    ema: Annotated[bool, _opt("use the weight average (a recipe's ema)", "--ema")] = False,
 ) -> None:
     """Evaluate a checkpoint: loss, top-1 and top-5 error and images/s, with either backend."""
     import json
