@@ -102,6 +102,9 @@ OutOpt = Annotated[
         "--output", "-o", help="write to this file (- for standard output)", metavar="FILE"
     ),
 ]
+EmaOpt = Annotated[
+    bool, typer.Option("--ema", help="use the checkpoint's weight average (a recipe's ema)")
+]
 
 
 def _compile(spec: str, overrides: list[str] | None, input_size: str | None = None):
@@ -375,7 +378,7 @@ def export(
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="default: NAME.onnx", metavar="FILE")
     ] = None,
-    ema: Annotated[bool, _opt("use the weight average (a recipe's ema)", "--ema")] = False,
+    ema: EmaOpt = False,
 ) -> None:
     """Export the PyTorch model with a run's trained weights to ONNX, checked with onnx.checker
     and against PyTorch with onnxruntime."""
@@ -464,7 +467,7 @@ def weights(
         str | None,
         typer.Option("--output", "-o", help="default: NAME.safetensors", metavar="FILE"),
     ] = None,
-    ema: Annotated[bool, _opt("use the weight average (a recipe's ema)", "--ema")] = False,
+    ema: EmaOpt = False,
 ) -> None:
     """Write a checkpoint's model tensors alone: a plain state_dict for the run's model.py.
 
@@ -778,7 +781,7 @@ def eval_(
     ] = None,
     format: Annotated[EvalFormat, typer.Option("--format", "-f")] = EvalFormat.table,
     output: OutOpt = None,
-    ema: Annotated[bool, _opt("use the weight average (a recipe's ema)", "--ema")] = False,
+    ema: EmaOpt = False,
 ) -> None:
     """Evaluate a checkpoint: loss, top-1 and top-5 error and images/s, with either backend."""
     import json
