@@ -226,7 +226,7 @@ def evaluate(
     try:
         if not hasattr(rt, "predict"):
             raise UserError(f"the {backend} backend cannot evaluate (its runtime has no predict)")
-        rt_data = replace(dataset.train_data(), mean=mean, std=std)
+        rt_data = replace(dataset.train_data(whole_train=True), mean=mean, std=std)
         rt.set_data(rt_data)
         rt.load_state_dict(tensors)
         labels = rt_data.split(split)[1]

@@ -431,7 +431,13 @@ class _Session:
         p, rt, seed = self.p, self.rt, self.config.seed
         # this rank's batches from the current step on, a pure function of (seed, step)
         batches = self.dataset.train_batches(
-            self.step, self.bs, seed=seed, augment=p.augment, rank=rt.rank, world_size=rt.world_size
+            self.step,
+            self.bs,
+            seed=seed,
+            augment=p.augment,
+            rank=rt.rank,
+            world_size=rt.world_size,
+            augmentation=p.recipe.augmentation,
         )
         self.pending_from = self.step
         first = True

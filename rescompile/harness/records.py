@@ -289,7 +289,7 @@ def run_summary(
         "world_size": rt.world_size,
         "settings": rt.settings,
         "notes": {
-            "final_train_error": "eval mode, the whole training set, no augmentation",
+            "final_train_error": f"eval mode, {dataset.train_eval}, no augmentation",
             "final_train_error_running": "mean mini-batch error (train mode) over the last 5% "
             "of steps: the dashed curve of curves.png",
             "images_per_s": "training images per second, excluding the first step of each "
