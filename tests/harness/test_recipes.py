@@ -111,6 +111,27 @@ def test_a_bad_recipe_file_gets_every_problem_at_its_line_and_column(tmp_path):
     assert r.code == 1 and "milestone 7" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_the_training_crop_is_a_recipe_setting(tmp_path):
+    """paper-imagenet crops image folders as the paper does (sec. 3.4, scale augmentation); the
+    other library recipes keep torchvision's RandomResizedCrop; a file may choose either, and
+    nothing else."""
+    assert load_recipe("paper-imagenet").augmentation == "scale_jitter"
+    for name in set(library_names()) - {"paper-imagenet"}:
+        assert load_recipe(name).augmentation == "random_resized_crop", name
+    mine = tmp_path / "mine.yaml"
+    text = (ROOT / "rescompile" / "recipes" / "fast.yaml").read_text()
+    mine.write_text(text + "augmentation: scale_jitter\n")
+    assert load_recipe(str(mine)).augmentation == "scale_jitter"
+    mine.write_text(text + "augmentation: zoom\n")
+    line = len(text.splitlines()) + 1
+    with pytest.raises(SpecError) as info:
+        recipe_from_file(mine)
+    assert [str(d) for d in info.value.diagnostics] == [
+        f"{mine}:{line}:15: augmentation: Input should be 'random_resized_crop' or "
+        "'scale_jitter', got 'zoom'"
+    ]
+
+
 # -- the options, identical in both backends ---------------------------------------------------
 
 OPTIONS = {
