@@ -609,3 +609,36 @@ def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, f
     assert [Path(name).name for name in unreadable] == ["corrupt.jpg"]
     assert "corrupt.jpg" not in p.stderr
     assert json.loads((victim / "summary.json").read_text())["skipped_images"] == 1
+
+
+def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_path, folder):
+    """The two-node job of README (two torchrun launches of one process each, gloo, standing in
+    for two machines) from an image folder, with the paper's scale augmentation: each rank
+    decodes its half of every global batch, and the run is the single-process run up to
+    float32 summation order (the bound of test_train_runs.py's DDP test)."""
+    from rescompile.harness.checkpoint import load_checkpoint
+    from tests.harness.test_train_runs import _free_port, _max_rel_diff, _torchrun
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", RESCOMPILE_DATA_WORKERS="0", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    args = ["train", DIGITS, *(a for o in FIT for a in ("--set", o))]
+    args += ["--data", f"imagefolder:{folder}", "--recipe", "paper-imagenet", "--batch-size", "8"]
+    args += ["--steps", "6", "--eval-every", "6", "--ckpt-every", "6", "--quiet"]
+    single, nodes, port = tmp_path / "single", tmp_path / "two-nodes", _free_port()
+
+    def start(command):
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
+    alone = start([sys.executable, "-m", "rescompile", *args, "--out", str(single)])
+    launches = [start(_torchrun(*args, "--out", str(nodes), node=(r, port))) for r in (0, 1)]
+    for p in (*launches, alone):
+        assert p.wait(timeout=600) == 0, p.communicate()[1][-3000:]
+    s = json.loads((nodes / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["settings"]["process_group"] == "gloo"
+    assert s["status"] == "completed" and s["steps"] == 6
+    assert (nodes / "classes.txt").read_text() == "cat\ndog\neel\n"
+    tensors, meta = load_checkpoint(nodes)
+    assert meta["state"]["world_size"] == 2 and meta["state"]["step"] == 6
+    assert _max_rel_diff(tensors, load_checkpoint(single)[0]) < 1e-3
