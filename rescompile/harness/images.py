@@ -22,12 +22,16 @@ the sorted folder names). ``--data webdataset:PATTERN`` reads tar shards in the 
   augmentation of He et al. (2016, sec. 3.4) after Simonyan & Zisserman: the shorter side resized
   to a random length in ``[256, 480] * size / 224``, a random ``size`` crop; either way a
   horizontal flip. Evaluation resizes the shorter side to ``size * 256 / 224`` and takes the
-  centre crop. JPEGs are decoded by simplejpeg
-  (libjpeg-turbo) when it is installed, else by Pillow, at a reduced size where the crop allows
-  it (libjpeg's DCT scaling by 1/2, 1/4, 1/8; Pillow's ``draft`` mode), and the crop and resize
-  are one ``Image.resize(box=...)`` call. Grey-scale, CMYK, palette and RGBA
-  images are converted to RGB. Batches are ``uint8`` NHWC; the runtime normalises them with the
-  ImageNet mean and standard deviation on the device.
+  centre crop. JPEGs are decoded by simplejpeg (libjpeg-turbo) when it is installed, else by
+  Pillow, at a reduced size where the crop allows it (libjpeg's DCT scaling by 1/2, 1/4, 1/8;
+  Pillow's ``draft`` mode), and the crop and resize are one ``Image.resize(box=...)`` call.
+  Grey-scale, CMYK, palette and RGBA images are converted to RGB. Batches are ``uint8`` NHWC;
+  the runtime normalises them with the ImageNet mean and standard deviation on the device.
+- **The end of a run** evaluates the training split on :meth:`ImageSource.train_eval_index`:
+  all of it up to :data:`TRAIN_EVAL_IMAGES` (10,000) images, else a fixed random 10,000 of them,
+  the same whatever the seed or the number of processes (:attr:`ImageSource.train_eval` says
+  which in words); ``train_data(whole_train=True)`` gives the whole split
+  (``rescompile eval --split train``).
 - **Bad files**: an unreadable, truncated or non-image file is skipped (the next file of the
   data set takes its place, deterministically), reported once on stderr with its path and
   counted (:attr:`ImageSource.skipped`, ``skipped_images`` in ``summary.json``); past
