@@ -303,14 +303,15 @@ def test_folder_source_metadata_classes_and_bad_files(folder):
         source.close()
 
 
-def test_batches_depend_only_on_seed_and_step_whatever_the_workers(folder):
+@pytest.mark.parametrize("augmentation", ["random_resized_crop", "scale_jitter"])
+def test_batches_depend_only_on_seed_and_step_whatever_the_workers(folder, augmentation):
     """A resumed pipeline (start at step 5) and one with two worker processes give the same
     batches as an uninterrupted single-threaded one: what exact resume rests on."""
     a = open_image_folder(folder, (32, 32), workers=0)
     b = open_image_folder(folder, (32, 32), workers=2)
     try:
-        straight = _take(a, 0, 7)
-        resumed = _take(b, 5, 2)
+        straight = _take(a, 0, 7, augmentation=augmentation)
+        resumed = _take(b, 5, 2, augmentation=augmentation)
         for x, y in zip(straight[5:], resumed, strict=True):
             assert x.step == y.step
             assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)
