@@ -561,6 +561,10 @@ def test_the_paper_recipe_trains_from_a_folder_with_its_scale_augmentation(
     (data,) = handed  # what the runtime evaluated the training split on: 12 images
     assert len(data.x_train) == len(data.y_train) == 12
     assert round(summary["final_train_error"] * 12, 9) == round(summary["final_train_error"] * 12)
+    if backend == "torch":  # rescompile eval --split train: every training image
+        from rescompile.harness.evaluate import evaluate
+
+        assert evaluate(run, split="train").images == 28
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("flax", marks=pytest.mark.slow)])
