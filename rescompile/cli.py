@@ -102,6 +102,9 @@ OutOpt = Annotated[
         "--output", "-o", help="write to this file (- for standard output)", metavar="FILE"
     ),
 ]
+EmaOpt = Annotated[
+    bool, typer.Option("--ema", help="use the checkpoint's weight average (a recipe's ema)")
+]
 
 
 def _compile(spec: str, overrides: list[str] | None, input_size: str | None = None):
@@ -375,12 +378,13 @@ def export(
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="default: NAME.onnx", metavar="FILE")
     ] = None,
+    ema: EmaOpt = False,
 ) -> None:
     """Export the PyTorch model with a run's trained weights to ONNX, checked with onnx.checker
     and against PyTorch with onnxruntime."""
     from rescompile.files import atomic_output
 
-    tensors, where, g = _weights_to_export(spec, set_, checkpoint)
+    tensors, where, g = _weights_to_export(spec, set_, checkpoint, ema)
     if not 7 <= opset <= 99:
         raise UserError(f"--opset is an ONNX opset version from 7 to 99, got {opset}")
     out = output if output is not None else f"{g.name}.{format.value}"
@@ -410,8 +414,11 @@ def export(
     )
 
 
-def _weights_to_export(spec: str, overrides: list[str] | None, checkpoint: str | None):
-    """``(model tensors or None, what they are in words, graph)`` for ``export``/``weights``."""
+def _weights_to_export(
+    spec: str, overrides: list[str] | None, checkpoint: str | None, ema: bool = False
+):
+    """``(model tensors or None, what they are in words, graph)`` for ``export``; ``ema``: the
+    checkpoint's weight average."""
     from rescompile.harness.checkpoint import CheckpointError, load_checkpoint
     from rescompile.harness.evaluate import find_checkpoint, rebuild
 
@@ -425,6 +432,8 @@ def _weights_to_export(spec: str, overrides: list[str] | None, checkpoint: str |
     else:
         resolved, g = _compile(spec, overrides)
         if checkpoint is None:
+            if ema:
+                raise UserError(f"--ema exports a run's weight average, and {spec} is a spec")
             return None, "random weights, seed 0", g
         ckpt, _ = find_checkpoint(checkpoint)
         tensors, meta = load_checkpoint(ckpt)
@@ -434,6 +443,14 @@ def _weights_to_export(spec: str, overrides: list[str] | None, checkpoint: str |
                 f"to {resolved.hash}; export the run itself (rescompile export RUN)"
             )
     step = (meta.get("state") or {}).get("step")
+    if ema:
+        from rescompile.harness.ema import averaged_weights
+
+        return (
+            averaged_weights(tensors, str(ckpt)),
+            f"weight average of {ckpt.name}, step {step}",
+            g,
+        )
     return tensors, f"weights of {ckpt.name}, step {step}", g
 
 
@@ -450,6 +467,7 @@ def weights(
         str | None,
         typer.Option("--output", "-o", help="default: NAME.safetensors", metavar="FILE"),
     ] = None,
+    ema: EmaOpt = False,
 ) -> None:
     """Write a checkpoint's model tensors alone: a plain state_dict for the run's model.py.
 
@@ -465,9 +483,15 @@ def weights(
     ckpt, _ = find_checkpoint(run)
     tensors, meta = load_checkpoint(ckpt)
     _, g = rebuild(meta, str(ckpt.with_suffix(".json")))
-    model, _ = split_optimizer(tensors)
+    if ema:
+        from rescompile.harness.ema import averaged_weights
+
+        model = averaged_weights(tensors, str(ckpt))
+    else:
+        model, _ = split_optimizer(tensors)
     step = (meta.get("state") or {}).get("step")
     metadata = {"spec": g.name, "spec_hash": str(meta.get("spec_hash")), "step": str(step)}
+    metadata["weights"] = "ema" if ema else "model"
     out = output if output is not None else f"{g.name}.safetensors"
     if out == "-":
         raise UserError("safetensors is binary: give -o FILE")
@@ -475,7 +499,9 @@ def weights(
 
     written = write_file(out, save(model, metadata=metadata), parents=True)
     typer.echo(
-        f"wrote {written} ({len(model)} model tensors of {ckpt.name}, step {step})", err=True
+        f"wrote {written} ({len(model)} model tensors of {ckpt.name}, step {step}"
+        f"{', the weight average' if ema else ''})",
+        err=True,
     )
 
 
@@ -684,9 +710,60 @@ def train(
 ) -> None:
     """Train a spec with a backend; writes a run directory (metrics, checkpoints, curves)."""
     from rescompile.harness import distributed
-    from rescompile.harness.loop import run_from_cli
+    from rescompile.harness.config import TrainConfig
+    from rescompile.harness.loop import train as train_run
 
-    args = locals()
+    options = {  # TrainConfig field -> the value given (None: not given)
+        "backend": backend,
+        "data": data,
+        "recipe": recipe,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "nesterov": nesterov,
+        "weight_decay": weight_decay,
+        "norm_weight_decay": norm_weight_decay,
+        "label_smoothing": label_smoothing,
+        "clip_grad_norm": clip_grad_norm,
+        "sync_bn": sync_bn,
+        "seed": seed,
+        "out": out,
+        "eval_every": eval_every,
+        "ckpt_every": ckpt_every,
+        "log_every": log_every,
+        "keep": keep,
+        "precision": precision,
+        "compile": compile_,
+        "channels_last": channels_last,
+        "device": device,
+        "augment": augment,
+        "warmup": warmup,
+        "init_from": init_from,
+        "tensorboard": tensorboard,
+    }
+    given = {name: value for name, value in options.items() if value is not None}
+    if resume:  # --resume RUN [--steps N | --epochs N [--reschedule]]: the run's own settings
+        if spec is not None or set_ or given:
+            flags = ["SPEC"] * (spec is not None) + ["--set"] * bool(set_)
+            flags += ["--" + name.replace("_", "-") for name in given]
+            raise UserError(
+                f"--resume continues a run with its saved configuration; drop "
+                f"{', '.join(flags)} (see {Path(resume) / 'config.json'})"
+            )
+        config = None
+    elif reschedule:
+        raise UserError("--reschedule re-plans a resumed run: use it with --resume RUN --steps N")
+    elif spec is None:
+        raise UserError("give a SPEC to train, or --resume RUN_DIR")
+    elif not data:
+        raise UserError(
+            "give the data to train on: --data digits | synthetic[:HxWxC[:CLASSES]] "
+            "| cifar10:PATH | cifar100:PATH | imagefolder:PATH | webdataset:PATTERN"
+        )
+    else:
+        config = TrainConfig(
+            spec=spec, overrides=list(set_ or []), steps=steps, epochs=epochs, quiet=quiet, **given
+        )
     if (coordinator, num_processes, process_id) != (None, None, None):
         if backend != "flax" and not (backend is None and resume):
             raise UserError(
@@ -695,7 +772,10 @@ def train(
             )
         distributed.initialize(coordinator, num_processes, process_id)
     try:
-        run_from_cli(args)
+        if config is None:
+            train_run(resume=resume, quiet=quiet, steps=steps, epochs=epochs, reschedule=reschedule)
+        else:
+            train_run(config)
     except BaseException as exc:  # multi-host: exit at once, a lost peer in one line
         error = distributed.failed(exc)
         if error is exc:
@@ -732,6 +812,7 @@ def eval_(
     ] = None,
     format: Annotated[EvalFormat, typer.Option("--format", "-f")] = EvalFormat.table,
     output: OutOpt = None,
+    ema: EmaOpt = False,
 ) -> None:
     """Evaluate a checkpoint: loss, top-1 and top-5 error and images/s, with either backend."""
     import json
@@ -746,6 +827,7 @@ def eval_(
         batch_size=batch_size,
         device=device,
         precision=precision,
+        ema=ema,
     )
     if format is EvalFormat.json:
         _emit(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n", output)
@@ -777,9 +859,27 @@ def plot(
     title: Annotated[str | None, _opt("figure title", "--title")] = None,
 ) -> None:
     """Overlay training (dashed) and test (solid) error of runs, as in the paper's Figure 6."""
-    from rescompile.harness.loop import plot_runs
+    from rescompile.files import check_target
+    from rescompile.harness.metrics import metrics_path
+    from rescompile.harness.plots import image_format, plot_curves
 
-    typer.echo(f"wrote {plot_runs(runs, output, label, title)}", err=True)
+    if output == "-":
+        raise UserError("a plot is an image file: give -o FILE.png, FILE.svg or FILE.pdf")
+    check_target(output)
+    try:
+        image_format(output)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for run in runs:
+        if not metrics_path(run).is_file():
+            raise UserError(f"{run} is not a run directory (no {metrics_path(run).name})")
+    if label and len(label) != len(runs):
+        raise UserError(f"{len(label)} --label for {len(runs)} runs; give one per run")
+    try:
+        written = plot_curves(list(runs), output, labels=label or None, title=title)
+    except ValueError as exc:
+        raise UserError(f"cannot plot: {exc}") from None
+    typer.echo(f"wrote {written}", err=True)
 
 
 def main() -> None:

@@ -75,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from rescompile.harness.evaluate import evaluate
-    from rescompile.harness.loop import TrainConfig, plot_runs, train
+    from rescompile.harness.loop import TrainConfig, train
+    from rescompile.harness.plots import plot_curves
     from rescompile.harness.shards import pack_shards
 
     work = Path(args.work)
@@ -113,7 +114,7 @@ def main() -> None:
             f"{summary['images_per_s']:.0f} | {summary['skipped_images']} |"
         )
         print(json.dumps(e.to_dict()))
-    figure = plot_runs(runs, str(HERE / "image_folder.png"), title="ResNet-18, 32 px, 3 shapes")
+    figure = plot_curves(runs, HERE / "image_folder.png", title="ResNet-18, 32 px, 3 shapes")
     table = "\n".join(
         [
             "| backend | data | steps | final test error | eval top-1 error | train images/s "

@@ -2,8 +2,15 @@
 
 The pieces a training run needs that do not depend on a framework:
 
-- :mod:`rescompile.harness.loop`: the driver behind ``rescompile train`` and ``rescompile plot``
-  (data, schedule, loop, evaluation, logging, checkpoints, resume, summary).
+- :mod:`rescompile.harness.loop`: the driver behind ``rescompile train`` (the loop, evaluation
+  and checkpoint cadence, resume, Ctrl-C, divergence); around it :mod:`~rescompile.harness.config`
+  (the configuration, its checks and the run's plan), :mod:`~rescompile.harness.reporter` (the
+  progress bar and log lines) and :mod:`~rescompile.harness.records` (the run directory's files:
+  config.json, summary.json, the run lock).
+- :mod:`rescompile.harness.evaluate`, :mod:`~rescompile.harness.init`: ``rescompile eval`` and
+  ``train --init-from`` (fine-tuning); :mod:`~rescompile.harness.recipes`: recipe files.
+- :mod:`rescompile.harness.images`, :mod:`~rescompile.harness.shards`: streamed image folders and
+  tar shards.
 - :mod:`rescompile.harness.runtime`: the protocol a backend's runtime implements
   (``rescompile.backends.<name>.training``) and the options it receives.
 - :mod:`rescompile.harness.data`: datasets (CIFAR-10/100 from local files, scikit-learn's

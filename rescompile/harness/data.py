@@ -115,8 +115,12 @@ class Dataset:
     def n_test(self) -> int:
         return len(self.x_test)
 
-    def train_data(self, augment: bool = False) -> Any:
-        """What the backend runtime receives: the whole arrays (it may copy them to a device)."""
+    train_eval = "the whole training set"
+    """What the final train-split evaluation of a run covers, in words."""
+
+    def train_data(self, augment: bool = False, *, whole_train: bool = False) -> Any:
+        """What the backend runtime receives: the whole arrays (it may copy them to a device;
+        the train split is always whole, so ``whole_train`` changes nothing)."""
         from rescompile.harness.runtime import TrainData
 
         return TrainData(
@@ -132,10 +136,13 @@ class Dataset:
         augment: bool,
         rank: int = 0,
         world_size: int = 1,
+        augmentation: str | None = None,
     ) -> Iterator[Any]:
         """This rank's :class:`~rescompile.harness.runtime.Batch` of every global step from
         ``start`` on: indices into the arrays and the pad-crop-flip draws, all fixed by
-        ``(seed, epoch, index)`` (:func:`epoch_permutation`, :func:`batch_rng`)."""
+        ``(seed, epoch, index)`` (:func:`epoch_permutation`, :func:`batch_rng`). In-memory
+        images are augmented by pad-crop-flip: a recipe's ``augmentation`` (the crop of a
+        streamed source's full-size images) is not used."""
         from rescompile.harness.runtime import Batch, augment_params
 
         spe = steps_per_epoch(self.n_train, batch_size)
@@ -156,6 +163,13 @@ class Dataset:
 
     def close(self) -> None:
         """In-memory data holds no workers."""
+
+    def state(self) -> dict[str, Any]:
+        """In-memory data has no state beyond the step."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state`)."""
 
     def summary(self) -> str:
         """One line, e.g. ``cifar10: 50000 train / 10000 test, 32x32x3, 10 classes``."""
@@ -182,6 +196,7 @@ class DataSource(Protocol):
     mean: np.ndarray  # per-channel, on the 0..1 scale
     std: np.ndarray
     augment: str  # the conventional train-time augmentation ("none": none)
+    train_eval: str  # what the final train-split evaluation covers, in words
 
     @property
     def input_shape(self) -> tuple[int, int, int]: ...  # (H, W, C)
@@ -194,19 +209,38 @@ class DataSource(Protocol):
 
     def summary(self) -> str: ...
 
-    def train_data(self, augment: bool = False) -> Any:
-        """The :class:`~rescompile.harness.runtime.TrainData` handed to a runtime."""
+    def train_data(self, augment: bool = False, *, whole_train: bool = False) -> Any:
+        """The :class:`~rescompile.harness.runtime.TrainData` handed to a runtime. Its train
+        split is what the end of a run evaluates (:attr:`train_eval`: a streamed source's is a
+        fixed subset of at most 10,000 images), or with ``whole_train`` the whole split."""
 
     def train_batches(
-        self, start: int, batch_size: int, *, seed: int, augment: bool, rank: int, world_size: int
+        self,
+        start: int,
+        batch_size: int,
+        *,
+        seed: int,
+        augment: bool,
+        rank: int,
+        world_size: int,
+        augmentation: str | None,
     ) -> Iterator[Any]:
-        """This rank's share of the batch of every global step from ``start`` on."""
+        """This rank's share of the batch of every global step from ``start`` on, augmented
+        (when ``augment``) as the recipe's ``augmentation`` says where the source crops
+        full-size images (image folders, shards); in-memory arrays keep pad-crop-flip."""
 
     def run_files(self) -> dict[str, str]:
         """``{file name: text}`` a new run directory keeps (e.g. the class list)."""
 
     def close(self) -> None:
         """Stop worker processes."""
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the source beyond the step (JSON), e.g. the unreadable
+        files met so far, so that a resumed run counts them against its limit once."""
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`state` from a checkpoint (checked: it is read from a file)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from rescompile.errors import UserError
 from rescompile.harness.checkpoint import OPTIM_PREFIX
 
-__all__ = ["WeightAverage"]
+__all__ = ["WeightAverage", "averaged_weights"]
 
 SUFFIX = ".ema"
 
@@ -52,9 +53,28 @@ class WeightAverage:
 
     def restore(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Take the average back from a checkpoint's tensors (none in a checkpoint without)."""
-        found = {
-            k.removeprefix(OPTIM_PREFIX).removesuffix(SUFFIX): np.array(v, copy=True)
-            for k, v in tensors.items()
-            if k.startswith(OPTIM_PREFIX) and k.endswith(SUFFIX)
-        }
-        self.tensors = found or None
+        found = _average_in(tensors)
+        self.tensors = {k: np.array(v, copy=True) for k, v in found.items()} or None
+
+
+def _average_in(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        k.removeprefix(OPTIM_PREFIX).removesuffix(SUFFIX): v
+        for k, v in tensors.items()
+        if k.startswith(OPTIM_PREFIX) and k.endswith(SUFFIX)
+    }
+
+
+def averaged_weights(tensors: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """A checkpoint's weight average as model tensors (a whole state_dict: parameters and
+    BatchNorm statistics), for ``eval``, ``weights`` and ``export`` with ``--ema``.
+
+    Raises:
+        UserError: the checkpoint (``where``) holds no average.
+    """
+    found = _average_in(tensors)
+    if not found:
+        raise UserError(
+            f"{where} holds no weight average: its run's recipe has no ema (drop --ema)"
+        )
+    return found

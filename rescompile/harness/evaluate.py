@@ -52,6 +52,7 @@ class Evaluation:
     images_per_s: float | None
     seconds: float
     normalised_with: str
+    ema: bool = False  # the checkpoint's weight average rather than its weights
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +105,7 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
     """``(checkpoint .safetensors file, run directory or None)`` that ``target`` names: a run
     directory (its latest checkpoint), or a checkpoint file (its sidecar, or their stem)."""
     from rescompile.harness.checkpoint import CheckpointError, latest_checkpoint
-    from rescompile.harness.loop import CONFIG_FILE
+    from rescompile.harness.records import CONFIG_FILE
 
     path = Path(target)
     if path.is_dir():
@@ -128,7 +129,7 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
 
 
 def _run_record(run_dir: Path | None) -> dict[str, Any]:
-    from rescompile.harness.loop import CONFIG_FILE, MAX_CONFIG_BYTES
+    from rescompile.harness.records import CONFIG_FILE, MAX_CONFIG_BYTES
 
     if run_dir is None:
         return {}
@@ -168,12 +169,14 @@ def evaluate(
     batch_size: int | None = None,
     device: str | None = None,
     precision: str | None = None,
+    ema: bool = False,
 ) -> Evaluation:
-    """Evaluate a checkpoint (or a run directory's latest) on ``split`` of ``data``."""
+    """Evaluate a checkpoint (or a run directory's latest) on ``split`` of ``data``; with
+    ``ema``, the weight average the checkpoint keeps (a recipe's ``ema``)."""
     from rescompile.backends import load_backend
     from rescompile.harness.checkpoint import load_checkpoint
+    from rescompile.harness.config import check_fit
     from rescompile.harness.data import load_dataset
-    from rescompile.harness.loop import _check_fit
     from rescompile.harness.runtime import RuntimeOptions, load_training_module
     from rescompile.ir.features import require_backend_support
 
@@ -197,9 +200,13 @@ def evaluate(
         batch_size = max(run_batch, DEFAULT_BATCH) if isinstance(run_batch, int) else DEFAULT_BATCH
 
     tensors, meta = load_checkpoint(ckpt)
+    if ema:
+        from rescompile.harness.ema import averaged_weights
+
+        tensors = averaged_weights(tensors, str(ckpt))
     resolved, graph = rebuild(meta, str(ckpt.with_suffix(".json")))
     dataset = load_dataset(data, image_size=graph.input_shape[1:])
-    _check_fit(graph, dataset, data)
+    check_fit(graph, dataset, data)
     stats = getattr(dataset, "stats_from", "training split")  # image folders: ImageNet's
     mean, std, normalised_with = dataset.mean, dataset.std, f"{data} ({stats})"
     run_data = config.get("data")
@@ -219,7 +226,7 @@ def evaluate(
     try:
         if not hasattr(rt, "predict"):
             raise UserError(f"the {backend} backend cannot evaluate (its runtime has no predict)")
-        rt_data = replace(dataset.train_data(), mean=mean, std=std)
+        rt_data = replace(dataset.train_data(whole_train=True), mean=mean, std=std)
         rt.set_data(rt_data)
         rt.load_state_dict(tensors)
         labels = rt_data.split(split)[1]
@@ -251,13 +258,14 @@ def evaluate(
         images_per_s=clock.images_per_s(),
         seconds=round(seconds, 3),
         normalised_with=normalised_with,
+        ema=ema,
     )
 
 
 def render_table(e: Evaluation) -> str:
     """The evaluation as aligned lines for a person."""
     rows = [
-        ("checkpoint", f"{e.checkpoint} (step {e.step})"),
+        ("checkpoint", f"{e.checkpoint} (step {e.step}{', weight average' if e.ema else ''})"),
         ("model", f"{e.spec} on {e.backend}, {e.device}, {e.precision}"),
         ("data", f"{e.data}, {e.split} split, {e.images:,} images"),
         ("loss", f"{e.loss:.4f}"),

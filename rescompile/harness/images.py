@@ -17,14 +17,21 @@ the sorted folder names). ``--data webdataset:PATTERN`` reads tar shards in the 
   contiguous share of the global batch (no overlap). So the position *is* the step: a run killed
   with ``kill -9`` and resumed from its checkpoint sees exactly the batches it would have seen:
   the step in the checkpoint is the whole iterator state.
-- **Augmentation**: RandomResizedCrop (area 0.08-1, aspect 3/4-4/3, torchvision's algorithm)
-  to the model's input size and a horizontal flip; evaluation resizes the shorter side to
-  ``size * 256 / 224`` and takes the centre crop. JPEGs are decoded by simplejpeg
-  (libjpeg-turbo) when it is installed, else by Pillow, at a reduced size where the crop allows
-  it (libjpeg's DCT scaling by 1/2, 1/4, 1/8; Pillow's ``draft`` mode), and the crop and resize
-  are one ``Image.resize(box=...)`` call. Grey-scale, CMYK, palette and RGBA
-  images are converted to RGB. Batches are ``uint8`` NHWC; the runtime normalises them with the
-  ImageNet mean and standard deviation on the device.
+- **Augmentation**, the recipe's ``augmentation``: ``random_resized_crop`` (area 0.08-1, aspect
+  3/4-4/3, torchvision's algorithm) to the model's input size, or ``scale_jitter``, the scale
+  augmentation of He et al. (2016, sec. 3.4) after Simonyan & Zisserman: the shorter side resized
+  to a random length in ``[256, 480] * size / 224``, a random ``size`` crop; either way a
+  horizontal flip. Evaluation resizes the shorter side to ``size * 256 / 224`` and takes the
+  centre crop. JPEGs are decoded by simplejpeg (libjpeg-turbo) when it is installed, else by
+  Pillow, at a reduced size where the crop allows it (libjpeg's DCT scaling by 1/2, 1/4, 1/8;
+  Pillow's ``draft`` mode), and the crop and resize are one ``Image.resize(box=...)`` call.
+  Grey-scale, CMYK, palette and RGBA images are converted to RGB. Batches are ``uint8`` NHWC;
+  the runtime normalises them with the ImageNet mean and standard deviation on the device.
+- **The end of a run** evaluates the training split on :meth:`ImageSource.train_eval_index`:
+  all of it up to :data:`TRAIN_EVAL_IMAGES` (10,000) images, else a fixed random 10,000 of them,
+  the same whatever the seed or the number of processes (:attr:`ImageSource.train_eval` says
+  which in words); ``train_data(whole_train=True)`` gives the whole split
+  (``rescompile eval --split train``).
 - **Bad files**: an unreadable, truncated or non-image file is skipped (the next file of the
   data set takes its place, deterministically), reported once on stderr with its path and
   counted (:attr:`ImageSource.skipped`, ``skipped_images`` in ``summary.json``); past
@@ -56,16 +63,20 @@ from typing import Any
 import numpy as np
 
 from rescompile.harness.data import DataError, epoch_permutation, steps_per_epoch
+from rescompile.harness.schedules import TRAIN_AUGMENTATIONS
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "TRAIN_AUGMENTATIONS",
+    "TRAIN_EVAL_IMAGES",
     "ImageSource",
     "decode_eval",
     "decode_train",
     "open_image_source",
     "random_resized_crop_box",
+    "scale_jitter_box",
 ]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -74,6 +85,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CLASSES_FILE = "classes.txt"
 _SAMPLE_STREAM = 0x1A6E  # the per-example augmentation stream (independent of the order stream)
 _SUBSTITUTES = 16  # files tried in place of an unreadable one before the run stops
+_EVAL_SUBSET_STREAM = 0x7E5B  # the fixed subset of training images evaluated at a run's end
+TRAIN_EVAL_IMAGES = 10_000
+"""At most this many training images are evaluated at the end of a run (a fixed random subset)."""
+PAPER_SCALES = (256, 480)
+"""He et al. (2016), sec. 3.4: the shorter side is resized to a random length in this range
+(for a 224 crop; proportionally for another input size)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +127,31 @@ def random_resized_crop_box(
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
+
+
+def scale_jitter_box(
+    width: int,
+    height: int,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    scales: tuple[int, int] = PAPER_SCALES,
+) -> tuple[float, float, float, float]:
+    """``(left, top, crop width, crop height)`` in the original image's pixels of the paper's
+    scale augmentation (He et al. 2016, sec. 3.4, after Simonyan & Zisserman 2015): the image
+    resized so that its shorter side is a length drawn uniformly from the whole numbers in
+    ``scales * max(size) / 224`` (``[256, 480]`` for a 224 crop), then a ``size`` (H, W) crop
+    at a uniformly drawn whole-pixel offset of the resized image."""
+    out_h, out_w = size
+    base = max(out_h, out_w) / 224
+    low, high = round(scales[0] * base), round(scales[1] * base)
+    shorter = int(rng.integers(low, high + 1))
+    scale = shorter / min(width, height)
+    # the whole pixels of the resized image (the shorter side: exactly `shorter`)
+    resized_w, resized_h = math.floor(width * scale + 1e-6), math.floor(height * scale + 1e-6)
+    top = int(rng.integers(0, max(0, resized_h - out_h) + 1))
+    left = int(rng.integers(0, max(0, resized_w - out_w) + 1))
+    w, h = out_w / scale, out_h / scale
+    return min(left / scale, width - w), min(top / scale, height - h), w, h
 
 
 def _open(data: bytes) -> Any:
@@ -191,7 +233,7 @@ def _crop_resize(
         math.ceil(height * out_h / max(bottom - top, 1e-6)),
     )
     image = picture.rgb(need)
-    sx, sy = image.size[0] / width, image.size[1] / height
+    sx, sy = _decoded_scale(image.size, picture.size)
     box = (left * sx, top * sy, right * sx, bottom * sy)
     out = image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
     if flip:
@@ -199,10 +241,30 @@ def _crop_resize(
     return np.asarray(out, dtype=np.uint8)
 
 
-def decode_train(data: bytes, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """RandomResizedCrop to ``size`` (H, W) and a flip with probability 1/2: ``uint8`` HxWx3."""
+def _decoded_scale(decoded: tuple[int, int], original: tuple[int, int]) -> tuple[float, float]:
+    """How much smaller (x, y) the decoded image is than the original. libjpeg's DCT scaling by
+    1/2, 1/4 or 1/8 rounds the decoded size up (375 rows at 1/2: 188), its last row covering
+    the rest of the image: the scale is the factor, not the ratio of the sizes."""
+    for factor in (1.0, 0.5, 0.25, 0.125):
+        if decoded == (math.ceil(original[0] * factor), math.ceil(original[1] * factor)):
+            return factor, factor
+    return decoded[0] / original[0], decoded[1] / original[1]
+
+
+def decode_train(
+    data: bytes,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    augmentation: str = "random_resized_crop",
+) -> np.ndarray:
+    """A training crop of ``size`` (H, W), ``augmentation`` being ``random_resized_crop``
+    (:func:`random_resized_crop_box`) or ``scale_jitter`` (:func:`scale_jitter_box`), then a
+    flip with probability 1/2: ``uint8`` HxWx3."""
     picture = _Encoded(data)
-    left, top, w, h = random_resized_crop_box(*picture.size, rng)
+    if augmentation == "scale_jitter":
+        left, top, w, h = scale_jitter_box(*picture.size, size, rng)
+    else:
+        left, top, w, h = random_resized_crop_box(*picture.size, rng)
     flip = bool(rng.random() < 0.5)
     return _crop_resize(picture, (left, top, left + w, top + h), size, flip)
 
@@ -239,6 +301,21 @@ class _Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, index: np.ndarray) -> _Split:
+        """The examples ``index`` (in that order) as a split of their own."""
+
+        def take(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[index]
+
+        return _Split(
+            self.labels[index],
+            self.paths[index],
+            take(self.offsets),
+            take(self.sizes),
+            self.shards,
+            take(self.members),
+        )
+
     def name(self, i: int) -> str:
         if self.offsets is None:
             return os.fsdecode(self.paths[i])
@@ -267,8 +344,10 @@ class _Decoder:
     """Reads and decodes examples of a split; an unreadable one is replaced by the next
     readable file (deterministically) and reported in the returned list of bad names."""
 
-    def __init__(self, split: _Split, size: tuple[int, int]) -> None:
-        self.split, self.size = split, size
+    def __init__(
+        self, split: _Split, size: tuple[int, int], augmentation: str = "random_resized_crop"
+    ) -> None:
+        self.split, self.size, self.augmentation = split, size, augmentation
 
     def one(
         self, i: int, rng: np.random.Generator | None
@@ -282,7 +361,7 @@ class _Decoder:
                 x = (
                     decode_eval(data, self.size)
                     if rng is None
-                    else decode_train(data, self.size, rng)
+                    else decode_train(data, self.size, rng, self.augmentation)
                 )
                 return x, int(self.split.labels[j]), bad
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
@@ -291,12 +370,14 @@ class _Decoder:
 
 
 class _StepLoader:
-    """Decodes and augments one rank's share of the batch of a global step (grain map)."""
+    """Decodes and augments one rank's share of the batch of a global step (grain map);
+    ``augmentation`` None: the evaluation transform (no augmentation)."""
 
-    def __init__(self, split, size, batch_size, seed, augment, rank, world_size) -> None:
-        self.decoder = _Decoder(split, size)
+    def __init__(self, split, size, batch_size, seed, augmentation, rank, world_size) -> None:
+        self.decoder = _Decoder(split, size, augmentation or "random_resized_crop")
         self.n = len(split)
-        self.batch_size, self.seed, self.augment = batch_size, seed, augment
+        self.batch_size, self.seed = batch_size, seed
+        self.augment = augmentation is not None
         self.per = batch_size // world_size
         self.rank = rank
         self.spe = steps_per_epoch(self.n, batch_size)
@@ -542,12 +623,35 @@ class ImageSource:
             f"{self.num_classes} classes, cropped to {h}x{w}x{c}"
         )
 
-    def train_data(self, augment: bool = False) -> Any:
+    def train_eval_index(self) -> np.ndarray:
+        """The training images a run evaluates at its end: all of them when there are at most
+        :data:`TRAIN_EVAL_IMAGES`, else that many drawn at random (ascending), the same for
+        every run of this data set whatever its seed or number of processes (decoding 1.28 M
+        ImageNet images would take about an hour)."""
+        n = self.n_train
+        if n <= TRAIN_EVAL_IMAGES:
+            return np.arange(n)
+        rng = np.random.default_rng([_EVAL_SUBSET_STREAM, n])
+        return np.sort(rng.choice(n, TRAIN_EVAL_IMAGES, replace=False))
+
+    @property
+    def train_eval(self) -> str:
+        """What the final train-split evaluation covers, in words (summary.json's note)."""
+        n = self.n_train
+        if n <= TRAIN_EVAL_IMAGES:
+            return "the whole training set"
+        return f"a fixed random {TRAIN_EVAL_IMAGES:,} of the {n:,} training images"
+
+    def train_data(self, augment: bool = False, *, whole_train: bool = False) -> Any:
+        """The runtime's data. Its train split is :meth:`train_eval_index` (what the end of a
+        run evaluates), or with ``whole_train`` every training image (``rescompile eval
+        --split train``); training batches come from :meth:`train_batches` either way."""
         from rescompile.harness.runtime import TrainData
 
+        train = self.train if whole_train else self.train.subset(self.train_eval_index())
         return TrainData(
-            _EvalImages(self, self.train),
-            self.train.labels,
+            _EvalImages(self, train),
+            train.labels,
             _EvalImages(self, self.test),
             self.test.labels,
             self.mean,
@@ -564,13 +668,28 @@ class ImageSource:
         augment: bool,
         rank: int = 0,
         world_size: int = 1,
+        augmentation: str | None = None,
     ) -> Iterator[Any]:
+        """This rank's batch of every global step from ``start`` on, augmented with
+        ``augmentation`` (one of :data:`TRAIN_AUGMENTATIONS`; None: ``random_resized_crop``)
+        when ``augment``."""
         from rescompile.harness.runtime import Batch
 
         if batch_size % world_size:
             raise ValueError(f"a batch of {batch_size} does not split over {world_size} ranks")
+        augmentation = augmentation or "random_resized_crop"
+        if augmentation not in TRAIN_AUGMENTATIONS:
+            raise ValueError(
+                f"unknown augmentation {augmentation!r}; one of {', '.join(TRAIN_AUGMENTATIONS)}"
+            )
         loader = _StepLoader(
-            self.train, self.image_size, batch_size, seed, augment, rank, world_size
+            self.train,
+            self.image_size,
+            batch_size,
+            seed,
+            augmentation if augment else None,
+            rank,
+            world_size,
         )
         pipeline = self._pipeline(loader, start)
         self._iterators.append(pipeline)
@@ -583,7 +702,9 @@ class ImageSource:
 
     def note_bad(self, bad: list[tuple[str, str]]) -> None:
         """Count and report unreadable files; stop past the limit."""
-        rank0 = os.environ.get("RANK", "0") == "0"
+        from rescompile.harness.distributed import current
+
+        rank0 = current().rank == 0  # torchrun or jax.distributed: rank 0 alone reports
         with self._lock:
             for name, why in bad:
                 if name in self.bad:
@@ -602,6 +723,22 @@ class ImageSource:
                     f"{len(self.bad)} unreadable images in {self.where}, more than the limit of "
                     f"{self.max_bad}; the first is {first} ({why})"
                 )
+
+    def state(self) -> dict[str, Any]:
+        """The unreadable files met so far, ``{name: why}``: a resumed run keeps counting."""
+        with self._lock:
+            return {"unreadable": dict(self.bad)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back the unreadable files of :meth:`state` (a malformed entry is ignored: the
+        file will be met, named and counted again)."""
+        unreadable = state.get("unreadable") if isinstance(state, dict) else None
+        if not isinstance(unreadable, dict):
+            return
+        with self._lock:
+            for name, why in unreadable.items():
+                if isinstance(name, str) and isinstance(why, str):
+                    self.bad.setdefault(name, why)
 
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:

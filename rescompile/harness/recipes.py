@@ -17,6 +17,7 @@ and the command line's. The library's recipes (``rescompile/recipes/*.yaml``: ``
     label_smoothing: 0.1
     clip_grad_norm: null          # rescale gradients whose global L2 norm exceeds this
     ema: {decay: 0.999, every: 32}  # an average of the weights, evaluated next to them
+    augmentation: random_resized_crop  # or scale_jitter (image folders and shards only)
     schedule:                     # kind: step (every, gamma) | multistep (milestones, gamma)
       kind: cosine                #   | cosine (final_lr) | one_cycle (pct_start, div_factor,
     warmup:                       #     final_div_factor)
@@ -28,6 +29,13 @@ Lengths, milestones, ``every`` and the warm-up are in the recipe's unit; a run o
 (``--steps``, ``--epochs``) scales them proportionally (:func:`~rescompile.harness.schedules.
 plan_training`). The schedules are functions of the step (torchvision's schedulers step per
 epoch: the warm-up and the cosine here are their per-step versions).
+
+``augmentation`` says how the training images of an image folder or tar shards are cropped:
+``random_resized_crop`` (the default, torchvision's and timm's: area 8-100%, aspect 3/4-4/3) or
+``scale_jitter`` (``paper-imagenet``: He et al. 2016, sec. 3.4, the shorter side resized to a
+random length in [256, 480] and a random 224 crop; at another input size S the range is
+[256, 480] * S / 224), either followed by a horizontal flip. Data held in memory (CIFAR, digits,
+synthetic) has its own augmentation (pad-crop-flip) and does not use the setting.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rescompile.errors import Diagnostic, SpecError
-from rescompile.harness.schedules import Recipe, RecipeError
+from rescompile.harness.schedules import Augmentation, Recipe, RecipeError
 
 __all__ = ["RecipeFile", "library_names", "load_recipe", "recipe_from_file"]
 
@@ -136,6 +144,7 @@ class RecipeFile(_Model):
     schedule: Schedule
     warmup: Warmup | None = None
     ema: Ema | None = None
+    augmentation: Augmentation = "random_resized_crop"
 
     @model_validator(mode="after")
     def _consistent(self) -> RecipeFile:
@@ -195,6 +204,7 @@ class RecipeFile(_Model):
             clip_grad_norm=self.clip_grad_norm,
             ema_decay=self.ema.decay if self.ema else None,
             ema_every=self.ema.every if self.ema else 1,
+            augmentation=self.augmentation,
             **extra,
         )
 
@@ -246,16 +256,13 @@ def recipe_from_file(path: str | Path, *, name: str | None = None) -> Recipe:
     return model.to_recipe(name or Path(path).stem)
 
 
-_MODELS = (
-    RecipeFile,
-    Ema,
-    Warmup,
-    StepSchedule,
-    MultiStepSchedule,
-    CosineSchedule,
-    OneCycleSchedule,
-)
-_FIELDS = sorted({f for m in _MODELS for f in m.model_fields})
+_SCHEDULES = (StepSchedule, MultiStepSchedule, CosineSchedule, OneCycleSchedule)
+_FIELDS_AT = {  # where an unknown key sits -> the fields it may have meant
+    (): sorted(RecipeFile.model_fields),
+    ("warmup",): sorted(Warmup.model_fields),
+    ("ema",): sorted(Ema.model_fields),
+    ("schedule",): sorted({f for m in _SCHEDULES for f in m.model_fields}),
+}
 
 
 def _data_path(raw: tuple, data: Any) -> tuple:
@@ -285,7 +292,8 @@ def _diagnostics(err: ValidationError, loc: Any) -> list[Diagnostic]:
         if e["type"] == "extra_forbidden":
             key = str(path[-1]) if path else "?"
             msg = f"unknown field {key!r}"
-            close = difflib.get_close_matches(key, _FIELDS, n=1)
+            fields = _FIELDS_AT.get(tuple(path[:-1]), [])
+            close = difflib.get_close_matches(key, [f for f in fields if f != key], n=1)
             if close:
                 msg += f"; did you mean {close[0]!r}?"
             pos = loc.key_positions.get(path) or loc.pos(path)

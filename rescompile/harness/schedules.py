@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
@@ -32,6 +33,7 @@ __all__ = [
     "RecipeError",
     "Schedule",
     "StepDecay",
+    "TRAIN_AUGMENTATIONS",
     "TrainPlan",
     "cosine",
     "extend_plan",
@@ -45,6 +47,10 @@ __all__ = [
 Schedule = Callable[[int], float]
 ScheduleKind = Literal["step", "cosine", "one_cycle"]
 Unit = Literal["steps", "epochs"]
+Augmentation = Literal["random_resized_crop", "scale_jitter"]
+TRAIN_AUGMENTATIONS: tuple[str, ...] = typing.get_args(Augmentation)
+"""How a streamed image source (image folders, shards) crops its training images: torchvision's
+and timm's RandomResizedCrop, or the scale augmentation of He et al. (2016, sec. 3.4)."""
 
 PAPER_WARMUP_DEPTH = 110
 """He et al. (2016) warm up CIFAR nets this deep (110, 1202 layers); others start at 0.1."""
@@ -217,6 +223,10 @@ class Recipe:
     ``warmup_deep`` makes that the paper's rule (nets of :data:`PAPER_WARMUP_DEPTH` layers or
     more warm up). Recipes are written as YAML files (:mod:`rescompile.harness.recipes`).
 
+    ``augmentation`` is how training images of a streamed source (image folders, shards) are
+    cropped, one of :data:`TRAIN_AUGMENTATIONS` (in-memory data keeps its own augmentation:
+    CIFAR's pad-crop-flip).
+
     ``norm_weight_decay`` (normalisation layers' scale and shift) and ``bias_weight_decay``
     (every parameter called ``bias``, normalisation shifts included, taking precedence) replace
     ``weight_decay`` for those parameters when set, as torchvision's ``--norm-weight-decay`` and
@@ -251,6 +261,14 @@ class Recipe:
     clip_grad_norm: float | None = None
     ema_decay: float | None = None  # an average of the weights (rescompile.harness.ema)
     ema_every: int = 1
+    augmentation: str = "random_resized_crop"  # one of TRAIN_AUGMENTATIONS
+
+    def __post_init__(self) -> None:
+        if self.augmentation not in TRAIN_AUGMENTATIONS:
+            raise ValueError(
+                f"augmentation is one of {', '.join(TRAIN_AUGMENTATIONS)}, "
+                f"not {self.augmentation!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:

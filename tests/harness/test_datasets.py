@@ -89,3 +89,16 @@ def test_load_dataset_digits() -> None:
 def test_load_dataset_errors(spec: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
         load_dataset(spec)
+
+
+def test_a_recipes_augmentation_leaves_in_memory_batches_alone() -> None:
+    """``augmentation`` (image folders' crop) is not used by arrays: pad-crop-flip as before."""
+    from rescompile.harness.data import synthetic
+
+    data = synthetic((8, 8, 3), n_train=64, n_test=8)
+    plain = data.train_batches(0, 16, seed=1, augment=True)
+    jitter = data.train_batches(0, 16, seed=1, augment=True, augmentation="scale_jitter")
+    for _ in range(5):
+        a, b = next(plain), next(jitter)
+        for field in ("index", "top", "left", "flip"):
+            assert np.array_equal(getattr(a, field), getattr(b, field))

@@ -93,6 +93,27 @@ def test_a_run_keeps_evaluates_and_checkpoints_the_average(tmp_path, backend):
     assert all(0 <= r["ema_test_error"] <= 1 and r["ema_test_loss"] > 0 for r in evals)
     assert summary["final_ema_test_error"] == evals[-1]["ema_test_error"]
 
+    # rescompile eval / weights --ema use the same average: eval equals the run's own
+    # evaluation of it, weights writes it as the model's state_dict
+    from safetensors.numpy import load_file
+
+    from rescompile.harness.evaluate import evaluate
+    from tests.clirun import run_cli
+
+    e = evaluate(run, ema=True)
+    assert e.ema and e.top1_error == pytest.approx(evals[-1]["ema_test_error"], abs=1e-12)
+    assert e.loss == pytest.approx(evals[-1]["ema_test_loss"], rel=1e-5)
+    plain = evaluate(run)
+    assert plain.top1_error == pytest.approx(evals[-1]["test_error"], abs=1e-12)
+    assert plain.loss != pytest.approx(e.loss, rel=1e-6)  # another set of weights
+    out = tmp_path / "ema.safetensors"
+    r = run_cli("weights", str(run), "-o", str(out), "--ema")
+    assert r.code == 0 and "the weight average" in r.stderr
+    written = load_file(out)
+    assert sorted(written) == sorted(k for k in final if not k.startswith("optim/"))
+    for key, value in written.items():
+        np.testing.assert_array_equal(value, final[f"optim/{key}.ema"], err_msg=key)
+
 
 class _Stop(KeyboardInterrupt):
     pass
@@ -127,3 +148,30 @@ def test_the_average_resumes_bitwise(tmp_path):
         read_metrics(tmp_path / "a")[-1]["ema_test_error"]
         == (read_metrics(tmp_path / "b")[-1]["ema_test_error"])
     )
+
+
+def test_ema_of_a_run_without_an_average_is_one_clear_line(tmp_path):
+    from tests.clirun import run_cli
+
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            spec=DIGITS,
+            overrides=TINY,
+            data="digits",
+            recipe="fast",
+            steps=2,
+            batch_size=16,
+            out=str(run),
+            quiet=True,
+        )
+    )
+    for command in (
+        ["eval", str(run), "--ema"],
+        ["weights", str(run), "-o", str(tmp_path / "w"), "--ema"],
+    ):
+        r = run_cli(*command)
+        assert r.code == 1 and "holds no weight average" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("export", DIGITS, "--ema", "-o", str(tmp_path / "m.onnx"))
+    assert r.code == 1 and "--ema exports a run's weight average" in r.stderr

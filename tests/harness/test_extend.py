@@ -131,6 +131,7 @@ def test_a_damaged_recorded_recipe_or_extension_is_a_clear_error(tmp_path):
     for where, value, message in (
         ("schedule", "zigzag", "plan.recipe.schedule is unreadable"),
         ("lr", "fast", "plan.recipe.lr is unreadable"),
+        ("augmentation", "zoom", "plan.recipe is unreadable: .*augmentation is one of"),
         ("extensions", [{"from_step": 6, "steps": "x"}], "malformed entry"),
     ):
         damaged = json.loads(json.dumps(original))

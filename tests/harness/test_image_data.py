@@ -170,6 +170,112 @@ def test_simplejpeg_and_pillow_decode_alike(tmp_path, monkeypatch):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def _ramp_jpeg(path: Path, width: int, height: int) -> bytes:
+    """A horizontal ramp (dark left, bright right), so a flip shows in the output."""
+    row = np.linspace(0, 255, width).astype(np.uint8)
+    _jpeg(path, np.repeat(np.tile(row, (height, 1))[..., None], 3, axis=-1))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [(500, 375, (224, 224)), (300, 640, (224, 224)), (500, 375, (64, 64))],
+)
+def test_scale_jitter_resizes_the_shorter_side_into_the_papers_range(
+    tmp_path, monkeypatch, width, height, size
+):
+    """He et al. (2016), sec. 3.4: shorter side resized to a random length in [256, 480] (x
+    S/224 at input size S), a random S x S crop, a flip half of the time. Observed from outside
+    the code under test: the box and the output size handed to PIL's resize (whatever size
+    the JPEG was decoded at), the array returned, and the direction of a ramp in it."""
+    from PIL import Image as PILImage
+
+    data = _ramp_jpeg(tmp_path / "ramp.jpg", width, height)
+    seen = []
+    resize = PILImage.Image.resize
+
+    def spy(self, out, resample=None, box=None, *args, **kwargs):
+        seen.append((self.size, out, box))
+        return resize(self, out, resample, box, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage.Image, "resize", spy)
+    s = size[0]
+    low, high = 256 * s / 224, 480 * s / 224
+    shorter, offsets, flips = [], [], []
+    for seed in range(300):
+        seen.clear()
+        x = decode_train(data, size, np.random.default_rng(seed), "scale_jitter")
+        assert x.shape == (*size, 3) and x.dtype == np.uint8
+        (((w, h), out, (left, top, right, bottom)),) = seen
+        assert out == (s, s)
+        assert -1e-6 <= left < right <= w + 1e-6 and -1e-6 <= top < bottom <= h + 1e-6
+        sx, sy = s / (right - left), s / (bottom - top)
+        assert sx == pytest.approx(sy, rel=1e-9)  # one scale: the aspect ratio is kept
+        shorter.append(min(w, h) * sx)  # the shorter side of the image resized as the crop is
+        if right - left < w - 1:
+            offsets.append(left / (w - (right - left)))
+        columns = x.astype(float).mean(axis=(0, 2))
+        flips.append(columns[0] > columns[-1])  # the ramp runs bright to dark: flipped
+    shorter = np.array(shorter)
+    # whole pixels: the length is a whole number in [round(low), round(high)]
+    assert shorter.min() >= round(low) - 1e-6 and shorter.max() <= round(high) + 1e-6
+    # the draws cover the range (a uniform draw misses its lowest or highest tenth 300 times
+    # with probability 2 * 0.9 ** 300 < 1e-13) and centre on its middle (5 standard errors)
+    span = high - low
+    assert shorter.min() < low + span / 10 and shorter.max() > high - span / 10
+    assert abs(shorter.mean() - (low + high) / 2) < 5 * span / np.sqrt(12 * 300)
+    assert min(offsets) < 0.1 and max(offsets) > 0.9
+    assert abs(np.mean(flips) - 0.5) < 5 * 0.5 / np.sqrt(300)
+
+
+def test_scale_jitter_decodes_large_jpegs_at_a_reduced_size(tmp_path, monkeypatch):
+    """At 32 px the shorter side is resized to 37..69: a 1600x1200 JPEG decodes at 1/8 scale
+    (200x150, still larger than any resized image), never at full size."""
+    from rescompile.harness import images
+
+    data = _ramp_jpeg(tmp_path / "big.jpg", 1600, 1200)
+    seen = []
+    original = images._Encoded.rgb
+
+    def spy(self, need):
+        out = original(self, need)
+        seen.append(out.size)
+        return out
+
+    monkeypatch.setattr(images._Encoded, "rgb", spy)
+    for seed in range(5):
+        decode_train(data, (32, 32), np.random.default_rng(seed), "scale_jitter")
+    assert seen == [(200, 150)] * 5
+
+
+def test_the_final_train_evaluation_of_a_large_source_is_a_fixed_subset(tmp_path):
+    """Past 10,000 training images the end of a run evaluates a fixed random 10,000 of them:
+    the same for every source opened on the data (any seed, any number of processes); the
+    whole split on request (rescompile eval --split train). No file is read here."""
+    from rescompile.harness.images import ImageSource, _Split
+
+    n = 12_345
+    split = _Split(np.arange(n, dtype=np.int64) % 7, np.array([b"x"] * n, dtype=bytes))
+
+    def source():
+        return ImageSource("big", split, split, list("abcdefg"), (8, 8), where="here", workers=0)
+
+    a, b = source(), source()
+    index = a.train_eval_index()
+    assert len(index) == 10_000 and len(np.unique(index)) == 10_000
+    assert np.all(np.diff(index) > 0) and index[0] >= 0 and index[-1] < n
+    assert np.array_equal(index, b.train_eval_index())
+    assert not np.array_equal(index, np.arange(10_000))  # drawn, not the first 10,000
+    data = a.train_data()
+    assert len(data.x_train) == 10_000 and np.array_equal(data.y_train, split.labels[index])
+    assert len(data.x_test) == n  # the test split is evaluated whole
+    assert len(a.train_data(whole_train=True).x_train) == n
+    assert a.train_eval == "a fixed random 10,000 of the 12,345 training images"
+    small = open_image_folder(make_folder(tmp_path / "small"), (8, 8), workers=0)
+    assert small.train_eval == "the whole training set"
+    assert len(small.train_data().x_train) == small.n_train
+
+
 # -- the source ------------------------------------------------------------------------------------
 
 
@@ -197,14 +303,15 @@ def test_folder_source_metadata_classes_and_bad_files(folder):
         source.close()
 
 
-def test_batches_depend_only_on_seed_and_step_whatever_the_workers(folder):
+@pytest.mark.parametrize("augmentation", ["random_resized_crop", "scale_jitter"])
+def test_batches_depend_only_on_seed_and_step_whatever_the_workers(folder, augmentation):
     """A resumed pipeline (start at step 5) and one with two worker processes give the same
     batches as an uninterrupted single-threaded one: what exact resume rests on."""
     a = open_image_folder(folder, (32, 32), workers=0)
     b = open_image_folder(folder, (32, 32), workers=2)
     try:
-        straight = _take(a, 0, 7)
-        resumed = _take(b, 5, 2)
+        straight = _take(a, 0, 7, augmentation=augmentation)
+        resumed = _take(b, 5, 2, augmentation=augmentation)
         for x, y in zip(straight[5:], resumed, strict=True):
             assert x.step == y.step
             assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)
@@ -403,6 +510,63 @@ def test_both_backends_train_from_folders_and_shards(
         assert abs(e.loss - summary["final_test_loss"]) < 1e-5 * max(1.0, e.loss)
 
 
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_the_paper_recipe_trains_from_a_folder_with_its_scale_augmentation(
+    tmp_path, folder, backend, monkeypatch
+):
+    """paper-imagenet's augmentation (scale_jitter) is what a run from an image folder uses;
+    the end of the run evaluates a fixed subset of the training images (here the limit is
+    lowered to 12 of the 28) and the summary says so."""
+    from rescompile.harness import images
+    from rescompile.harness.loop import TrainConfig, train
+
+    monkeypatch.setenv("RESCOMPILE_DATA_WORKERS", "0")  # decoded in this process: spied on
+    monkeypatch.setattr(images, "TRAIN_EVAL_IMAGES", 12)
+    calls = []
+    jitter, crop = images.scale_jitter_box, images.random_resized_crop_box
+    monkeypatch.setattr(images, "scale_jitter_box", lambda *a: calls.append("jitter") or jitter(*a))
+    monkeypatch.setattr(
+        images, "random_resized_crop_box", lambda *a: calls.append("rrc") or crop(*a)
+    )
+    handed = []
+    train_data = images.ImageSource.train_data
+    monkeypatch.setattr(
+        images.ImageSource,
+        "train_data",
+        lambda self, *a, **k: handed.append(train_data(self, *a, **k)) or handed[-1],
+    )
+    run = tmp_path / "run"
+    summary = train(
+        TrainConfig(
+            spec=DIGITS,
+            overrides=FIT,
+            backend=backend,
+            data=f"imagefolder:{folder}",
+            recipe="paper-imagenet",
+            steps=2,
+            batch_size=8,
+            out=str(run),
+            quiet=True,
+        )
+    )
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert np.isfinite(summary["final_test_loss"])
+    # every training image of the 2 steps (a corrupt one's substitute included) was jittered
+    assert set(calls) == {"jitter"} and len(calls) >= 16
+    config = json.loads((run / "config.json").read_text())
+    assert config["plan"]["recipe"]["augmentation"] == "scale_jitter"
+    assert summary["notes"]["final_train_error"] == (
+        "eval mode, a fixed random 12 of the 28 training images, no augmentation"
+    )
+    (data,) = handed  # what the runtime evaluated the training split on: 12 images
+    assert len(data.x_train) == len(data.y_train) == 12
+    assert round(summary["final_train_error"] * 12, 9) == round(summary["final_train_error"] * 12)
+    if backend == "torch":  # rescompile eval --split train: every training image
+        from rescompile.harness.evaluate import evaluate
+
+        assert evaluate(run, split="train").images == 28
+
+
 @pytest.mark.parametrize("backend", ["torch", pytest.param("flax", marks=pytest.mark.slow)])
 def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, folder, backend):
     """The sigkill test of test_train_runs.py on an image folder with two worker processes."""
@@ -444,3 +608,42 @@ def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, f
     assert meta_a["state"]["step"] == meta_b["state"]["step"] == 16
     assert sorted(a) == sorted(b)
     assert [k for k in a if not np.array_equal(a[k], b[k])] == []
+    # the unreadable file met before the kill is in the checkpoint: the resumed session keeps
+    # counting (it is not named again, and the run's total is 1, not 1 per session)
+    unreadable = meta_b["state"]["data"]["unreadable"]
+    assert [Path(name).name for name in unreadable] == ["corrupt.jpg"]
+    assert "corrupt.jpg" not in p.stderr
+    assert json.loads((victim / "summary.json").read_text())["skipped_images"] == 1
+
+
+def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_path, folder):
+    """The two-node job of README (two torchrun launches of one process each, gloo, standing in
+    for two machines) from an image folder, with the paper's scale augmentation: each rank
+    decodes its half of every global batch, and the run is the single-process run up to
+    float32 summation order (the bound of test_train_runs.py's DDP test)."""
+    from rescompile.harness.checkpoint import load_checkpoint
+    from tests.harness.test_train_runs import _free_port, _max_rel_diff, _torchrun
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", RESCOMPILE_DATA_WORKERS="0", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    args = ["train", DIGITS, *(a for o in FIT for a in ("--set", o))]
+    args += ["--data", f"imagefolder:{folder}", "--recipe", "paper-imagenet", "--batch-size", "8"]
+    args += ["--steps", "6", "--eval-every", "6", "--ckpt-every", "6", "--quiet"]
+    single, nodes, port = tmp_path / "single", tmp_path / "two-nodes", _free_port()
+
+    def start(command):
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
+    alone = start([sys.executable, "-m", "rescompile", *args, "--out", str(single)])
+    launches = [start(_torchrun(*args, "--out", str(nodes), node=(r, port))) for r in (0, 1)]
+    for p in (*launches, alone):
+        assert p.wait(timeout=600) == 0, p.communicate()[1][-3000:]
+    s = json.loads((nodes / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["settings"]["process_group"] == "gloo"
+    assert s["status"] == "completed" and s["steps"] == 6
+    assert (nodes / "classes.txt").read_text() == "cat\ndog\neel\n"
+    tensors, meta = load_checkpoint(nodes)
+    assert meta["state"]["world_size"] == 2 and meta["state"]["step"] == 6
+    assert _max_rel_diff(tensors, load_checkpoint(single)[0]) < 1e-3

@@ -111,6 +111,27 @@ def test_a_bad_recipe_file_gets_every_problem_at_its_line_and_column(tmp_path):
     assert r.code == 1 and "milestone 7" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_the_training_crop_is_a_recipe_setting(tmp_path):
+    """paper-imagenet crops image folders as the paper does (sec. 3.4, scale augmentation); the
+    other library recipes keep torchvision's RandomResizedCrop; a file may choose either, and
+    nothing else."""
+    assert load_recipe("paper-imagenet").augmentation == "scale_jitter"
+    for name in set(library_names()) - {"paper-imagenet"}:
+        assert load_recipe(name).augmentation == "random_resized_crop", name
+    mine = tmp_path / "mine.yaml"
+    text = (ROOT / "rescompile" / "recipes" / "fast.yaml").read_text()
+    mine.write_text(text + "augmentation: scale_jitter\n")
+    assert load_recipe(str(mine)).augmentation == "scale_jitter"
+    mine.write_text(text + "augmentation: zoom\n")
+    line = len(text.splitlines()) + 1
+    with pytest.raises(SpecError) as info:
+        recipe_from_file(mine)
+    assert [str(d) for d in info.value.diagnostics] == [
+        f"{mine}:{line}:15: augmentation: Input should be 'random_resized_crop' or "
+        "'scale_jitter', got 'zoom'"
+    ]
+
+
 # -- the options, identical in both backends ---------------------------------------------------
 
 OPTIONS = {
@@ -255,3 +276,22 @@ def test_one_cycle_and_step_every_from_yaml(tmp_path):
     plan = plan_training(load_recipe(str(every)), steps_per_epoch=3)
     # torch's StepLR(step_size=4 epochs, gamma=0.5), stepped per epoch of 3 steps
     assert [plan.lr(3 * e) for e in range(10)] == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_an_unknown_nested_key_is_matched_against_its_own_section(tmp_path):
+    """A suggestion comes from the fields of the section the key is in, and is never the
+    unknown key itself (``warmup: {steps: 10}`` once suggested 'steps', a top-level field)."""
+    bad = tmp_path / "nested.yaml"
+    bad.write_text(
+        "batch_size: 8\nsteps: 20\nlr: 0.1\nschedule: {kind: cosine, final_rl: 0.0}\n"
+        "warmup: {length: 2, steps: 10}\nema: {decy: 0.9}\n"
+    )
+    with pytest.raises(SpecError) as info:
+        recipe_from_file(bad)
+    lines = [str(d) for d in info.value.diagnostics]
+    assert (
+        f"{bad}:4:26: schedule.final_rl: unknown field 'final_rl'; did you mean 'final_lr'?"
+        in lines
+    )
+    assert f"{bad}:5:21: warmup.steps: unknown field 'steps'" in lines
+    assert f"{bad}:6:7: ema.decy: unknown field 'decy'; did you mean 'decay'?" in lines

@@ -48,9 +48,9 @@ def test_non_finite_numbers_are_written_as_strings_and_read_back(tmp_path):
 def test_summary_and_config_are_strict_json(tmp_path):
     import numpy as np
 
-    from rescompile.harness.loop import _write_json
+    from rescompile.harness.records import write_json
 
-    _write_json(
+    write_json(
         tmp_path / "s.json",
         {"value": float("nan"), "x": [np.float32("inf"), 1.5], "n": np.int64(3), "path": tmp_path},
     )
@@ -63,11 +63,11 @@ def test_default_cadence_of_short_runs(steps, every):
     """At most 50 evaluations (and checkpoints) per run, at least 10 steps apart: a 50-step run
     evaluates 5 times (it did so every step, 1.9-2.6x the wall time)."""
     from rescompile.compiler import compile_spec
+    from rescompile.harness.config import TrainConfig, make_plan
     from rescompile.harness.data import load_dataset
-    from rescompile.harness.loop import TrainConfig, _make_plan
 
     graph = compile_spec(DIGITS, TINY[1::2])[1]
-    p = _make_plan(TrainConfig(spec=DIGITS, steps=steps), graph, load_dataset("digits"), 1)
+    p = make_plan(TrainConfig(spec=DIGITS, steps=steps), graph, load_dataset("digits"), 1)
     assert (p.eval_every, p.ckpt_every) == (every, every)
     assert p.log_every <= p.eval_every
 

@@ -181,17 +181,23 @@ def test_spec_that_does_not_fit_the_data_is_a_clear_error(tmp_path, env):
 
 
 def test_option_errors_need_no_training(tmp_path):
-    from rescompile.harness.loop import TrainConfig, run_from_cli, train
+    from rescompile.cli import train as train_command
+    from rescompile.harness.loop import TrainConfig, train
 
     # --steps extends a resumed run (tests/harness/test_extend.py); --lr is the run's own
     with pytest.raises(UserError, match=r"drop --lr \(see"):
-        run_from_cli({"resume": str(tmp_path), "lr": 0.1, "steps": 3})
+        train_command(resume=str(tmp_path), lr=0.1, steps=3)
+    with pytest.raises(UserError, match=r"drop SPEC, --set, --compile \(see"):
+        train_command(DIGITS, ["depth=8"], resume=str(tmp_path), compile_=False)
     with pytest.raises(UserError, match="is not a run directory"):
-        run_from_cli({"resume": str(tmp_path)})
+        train_command(resume=str(tmp_path))
     with pytest.raises(UserError, match="give the data"):
-        run_from_cli({"spec": DIGITS})
+        train_command(DIGITS)
     with pytest.raises(UserError, match="unknown recipe 'paper'"):
-        run_from_cli({"spec": DIGITS, "data": "digits", "recipe": "paper"})
+        train_command(DIGITS, data="digits", recipe="paper")
+    with pytest.raises(UserError, match="--keep must be positive"):
+        train(TrainConfig(spec=DIGITS, keep=0, out=str(tmp_path / "k")))
+    assert not (tmp_path / "k").exists()
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="already holds a run; continue it with --resume"):
         train(TrainConfig(spec=DIGITS, out=str(tmp_path)))
@@ -537,13 +543,13 @@ def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
 )
 def test_paper_layer_count_decides_the_warm_up(spec, layers, warmup):
     from rescompile.compiler import compile_spec
+    from rescompile.harness.config import TrainConfig, make_plan, weighted_layers
     from rescompile.harness.data import synthetic
-    from rescompile.harness.loop import TrainConfig, _make_plan, weighted_layers
 
     graph = compile_spec(ROOT / "specs" / spec)[1]
     assert weighted_layers(graph) == layers
     data = synthetic((32, 32, 3), n_train=128 * 390, n_test=10)
-    p = _make_plan(TrainConfig(spec=spec, recipe="paper-cifar"), graph, data, world_size=1)
+    p = make_plan(TrainConfig(spec=spec, recipe="paper-cifar"), graph, data, world_size=1)
     assert p.plan.total_steps == 64_000 and p.plan.milestones == (32_000, 48_000)
     assert p.plan.warmup_steps == warmup and p.batch_size == 128
     assert p.plan.lr(0) == (0.01 if warmup else 0.1) and p.plan.lr(48_000) == pytest.approx(1e-3)
