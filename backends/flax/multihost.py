@@ -10,10 +10,12 @@ jax itself turns most rendezvous failures into a fatal abort with a C++ stack tr
 - once joined, the processes exchange their ``--num-processes`` and refuse a mismatch.
 
 What remains to jax is a process that never arrives (a count larger than the processes
-started): the others wait ``initialization_timeout`` seconds, then jax stops them.
+started): the others wait ``initialization_timeout`` seconds, then jax stops them. A process
+lost mid-run makes the others' next collective fail: :func:`lost_peer` recognises that, so the
+CLI says it in one line (:func:`rescompile.harness.distributed.failed`).
 
 On CPUs the cross-process collectives are gloo's (``jax_cpu_collectives_implementation``,
-jax's default since 0.4.3x; set here when a configuration turned it off).
+jax 0.10.2's default; set here when a configuration turned it off).
 """
 
 from __future__ import annotations

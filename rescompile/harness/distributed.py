@@ -32,11 +32,11 @@ __all__ = [
     "DEFAULT_INIT_TIMEOUT",
     "Launch",
     "check_backend",
+    "check_port_free",
     "current",
     "failed",
-    "initialize",
-    "check_port_free",
     "init_timeout",
+    "initialize",
     "parse_coordinator",
     "wait_for_coordinator",
 ]
