@@ -1,8 +1,10 @@
-"""Fixtures for the harness tests: small CIFAR files written in the real on-disk format."""
+"""Fixtures for the harness tests: the environment of a `rescompile` subprocess, and small CIFAR
+files written in the real on-disk format. Plain helpers and constants are in ``common.py``."""
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import tarfile
@@ -12,6 +14,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """The environment of the module's `rescompile` processes: one thread per process (two
+    processes share two cores in several tests), unbuffered output, no launcher's rank variables,
+    and a compilation cache shared by the module's flax processes."""
+    e = dict(os.environ)
+    e.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")),
+    )
+    for name in ("WORLD_SIZE", "RANK"):
+        e.pop(name, None)
+    return e
 
 
 class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]

@@ -9,59 +9,18 @@ on the run's own model.py (torch.topk, nn.Module.load_state_dict, torch forward 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.harness.common import DIGITS, ROOT, SMALL, TINY, cli, set_args
+
 torch = pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["--set", "stages.0.depth=1", "--set", "stages.1.depth=1", "--set", "stages.2.depth=1"]
 # 12 steps, evaluated and checkpointed at steps 6 and 12
-RUN = [
-    DIGITS,
-    *TINY,
-    "--data",
-    "digits",
-    "--batch-size",
-    "32",
-    "--steps",
-    "12",
-    "--eval-every",
-    "6",
-    "--ckpt-every",
-    "6",
-    "--quiet",
-]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")),
-    )
-    e.pop("WORLD_SIZE", None)
-    return e
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rescompile", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
-    )
+RUN = [*SMALL, "--steps", "12", "--eval-every", "6", "--ckpt-every", "6"]
 
 
 @pytest.fixture(scope="module")
@@ -410,12 +369,7 @@ def test_init_from_a_run_of_the_other_backend_and_refusals(runs, env, tmp_path):
     run = tmp_path / "run"
     p = cli(
         "train",
-        DIGITS,
-        *TINY,
-        "--data",
-        "digits",
-        "--batch-size",
-        "32",
+        *SMALL,
         "--steps",
         "2",
         "--lr",
@@ -424,7 +378,6 @@ def test_init_from_a_run_of_the_other_backend_and_refusals(runs, env, tmp_path):
         str(runs["flax"]),
         "--out",
         str(run),
-        "--quiet",
         env=env,
     )
     assert p.returncode == 0, p.stderr
@@ -444,7 +397,7 @@ def test_init_from_a_run_of_the_other_backend_and_refusals(runs, env, tmp_path):
         p = cli(
             "train",
             DIGITS,
-            *TINY,
+            *set_args(TINY),
             "--data",
             "digits",
             "--steps",

@@ -16,12 +16,9 @@ from rescompile.harness.checkpoint import list_checkpoints, load_checkpoint
 from rescompile.harness.ema import WeightAverage
 from rescompile.harness.loop import TrainConfig, train
 from rescompile.harness.metrics import read_metrics
+from tests.harness.common import DIGITS, tiny_config
 
 torch = pytest.importorskip("torch")
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["stages.0.depth=1", "stages.1.depth=1", "stages.2.depth=1"]
 
 
 def test_the_average_is_torchs_averaged_model_with_buffers():
@@ -57,17 +54,13 @@ def _recipe(tmp_path: Path, decay: float) -> str:
 @pytest.mark.parametrize("backend", ["torch", "flax"])
 def test_a_run_keeps_evaluates_and_checkpoints_the_average(tmp_path, backend):
     run = tmp_path / "run"
-    config = TrainConfig(
-        spec=DIGITS,
-        overrides=TINY,
-        data="digits",
+    config = tiny_config(
+        run,
         backend=backend,
         recipe=_recipe(tmp_path, 0.7),
         eval_every=4,
         ckpt_every=1,
         keep=20,
-        out=str(run),
-        quiet=True,
     )
     summary = train(config)
     # recomputed from the per-step checkpoints: every 2 steps, first a copy, then a lerp
@@ -121,15 +114,7 @@ class _Stop(KeyboardInterrupt):
 
 def test_the_average_resumes_bitwise(tmp_path):
     def config(out: Path) -> TrainConfig:
-        return TrainConfig(
-            spec=DIGITS,
-            overrides=TINY,
-            data="digits",
-            recipe=_recipe(tmp_path, 0.9),
-            eval_every=4,
-            out=str(out),
-            quiet=True,
-        )
+        return tiny_config(out, recipe=_recipe(tmp_path, 0.9), eval_every=4)
 
     train(config(tmp_path / "a"))
 
@@ -154,18 +139,7 @@ def test_ema_of_a_run_without_an_average_is_one_clear_line(tmp_path):
     from tests.clirun import run_cli
 
     run = tmp_path / "run"
-    train(
-        TrainConfig(
-            spec=DIGITS,
-            overrides=TINY,
-            data="digits",
-            recipe="fast",
-            steps=2,
-            batch_size=16,
-            out=str(run),
-            quiet=True,
-        )
-    )
+    train(tiny_config(run, recipe="fast", steps=2, batch_size=16))
     for command in (
         ["eval", str(run), "--ema"],
         ["weights", str(run), "-o", str(tmp_path / "w"), "--ema"],

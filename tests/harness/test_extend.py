@@ -19,27 +19,14 @@ from rescompile.harness.checkpoint import load_checkpoint
 from rescompile.harness.loop import TrainConfig, train
 from rescompile.harness.metrics import read_metrics
 from tests.clirun import run_cli
+from tests.harness.common import DIGITS, tiny_config
 
 pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["stages.0.depth=1", "stages.1.depth=1", "stages.2.depth=1"]
-
 
 def _config(out: Path, **kw) -> TrainConfig:
-    base = dict(
-        spec=DIGITS,
-        overrides=TINY,
-        data="digits",
-        batch_size=32,
-        steps=20,
-        eval_every=10,
-        out=str(out),
-        quiet=True,
-        backend="torch",
-    )
-    return TrainConfig(**{**base, **kw})
+    base = dict(batch_size=32, steps=20, eval_every=10, backend="torch")
+    return tiny_config(out, **{**base, **kw})
 
 
 def _lrs(run: Path) -> dict[int, float]:

@@ -23,10 +23,17 @@ from rescompile.harness.images import (
     random_resized_crop_box,
 )
 from rescompile.harness.shards import open_shards, pack_shards
+from tests.harness.common import (
+    DIGITS,
+    ROOT,
+    TINY,
+    cli,
+    free_port,
+    max_rel_diff,
+    set_args,
+    torchrun,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["stages.0.depth=1", "stages.1.depth=1", "stages.2.depth=1"]
 FIT = [*TINY, "input.channels=3", "input.size=32", "num_classes=3"]
 CLASSES = ("cat", "dog", "eel")
 SIZES = [(50, 40), (40, 60), (33, 33), (80, 45)]  # (W, H)
@@ -410,21 +417,8 @@ def test_a_dead_worker_is_a_one_line_error(folder):
 
 def test_cli_reports_a_missing_val_folder_without_a_traceback(tmp_path):
     (tmp_path / "d/train/cat").mkdir(parents=True)
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rescompile",
-            "train",
-            DIGITS,
-            "--data",
-            f"imagefolder:{tmp_path / 'd'}",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+    p = cli(
+        "train", DIGITS, "--data", f"imagefolder:{tmp_path / 'd'}", "--quiet", env=None, timeout=300
     )
     assert p.returncode == 1
     assert p.stderr.strip().splitlines() == [
@@ -435,13 +429,7 @@ def test_cli_reports_a_missing_val_folder_without_a_traceback(tmp_path):
 
 def test_pack_shards_command(tmp_path, folder):
     def run(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "rescompile", "pack-shards", *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=300,
-        )
+        return cli("pack-shards", *args, env=None, timeout=300)
 
     out = tmp_path / "shards"
     p = run(str(folder), "-o", str(out), "--per-shard", "12")
@@ -568,14 +556,14 @@ def test_the_paper_recipe_trains_from_a_folder_with_its_scale_augmentation(
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("flax", marks=pytest.mark.slow)])
-def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, folder, backend):
+def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(
+    tmp_path, env, folder, backend
+):
     """The sigkill test of test_train_runs.py on an image folder with two worker processes."""
     from rescompile.harness.checkpoint import latest_checkpoint, load_checkpoint
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", RESCOMPILE_DATA_WORKERS="2", PYTHONUNBUFFERED="1")
-    args = [sys.executable, "-m", "rescompile", "train", DIGITS]
-    for o in FIT:
-        args += ["--set", o]
+    env = dict(env, RESCOMPILE_DATA_WORKERS="2")
+    args = [sys.executable, "-m", "rescompile", "train", DIGITS, *set_args(FIT)]
     args += ["--data", f"imagefolder:{folder}", "--batch-size", "8", "--backend", backend]
     args += ["--steps", "16", "--ckpt-every", "4", "--eval-every", "8", "--quiet"]
     ref, victim = tmp_path / "ref", tmp_path / "victim"
@@ -616,20 +604,18 @@ def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(tmp_path, f
     assert json.loads((victim / "summary.json").read_text())["skipped_images"] == 1
 
 
-def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_path, folder):
+def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_path, env, folder):
     """The two-node job of README (two torchrun launches of one process each, gloo, standing in
     for two machines) from an image folder, with the paper's scale augmentation: each rank
     decodes its half of every global batch, and the run is the single-process run up to
     float32 summation order (the bound of test_train_runs.py's DDP test)."""
     from rescompile.harness.checkpoint import load_checkpoint
-    from tests.harness.test_train_runs import _free_port, _max_rel_diff, _torchrun
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", RESCOMPILE_DATA_WORKERS="0", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    args = ["train", DIGITS, *(a for o in FIT for a in ("--set", o))]
+    env = dict(env, RESCOMPILE_DATA_WORKERS="0")
+    args = ["train", DIGITS, *set_args(FIT)]
     args += ["--data", f"imagefolder:{folder}", "--recipe", "paper-imagenet", "--batch-size", "8"]
     args += ["--steps", "6", "--eval-every", "6", "--ckpt-every", "6", "--quiet"]
-    single, nodes, port = tmp_path / "single", tmp_path / "two-nodes", _free_port()
+    single, nodes, port = tmp_path / "single", tmp_path / "two-nodes", free_port()
 
     def start(command):
         return subprocess.Popen(
@@ -637,7 +623,7 @@ def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_
         )
 
     alone = start([sys.executable, "-m", "rescompile", *args, "--out", str(single)])
-    launches = [start(_torchrun(*args, "--out", str(nodes), node=(r, port))) for r in (0, 1)]
+    launches = [start(torchrun(*args, "--out", str(nodes), node=(r, port))) for r in (0, 1)]
     for p in (*launches, alone):
         assert p.wait(timeout=600) == 0, p.communicate()[1][-3000:]
     s = json.loads((nodes / "summary.json").read_text())
@@ -646,4 +632,4 @@ def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_
     assert (nodes / "classes.txt").read_text() == "cat\ndog\neel\n"
     tensors, meta = load_checkpoint(nodes)
     assert meta["state"]["world_size"] == 2 and meta["state"]["step"] == 6
-    assert _max_rel_diff(tensors, load_checkpoint(single)[0]) < 1e-3
+    assert max_rel_diff(tensors, load_checkpoint(single)[0]) < 1e-3

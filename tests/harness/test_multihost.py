@@ -10,7 +10,6 @@ single-process run of the same global batch, only process 0 writes, kill -9 and 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -25,52 +24,34 @@ from rescompile.errors import UserError
 from rescompile.harness import distributed
 from rescompile.harness.checkpoint import latest_checkpoint, load_checkpoint
 from rescompile.harness.metrics import read_metrics
+from tests.harness.common import (
+    DIGITS,
+    ROOT,
+    SMALL,
+    TINY,
+    free_port,
+    max_rel_diff,
+    set_args,
+    start,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["--set", "stages.0.depth=1", "--set", "stages.1.depth=1", "--set", "stages.2.depth=1"]
-SMALL = [DIGITS, *TINY, "--data", "digits", "--batch-size", "32", "--quiet"]
 HANG = 600  # s: a hang check, an order of magnitude above a normal run on a busy machine
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """One thread per process, one CPU device per process, no launcher's variables (torchrun,
-    jax, clusters jax detects), and a compilation cache shared by this module's processes."""
+def env(env) -> dict[str, str]:
+    """The harness's subprocess environment (conftest.py) with one CPU device per process and
+    no variables of a cluster jax detects."""
     clusters = ("SLURM_", "OMPI_", "PMIX_", "TPU_", "KUBERNETES_", "JAX_")
-    e = {k: v for k, v in os.environ.items() if not k.startswith(clusters)}
-    e.update(
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")),
-    )
-    for name in ("WORLD_SIZE", "RANK"):
-        e.pop(name, None)
+    e = {k: v for k, v in env.items() if not k.startswith(clusters)}
     flags = e.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=2", "")
     e["XLA_FLAGS"] = flags.strip()
     return e
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _host(i: int, port: int, n: int = 2) -> list[str]:
     """The options host ``i`` of ``n`` types (README): process 0 serves the coordinator."""
     return ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i)]
-
-
-def _rescompile(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "rescompile", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = HANG) -> list[tuple[int, str, str]]:
@@ -137,15 +118,15 @@ def test_process_0_needs_the_coordinator_port_free():
 
 
 def test_cli_launch_errors_are_one_line(tmp_path, env):
-    port = _free_port()
+    port = free_port()
     train = ["train", *SMALL, "--steps", "2", "--out", str(tmp_path / "run")]
     quick = {**env, distributed.TIMEOUT_VARIABLE: "1"}
     runs = {
-        "torch": _rescompile(*train, *_host(1, port), env=quick),
-        "range": _rescompile(*train, "--backend", "flax", *_host(2, port), env=quick),
+        "torch": start(*train, *_host(1, port), env=quick),
+        "range": start(*train, "--backend", "flax", *_host(2, port), env=quick),
         # process 1 with no process 0 anywhere: a bounded wait, then one line (not jax's abort)
-        "alone": _rescompile(*train, "--backend", "flax", *_host(1, port), env=quick),
-        "auto": _rescompile(*train, "--backend", "flax", "--coordinator", "auto", env=quick),
+        "alone": start(*train, "--backend", "flax", *_host(1, port), env=quick),
+        "auto": start(*train, "--backend", "flax", "--coordinator", "auto", env=quick),
     }
     results = dict(zip(runs, _finish(list(runs.values())), strict=True))
     expected = {
@@ -191,14 +172,14 @@ def _join(port: int, counts: tuple[int, int], env: dict[str, str]) -> list[tuple
 
 
 def test_two_processes_join_and_refuse_mismatched_counts(env):
-    joined = _join(_free_port(), (2, 2), env)
+    joined = _join(free_port(), (2, 2), env)
     assert [(code, out) for code, out, _ in joined] == [(0, "0 2 jax\n"), (0, "1 2 jax\n")], [
         err for *_, err in joined
     ]
 
     # process 1 believes in 3 processes: jax lets it join process 0's 2, the check refuses
     # both, each with the same line
-    refused = _join(_free_port(), (2, 3), env)
+    refused = _join(free_port(), (2, 3), env)
     line = (
         "error: the processes were started with different --num-processes: 2 (process 0), "
         "3 (process 1); give every host the same count"
@@ -212,17 +193,17 @@ def test_two_processes_join_and_refuse_mismatched_counts(env):
 def test_a_process_that_fails_stops_the_other_in_one_line(tmp_path, env):
     """Host 1 lacks the data: it says so and exits at once (not after jax's 300 s shutdown
     barrier); host 0, waiting for it in a collective, stops with one line too."""
-    port = _free_port()
-    train = ["train", DIGITS, *TINY, "--batch-size", "32", "--quiet", "--backend", "flax"]
+    port = free_port()
+    train = ["train", DIGITS, *set_args(TINY), "--batch-size", "32", "--quiet", "--backend", "flax"]
     train += ["--steps", "2", "--out", str(tmp_path / "run")]
     missing = str(tmp_path / "no-cifar")
     procs = [
-        _rescompile(*train, "--data", "digits", *_host(0, port), env=env),
-        _rescompile(*train, "--data", f"cifar10:{missing}", *_host(1, port), env=env),
+        start(*train, "--data", "digits", *_host(0, port), env=env),
+        start(*train, "--data", f"cifar10:{missing}", *_host(1, port), env=env),
     ]
-    start = time.monotonic()
+    began = time.monotonic()
     (code0, _, err0), (code1, _, err1) = _finish(procs, timeout=120)
-    assert time.monotonic() - start < 120  # a hang check: both stop within seconds
+    assert time.monotonic() - began < 120  # a hang check: both stop within seconds
     assert code1 == 1 and f"error: cifar10: {missing} does not exist" in err1, err1
     assert code0 == 1, err0
     errors = [line for line in err0.splitlines() if line.startswith("error")]
@@ -240,7 +221,7 @@ _SCRIPT = (
     "from rescompile.harness import distributed\n"
     "from rescompile.harness.runtime import RuntimeOptions, make_runtime\n"
     "jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]), initialization_timeout=60)\n"
-    f"g = compile_spec({DIGITS!r}, {TINY[1::2]!r})[1]\n"
+    f"g = compile_spec({DIGITS!r}, {TINY!r})[1]\n"
     "try:\n"
     "    make_runtime('flax', g, fb.emit(g), RuntimeOptions())\n"
     "except UserError as e:\n"
@@ -255,7 +236,7 @@ def test_a_script_that_joined_jax_itself_is_told_then_adopted(env):
     """The driver decides which process writes before the runtime exists: a script that called
     jax.distributed.initialize alone is refused by the runtime (every process would write);
     distributed.initialize() without arguments adopts jax's processes."""
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _SCRIPT, f"127.0.0.1:{port}", str(i)],
@@ -290,10 +271,9 @@ def _has_checkpoint(run: Path, step: int) -> bool:
 
 
 def _max_rel_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    """The largest difference of a model tensor, relative to that tensor's largest value."""
-    keys = [k for k in a if not k.startswith("optim/") and not k.endswith("num_batches_tracked")]
-    assert keys and sorted(a) == sorted(b)
-    return max(float(np.max(np.abs(a[k] - b[k])) / (np.max(np.abs(b[k])) + 1e-12)) for k in keys)
+    """:func:`max_rel_diff` of two checkpoints that hold the same tensors."""
+    assert sorted(a) == sorted(b)
+    return max_rel_diff(a, b)
 
 
 @pytest.mark.slow
@@ -304,14 +284,14 @@ def test_two_hosts_train_like_one_process_and_resume(tmp_path, env):
     single, two_dev, run = tmp_path / "single", tmp_path / "two-devices", tmp_path / "two-hosts"
     two = {**env, "XLA_FLAGS": f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count=2"}
     references = [
-        _rescompile(*RUN, "--out", str(single), env=env),
-        _rescompile(*RUN, "--out", str(two_dev), env=two),
+        start(*RUN, "--out", str(single), env=env),
+        start(*RUN, "--out", str(two_dev), env=two),
     ]
     # process 1 is given another --out: it must not even create it (rank 0 writes the run)
-    port = _free_port()
+    port = free_port()
     hosts = [
-        _rescompile(*RUN, "--out", str(run), *_host(0, port), env=env),
-        _rescompile(*RUN, "--out", str(tmp_path / "not-written"), *_host(1, port), env=env),
+        start(*RUN, "--out", str(run), *_host(0, port), env=env),
+        start(*RUN, "--out", str(tmp_path / "not-written"), *_host(1, port), env=env),
     ]
     deadline = time.monotonic() + HANG
     while not _has_checkpoint(run, 10):
@@ -327,8 +307,8 @@ def test_two_hosts_train_like_one_process_and_resume(tmp_path, env):
     assert not (run / "summary.json").exists()  # it really died mid-run
     assert not (tmp_path / "not-written").exists()
 
-    port = _free_port()  # every process reads the run it resumes
-    resumed = [_rescompile("train", "--resume", str(run), *_host(i, port), env=env) for i in (0, 1)]
+    port = free_port()  # every process reads the run it resumes
+    resumed = [start("train", "--resume", str(run), *_host(i, port), env=env) for i in (0, 1)]
     for code, _, err in _finish(resumed):
         assert code == 0, err[-3000:]
     for code, _, err in _finish(references):
@@ -362,15 +342,15 @@ def test_two_hosts_stream_an_image_folder_like_one_process(tmp_path, env):
     from tests.harness.test_image_data import FIT, make_folder
 
     folder = make_folder(tmp_path / "data")
-    args = ["train", DIGITS, *[a for o in FIT for a in ("--set", o)], "--backend", "flax"]
+    args = ["train", DIGITS, *set_args(FIT), "--backend", "flax"]
     args += ["--data", f"imagefolder:{folder}", "--batch-size", "8", "--steps", "6", "--quiet"]
     e = {**env, "RESCOMPILE_DATA_WORKERS": "0"}
     two = {**e, "XLA_FLAGS": f"{e['XLA_FLAGS']} --xla_force_host_platform_device_count=2"}
-    port = _free_port()
+    port = free_port()
     procs = [
-        _rescompile(*args, "--out", str(tmp_path / "two-devices"), env=two),
+        start(*args, "--out", str(tmp_path / "two-devices"), env=two),
         *(
-            _rescompile(*args, "--out", str(tmp_path / "two-hosts"), *_host(i, port), env=e)
+            start(*args, "--out", str(tmp_path / "two-hosts"), *_host(i, port), env=e)
             for i in (0, 1)
         ),
     ]

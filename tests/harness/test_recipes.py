@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +18,10 @@ from rescompile.errors import SpecError
 from rescompile.harness.recipes import library_names, load_recipe, recipe_from_file
 from rescompile.harness.schedules import RecipeError, plan_training
 from tests.clirun import run_cli
+from tests.harness.common import DIGITS, ROOT, TINY
 
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "specs" / "variants" / "digits-resnet20.yaml"
-TINY = ["stages.0.depth=1", "stages.1.depth=1", "stages.2.depth=1"]
 
 
 # -- the library -------------------------------------------------------------------------------

@@ -6,19 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from rescompile.harness.metrics import MetricsLogger, read_metrics
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["--set", "stages.0.depth=1", "--set", "stages.1.depth=1", "--set", "stages.2.depth=1"]
+from tests.harness.common import DIGITS, TINY, cli, set_args
 
 
 def strict_loads(text: str):
@@ -66,39 +59,17 @@ def test_default_cadence_of_short_runs(steps, every):
     from rescompile.harness.config import TrainConfig, make_plan
     from rescompile.harness.data import load_dataset
 
-    graph = compile_spec(DIGITS, TINY[1::2])[1]
+    graph = compile_spec(DIGITS, TINY)[1]
     p = make_plan(TrainConfig(spec=DIGITS, steps=steps), graph, load_dataset("digits"), 1)
     assert (p.eval_every, p.ckpt_every) == (every, every)
     assert p.log_every <= p.eval_every
 
 
-def test_a_short_run_without_a_terminal_logs_pace_and_evaluates_every_ten_steps(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
+def test_a_short_run_without_a_terminal_logs_pace_and_evaluates_every_ten_steps(tmp_path, env):
     run = tmp_path / "run"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rescompile",
-            "train",
-            DIGITS,
-            *TINY,
-            "--data",
-            "digits",
-            "--batch-size",
-            "32",
-            "--steps",
-            "25",
-            "--out",
-            str(run),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
-    )
+    # not --quiet: the log lines are what is checked
+    train = [DIGITS, *set_args(TINY), "--data", "digits", "--batch-size", "32", "--steps", "25"]
+    p = cli("train", *train, "--out", str(run), env=env)
     assert p.returncode == 0, p.stderr
     lines = [line for line in p.stderr.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in lines] == ["10/25", "20/25", "25/25"]

@@ -23,20 +23,8 @@ import numpy as np
 import pytest
 
 from rescompile.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["--set", "stages.0.depth=1", "--set", "stages.1.depth=1", "--set", "stages.2.depth=1"]
-SMALL = [DIGITS, *TINY, "--data", "digits", "--batch-size", "32", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for name in ("WORLD_SIZE", "RANK"):
-        e.pop(name, None)
-    return e
+from tests.harness import common
+from tests.harness.common import DIGITS, SMALL, THIRTY_STEPS
 
 
 def _umask_022() -> None:
@@ -44,15 +32,8 @@ def _umask_022() -> None:
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rescompile", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=timeout,
-        preexec_fn=_umask_022,
-    )
+    """`rescompile ARGS` with the umask 022 the permission checks expect."""
+    return common.cli(*args, env=env, timeout=timeout, preexec_fn=_umask_022)
 
 
 def one_line(p: subprocess.CompletedProcess, text: str) -> None:
@@ -108,25 +89,8 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
 def test_two_trains_on_one_directory(tmp_path, env):
     """The second process is refused while the first runs; the first completes intact."""
     run = tmp_path / "run"
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rescompile",
-            "train",
-            *SMALL,
-            "--steps",
-            "400",
-            "--eval-every",
-            "400",
-            "--out",
-            str(run),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    first = common.start(
+        "train", *SMALL, "--steps", "400", "--eval-every", "400", "--out", str(run), env=env
     )
     try:
         deadline = time.monotonic() + 120
@@ -158,19 +122,7 @@ def test_two_trains_on_one_directory(tmp_path, env):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, env) -> Path:
     run = tmp_path_factory.mktemp("runs") / "run"
-    p = cli(
-        "train",
-        *SMALL,
-        "--steps",
-        "30",
-        "--eval-every",
-        "10",
-        "--ckpt-every",
-        "10",
-        "--out",
-        str(run),
-        env=env,
-    )
+    p = cli("train", *THIRTY_STEPS, "--out", str(run), env=env)
     assert p.returncode == 0, p.stderr
     return run
 
@@ -363,23 +315,15 @@ def test_a_file_size_limit_mid_run_is_one_line(tmp_path, env):
         resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
 
     run = tmp_path / "run"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rescompile",
-            "train",
-            *SMALL,
-            "--steps",
-            "20",
-            "--ckpt-every",
-            "10",
-            "--out",
-            str(run),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    p = common.cli(
+        "train",
+        *SMALL,
+        "--steps",
+        "20",
+        "--ckpt-every",
+        "10",
+        "--out",
+        str(run),
         env=env,
         timeout=180,
         preexec_fn=limit,

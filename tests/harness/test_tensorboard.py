@@ -15,12 +15,9 @@ import pytest
 
 from rescompile.harness.loop import TrainConfig, train
 from rescompile.harness.metrics import read_metrics
+from tests.harness.common import DIGITS, TINY, tiny_config
 
 event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["stages.0.depth=1", "stages.1.depth=1", "stages.2.depth=1"]
 
 
 def _events(path: Path) -> list:
@@ -70,18 +67,14 @@ class _Crash(RuntimeError):
 @pytest.mark.parametrize("backend", ["torch", "flax"])
 def test_tensorboard_events_hold_the_logged_records_across_a_resume(tmp_path, backend):
     run = tmp_path / "run"
-    config = TrainConfig(
-        spec=DIGITS,
-        overrides=TINY,
-        data="digits",
+    config = tiny_config(
+        run,
         backend=backend,
         batch_size=32,
         steps=12,
         log_every=2,
         eval_every=4,
         ckpt_every=4,
-        out=str(run),
-        quiet=True,
         tensorboard=True,
     )
 

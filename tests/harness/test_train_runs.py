@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,56 +21,18 @@ import pytest
 from rescompile.errors import UserError
 from rescompile.harness.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from rescompile.harness.metrics import read_metrics
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
-TINY = ["--set", "stages.0.depth=1", "--set", "stages.1.depth=1", "--set", "stages.2.depth=1"]
-SMALL = [DIGITS, *TINY, "--data", "digits", "--batch-size", "32", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """One thread per process (two processes share two cores in several tests) and a
-    compilation cache shared by this module's flax processes."""
-    e = dict(os.environ)
-    e.update(
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        RESCOMPILE_JAX_CACHE=str(tmp_path_factory.mktemp("jax-cache")),
-    )
-    e.pop("WORLD_SIZE", None)
-    return e
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rescompile", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=timeout,
-    )
-
-
-# `rescompile ARGS` with SIGINT at its default disposition: a process started from a shell's
-# background job (`make test &`) inherits SIGINT ignored, and rescompile then rightly ignores
-# Ctrl-C as every program does; the interrupt tests need it to arrive.
-_WITH_SIGINT = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv[0] = 'rescompile'; runpy.run_module('rescompile', run_name='__main__')"
+from tests.harness.common import (
+    DIGITS,
+    ROOT,
+    SMALL,
+    THIRTY_STEPS,
+    TINY,
+    cli,
+    free_port,
+    max_rel_diff,
+    start,
+    torchrun,
 )
-
-
-def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", _WITH_SIGINT, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def records(
@@ -86,19 +46,7 @@ def records(
 
 def test_train_writes_a_complete_run_directory_and_plot_overlays_runs(tmp_path, env):
     run = tmp_path / "run"
-    p = cli(
-        "train",
-        *SMALL,
-        "--steps",
-        "30",
-        "--eval-every",
-        "10",
-        "--ckpt-every",
-        "10",
-        "--out",
-        str(run),
-        env=env,
-    )
+    p = cli("train", *THIRTY_STEPS, "--out", str(run), env=env)
     assert p.returncode == 0, p.stderr
     for name in (
         "config.json",
@@ -232,7 +180,7 @@ def uninterrupted(tmp_path_factory, env):
             run = tmp_path_factory.mktemp(f"uninterrupted-{backend}") / "run"
             runs[backend] = (
                 run,
-                start(*RELIABILITY, "--backend", backend, "--out", str(run), env=env),
+                start(*RELIABILITY, "--backend", backend, "--out", str(run), env=env, sigint=True),
             )
         return runs[backend]
 
@@ -250,7 +198,7 @@ def test_sigkill_then_resume_ends_bitwise_like_an_uninterrupted_run(
     args = [*RELIABILITY, "--backend", backend]
     victim = tmp_path / "victim"
     ref, reference = uninterrupted(backend)
-    killed = start(*args, "--out", str(victim), env=env)
+    killed = start(*args, "--out", str(victim), env=env, sigint=True)
     deadline = time.monotonic() + 600  # a hang check
     while (
         latest_checkpoint(victim) is None
@@ -300,7 +248,7 @@ def _sigint_then_resume(tmp_path: Path, env, uninterrupted, backend: str, seed: 
     moments = sorted(rng.choice(np.arange(2, 80), size=n, replace=False).tolist())
     victim = tmp_path / "victim"
     ref, reference = uninterrupted(backend)
-    proc = start(*RELIABILITY, "--backend", backend, "--out", str(victim), env=env)
+    proc = start(*RELIABILITY, "--backend", backend, "--out", str(victim), env=env, sigint=True)
     deadline = time.monotonic() + 600  # a hang check
     done = 0  # steps trained when the last Ctrl-C landed: the resumed process goes past them
     for at in moments:
@@ -315,7 +263,7 @@ def _sigint_then_resume(tmp_path: Path, env, uninterrupted, backend: str, seed: 
         assert "Traceback" not in err
         assert not (victim / "summary.json").exists()
         done = _trained_steps(victim)
-        proc = start("train", "--resume", str(victim), "--quiet", env=env)
+        proc = start("train", "--resume", str(victim), "--quiet", env=env, sigint=True)
     assert proc.wait(timeout=600) == 0, proc.communicate()[1]
     assert reference.wait(timeout=600) == 0, reference.communicate()[1]
 
@@ -386,38 +334,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, env)
 # -- data parallel -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(*args: str, node: tuple[int, int] | None = None) -> list[str]:
-    """torchrun on this machine: two processes, or with ``node=(rank, port)`` one process as
-    node ``rank`` of a two-node job whose rendezvous is at ``port`` (as on two machines)."""
-    where = ["--nproc_per_node=2", f"--master_port={_free_port()}"]
-    if node is not None:
-        where = ["--nnodes=2", f"--node_rank={node[0]}", "--nproc_per_node=1"]
-        where.append(f"--master_port={node[1]}")
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        *where,
-        "--master_addr=127.0.0.1",
-        "-m",
-        "rescompile",
-        *args,
-    ]
-
-
 DDP = ["train", *SMALL, "--steps", "20", "--eval-every", "10", "--ckpt-every", "10"]
-
-
-def _max_rel_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    """The largest difference of a model tensor, relative to that tensor's largest value."""
-    keys = [k for k in a if not k.startswith("optim/") and not k.endswith("num_batches_tracked")]
-    return max(float(np.max(np.abs(a[k] - b[k])) / (np.max(np.abs(b[k])) + 1e-12)) for k in keys)
 
 
 def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
@@ -433,7 +350,7 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
         stderr=subprocess.PIPE,
         text=True,
     )
-    cmd = _torchrun(*DDP, "--out", str(run))
+    cmd = torchrun(*DDP, "--out", str(run))
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((run / "summary.json").read_text())
@@ -447,17 +364,17 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
     assert sorted(q.name for q in tmp_path.iterdir()) == ["ddp", "single"]  # rank 1 wrote nothing
     assert alone.wait(timeout=600) == 0, alone.communicate()[1]
     reference, _ = load_checkpoint(single)
-    synced = _max_rel_diff(tensors, reference)
+    synced = max_rel_diff(tensors, reference)
     # float32 sums in another order: 2e-6 after 2 steps, about 2e-4 after these 20 (training
     # amplifies rounding; measured on x86-64); per-rank statistics give 0.9 (below)
     assert synced < 1e-3, synced
 
     # the same job over two "nodes": two torchrun launches of one process each, the commands two
     # machines would run (README); rank 1 on the second node trains its half of every batch
-    nodes_run, port = tmp_path / "two-nodes", _free_port()
+    nodes_run, port = tmp_path / "two-nodes", free_port()
     launches = [
         subprocess.Popen(
-            _torchrun(*DDP, "--out", str(nodes_run), node=(rank, port)),
+            torchrun(*DDP, "--out", str(nodes_run), node=(rank, port)),
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -470,15 +387,15 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
         assert launch.wait(timeout=600) == 0, launch.communicate()[1][-3000:]
     s = json.loads((nodes_run / "summary.json").read_text())
     assert s["world_size"] == 2 and s["status"] == "completed"
-    assert _max_rel_diff(load_checkpoint(nodes_run)[0], reference) < 1e-3
+    assert max_rel_diff(load_checkpoint(nodes_run)[0], reference) < 1e-3
 
     unsynced_run = tmp_path / "ddp-no-sync"
-    cmd = _torchrun(*DDP, "--no-sync-bn", "--out", str(unsynced_run))
+    cmd = torchrun(*DDP, "--no-sync-bn", "--out", str(unsynced_run))
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((unsynced_run / "summary.json").read_text())
     assert s["settings"]["sync_bn"] is False
-    unsynced = _max_rel_diff(load_checkpoint(unsynced_run)[0], reference)
+    unsynced = max_rel_diff(load_checkpoint(unsynced_run)[0], reference)
     assert unsynced > 30 * synced, (unsynced, synced)
 
 
@@ -513,7 +430,7 @@ def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
         "from rescompile.compiler import compile_spec\n"
         "from rescompile.backends import flax as fb\n"
         "from rescompile.harness.runtime import Batch, RuntimeOptions, TrainData, make_runtime\n"
-        f"g = compile_spec({DIGITS!r}, {TINY[1::2]!r})[1]\n"
+        f"g = compile_spec({DIGITS!r}, {TINY!r})[1]\n"
         "rt = make_runtime('flax', g, fb.emit(g), RuntimeOptions())\n"
         "x = np.zeros((8, 8, 8, 1), np.float32); y = np.zeros(8, np.int64)\n"
         "rt.set_data(TrainData(x, y, x, y, np.zeros(1, np.float32), np.ones(1, np.float32)))\n"

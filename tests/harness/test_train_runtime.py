@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +21,7 @@ from rescompile.harness.runtime import (
     host_batch,
     make_runtime,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "specs" / "variants" / "digits-resnet20.yaml"
-TINY = ["stages.0.depth=1", "stages.1.depth=1", "stages.2.depth=1"]
+from tests.harness.common import DIGITS, ROOT, TINY
 
 
 @pytest.fixture(scope="module", autouse=True)
