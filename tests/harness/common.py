@@ -10,8 +10,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rescompile.harness.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = str(ROOT / "specs" / "variants" / "digits-resnet20.yaml")
@@ -30,7 +34,7 @@ SMALL = [DIGITS, *set_args(TINY), "--data", "digits", "--batch-size", "32", "--q
 THIRTY_STEPS = [*SMALL, "--steps", "30", "--eval-every", "10", "--ckpt-every", "10"]
 
 
-def tiny_config(out: Path, **kw):
+def tiny_config(out: Path, **kw) -> TrainConfig:
     """A TrainConfig of the tiny net on the digits data, quiet, writing to ``out``; ``kw`` add
     or replace fields."""
     from rescompile.harness.loop import TrainConfig
