@@ -75,6 +75,22 @@ def shards(tmp_path_factory, folder) -> str:
     return train
 
 
+def _decoded_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """The sizes (W, H) at which JPEGs are decoded from now on, appended to the list returned."""
+    from rescompile.harness import images
+
+    seen: list[tuple[int, int]] = []
+    original = images._Encoded.rgb
+
+    def spy(self, need):
+        out = original(self, need)
+        seen.append(out.size)
+        return out
+
+    monkeypatch.setattr(images._Encoded, "rgb", spy)
+    return seen
+
+
 # -- decoding and augmentation -------------------------------------------------------------------
 
 
@@ -139,15 +155,7 @@ def test_large_jpegs_are_decoded_at_a_reduced_size(tmp_path, monkeypatch, decode
         monkeypatch.setattr(images, "_simplejpeg", lambda: None)
     path = tmp_path / "big.jpg"
     _jpeg(path, np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
-    seen = []
-    original = images._Encoded.rgb
-
-    def spy(self, need):
-        out = original(self, need)
-        seen.append(out.size)
-        return out
-
-    monkeypatch.setattr(images._Encoded, "rgb", spy)
+    seen = _decoded_sizes(monkeypatch)
     decode_eval(path.read_bytes(), (32, 32))
     assert seen == [(200, 150)]
 
@@ -238,18 +246,9 @@ def test_scale_jitter_resizes_the_shorter_side_into_the_papers_range(
 def test_scale_jitter_decodes_large_jpegs_at_a_reduced_size(tmp_path, monkeypatch):
     """At 32 px the shorter side is resized to 37..69: a 1600x1200 JPEG decodes at 1/8 scale
     (200x150, still larger than any resized image), never at full size."""
-    from rescompile.harness import images
 
     data = _ramp_jpeg(tmp_path / "big.jpg", 1600, 1200)
-    seen = []
-    original = images._Encoded.rgb
-
-    def spy(self, need):
-        out = original(self, need)
-        seen.append(out.size)
-        return out
-
-    monkeypatch.setattr(images._Encoded, "rgb", spy)
+    seen = _decoded_sizes(monkeypatch)
     for seed in range(5):
         decode_train(data, (32, 32), np.random.default_rng(seed), "scale_jitter")
     assert seen == [(200, 150)] * 5
