@@ -166,6 +166,22 @@ class TorchvisionStyle:
         return (t - mean) / std, self.labels[i]
 
 
+def _timed_batches(it, steps: int, rss) -> tuple[int, tuple[float, float], tuple[float, float]]:
+    """Take up to ``steps`` batches of ``(x, y)`` from ``it``: the images taken, and (wall time,
+    CPU time) after the first batch and after the last. Not to exhaustion: the workers stay
+    alive for the CPU reading."""
+    x, _ = next(it)
+    first = time.perf_counter(), rss.cpu_s()
+    count = len(x)
+    for _ in range(steps - 1):
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            break
+        count += len(x)
+    return count, first, (time.perf_counter(), rss.cpu_s())
+
+
 def run_one(name: str, folder: Path, workers: int, batch: int, size: int) -> dict:
     from rescompile.harness.images import open_image_folder
 
@@ -215,16 +231,7 @@ def run_one(name: str, folder: Path, workers: int, batch: int, size: int) -> dic
                 .batched(batch, collation_fn=collate, partial=False)
             )
             it = iter(wds.WebLoader(ds, batch_size=None, num_workers=workers))
-            x, _ = next(it)
-            t1, c1 = time.perf_counter(), rss.cpu_s()
-            count = len(x)
-            for _ in range(steps - 1):  # not to exhaustion: the workers stay alive for cpu_s
-                try:
-                    x, _ = next(it)
-                except StopIteration:
-                    break
-                count += len(x)
-            t2, c2 = time.perf_counter(), rss.cpu_s()
+            count, (t1, c1), (t2, c2) = _timed_batches(it, steps, rss)
         else:
             import torch
 
@@ -241,16 +248,7 @@ def run_one(name: str, folder: Path, workers: int, batch: int, size: int) -> dic
                 prefetch_factor=2 if workers else None,
             )
             it = iter(loader)
-            x, _ = next(it)
-            t1, c1 = time.perf_counter(), rss.cpu_s()
-            count = len(x)
-            for _ in range(steps - 1):  # not to exhaustion: the workers stay alive for cpu_s
-                try:
-                    x, _ = next(it)
-                except StopIteration:
-                    break
-                count += len(x)
-            t2, c2 = time.perf_counter(), rss.cpu_s()
+            count, (t1, c1), (t2, c2) = _timed_batches(it, steps, rss)
     timed = count - batch
     return {
         "pipeline": name,
