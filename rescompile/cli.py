@@ -847,8 +847,34 @@ def pack_shards(
     from rescompile.harness.shards import pack_shards as pack
 
     train_pattern, val_pattern = pack(folder, output, per_shard)
-    typer.echo(f"wrote {train_pattern} and {val_pattern}", err=True)
+    index = Path(output) / "train.json"
+    typer.echo(f"wrote {train_pattern}, {val_pattern} and their indexes", err=True)
     typer.echo(f"train with --data webdataset:{train_pattern}")
+    typer.echo(f"or, read front to back (shards on an object store), --data webdataset:{index}")
+
+
+@app.command("index-shards")
+def index_shards(
+    pattern: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATTERN",
+            help="the shards: files, http(s) URLs or pipe: commands, brace patterns included",
+        ),
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="the index to write (.json)")],
+) -> None:
+    """Write the index (counts and labels) that --data webdataset:INDEX.json needs to read
+    shards front to back, reading each shard once. Name it train.json; the validation
+    shards' index is val.json beside it."""
+    from rescompile.files import check_target
+    from rescompile.harness.shards import index_shards as index
+
+    if not output.lower().endswith(".json"):
+        raise UserError(f"an index is a .json file: -o {output}.json?")
+    check_target(output)
+    count = index(pattern, output)
+    typer.echo(f"wrote {output} ({count:,} examples)", err=True)
 
 
 @app.command()

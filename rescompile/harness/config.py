@@ -188,9 +188,19 @@ def make_plan(
         value = getattr(config, what)
         if value is not None and value <= 0:
             raise UserError(f"--{what.replace('_', '-')} must be positive, got {value}")
-    plan = plan_training(
-        recipe, steps_per_epoch(n, bs), steps=config.steps, epochs=config.epochs, warmup=warmup
+    # a source read front to back splits its shards over the processes: it knows its epoch
+    spe = (
+        dataset.steps_per_epoch(bs, world_size)
+        if hasattr(dataset, "steps_per_epoch")
+        else steps_per_epoch(n, bs)
     )
+    if spe <= 0:
+        raise UserError(
+            f"over {world_size} processes, the smallest process's share of the shards holds "
+            f"fewer than {bs // world_size} images (its share of a batch); use fewer processes, "
+            "a smaller batch or smaller shards"
+        )
+    plan = plan_training(recipe, spe, steps=config.steps, epochs=config.epochs, warmup=warmup)
     total = plan.total_steps  # the cadence stays that of the run as first planned
     for ext in config.extensions:
         plan = replay_extension(plan, ext, warmup)

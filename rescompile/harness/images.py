@@ -383,6 +383,10 @@ class _StepLoader:
         self.spe = steps_per_epoch(self.n, batch_size)
         self._order: tuple[int, np.ndarray] = (-1, np.arange(0))
 
+    @property
+    def batch_bytes(self) -> int:
+        return self.per * math.prod(self.decoder.size) * 3
+
     def order(self, epoch: int) -> np.ndarray:
         if self._order[0] != epoch:
             self._order = (epoch, epoch_permutation(self.n, self.seed, epoch))
@@ -456,11 +460,12 @@ def _exit_with(sentinel: int) -> None:
     os._exit(0)
 
 
-def _load_step(step: int, shared: bool = False) -> dict[str, Any]:
-    """A worker's task. With ``shared`` the images travel through a shared-memory block (one
-    copy in, one copy out) instead of being pickled through the result pipe (four copies)."""
+def _load_step(task: Any, shared: bool = False) -> dict[str, Any]:
+    """A worker's task (a step number, or what the source's ``task`` made of it). With
+    ``shared`` the images travel through a shared-memory block (one copy in, one copy out)
+    instead of being pickled through the result pipe (four copies)."""
     assert _worker_loader is not None
-    item = _worker_loader(step)
+    item = _worker_loader(task)
     if shared:
         images = item["images"]
         block = SharedMemory(create=True, size=max(1, images.nbytes))
@@ -490,11 +495,15 @@ class _Prefetcher:
     The loader (with the split's file table) is sent to each worker once, a task is a step
     number; the images come back through shared memory when ``/dev/shm`` has room for twice
     the batches in flight (else through the result pipe). ``workers == 0``: one thread of this
-    process (decoding releases the GIL)."""
+    process (decoding releases the GIL). ``task`` makes a worker's task of a step number, in
+    this process (default: the step itself; streamed shards send the step's bytes)."""
 
-    def __init__(self, loader: _StepLoader, start: int, workers: int, prefetch: int) -> None:
+    def __init__(
+        self, loader: Any, start: int, workers: int, prefetch: int, task: Any = None
+    ) -> None:
         from concurrent.futures import ProcessPoolExecutor
 
+        self.task = task or (lambda step: step)
         self.next_step = start
         self.depth = max(1, workers) * max(1, prefetch)
         self.pending: deque[Any] = deque()
@@ -509,13 +518,13 @@ class _Prefetcher:
                 initializer=_install_loader,
                 initargs=(loader,),
             )
-            batch_bytes = loader.per * math.prod(loader.decoder.size) * 3
-            self.shared = _shm_free() > 2 * self.depth * batch_bytes
+            self.shared = _shm_free() > 2 * self.depth * loader.batch_bytes
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             while len(self.pending) < self.depth:
-                self.pending.append(self.pool.submit(_load_step, self.next_step, self.shared))
+                task = self.task(self.next_step)
+                self.pending.append(self.pool.submit(_load_step, task, self.shared))
                 self.next_step += 1
             try:
                 yield _receive(self.pending.popleft().result())
@@ -535,6 +544,16 @@ class _Prefetcher:
             if not future.cancelled() and future.exception() is None:
                 _receive(future.result())
         self.pending.clear()
+
+
+def _check_augmentation(augmentation: str | None) -> str:
+    """``augmentation``, checked (None: ``random_resized_crop``)."""
+    augmentation = augmentation or "random_resized_crop"
+    if augmentation not in TRAIN_AUGMENTATIONS:
+        raise ValueError(
+            f"unknown augmentation {augmentation!r}; one of {', '.join(TRAIN_AUGMENTATIONS)}"
+        )
+    return augmentation
 
 
 def _shm_free() -> int:
@@ -677,11 +696,7 @@ class ImageSource:
 
         if batch_size % world_size:
             raise ValueError(f"a batch of {batch_size} does not split over {world_size} ranks")
-        augmentation = augmentation or "random_resized_crop"
-        if augmentation not in TRAIN_AUGMENTATIONS:
-            raise ValueError(
-                f"unknown augmentation {augmentation!r}; one of {', '.join(TRAIN_AUGMENTATIONS)}"
-            )
+        augmentation = _check_augmentation(augmentation)
         loader = _StepLoader(
             self.train,
             self.image_size,
@@ -770,6 +785,10 @@ def open_image_source(kind: str, arg: str, image_size: tuple[int, int]) -> Image
         raise DataError(f"{kind} needs {what}: --data {kind}:{what}")
     if kind == "imagefolder":
         return open_image_folder(arg, image_size)
+    if arg.startswith("pipe:") or arg.rstrip("/").lower().endswith(".json") or "://" in arg:
+        from rescompile.harness.streams import open_stream_source
+
+        return open_stream_source(arg, image_size)
     from rescompile.harness.shards import open_shards
 
     return open_shards(arg, image_size)

@@ -5,9 +5,11 @@ A shard is a plain POSIX tar file; the files of one example share a key (``00012
 ``000123.cls``, the label as decimal text), as webdataset, timm and the torchvision references
 expect. ``pack-shards FOLDER -o DIR`` writes ``DIR/train-000000.tar, ...`` (the training images
 in a fixed shuffled order, so a streaming reader with a shuffle buffer sees mixed classes),
-``DIR/val-000000.tar, ...`` and ``DIR/classes.txt``. ``PATTERN`` names the training shards with
-webdataset's brace notation (``DIR/train-{000000..000009}.tar``); the validation shards are the
-shards whose file name is the pattern's with ``val`` for ``train`` (any number of them).
+``DIR/val-000000.tar, ...``, ``DIR/classes.txt`` and the shard indexes ``DIR/train.json`` and
+``DIR/val.json`` that a sequential reader needs (:mod:`rescompile.harness.streams`).
+``PATTERN`` names the training shards with webdataset's brace notation
+(``DIR/train-{000000..000009}.tar``); the validation shards are the shards whose file name is
+the pattern's with ``val`` for ``train`` (any number of them).
 
 Reading indexes every shard once (the tar headers only: offset and size of each member) and
 then reads examples by offset, so shards go through the same deterministic, resumable pipeline as
@@ -36,7 +38,7 @@ from rescompile.harness.images import (
     read_tar_index,
 )
 
-__all__ = ["expand_pattern", "open_shards", "pack_shards"]
+__all__ = ["expand_pattern", "index_shards", "open_shards", "pack_shards"]
 
 _IMAGE_EXT = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 MAX_LABEL_BYTES = 64
@@ -156,16 +158,22 @@ def pack_shards(folder: str | Path, out: str | Path, per_shard: int = 1000) -> l
         raise DataError(f"cannot create {out}: {exc.strerror or exc}") from None
     if any(out.glob("train-*.tar")) or any(out.glob("val-*.tar")):
         raise DataError(f"{out} already holds shards; choose an empty directory")
+    from rescompile.harness.streams import write_shard_index
+
     patterns = []
     for name, split, order in (
         ("train", source.train, epoch_permutation(len(source.train), 0, 0)),
         ("val", source.test, np.arange(len(source.test))),
     ):
         count = -(-len(order) // per_shard)
+        urls, labels = [], []
         for s in range(count):
             path = out / f"{name}-{s:06d}.tar"
+            chunk = order[s * per_shard : (s + 1) * per_shard]
+            urls.append(path.name)
+            labels.append([int(split.labels[k]) for k in chunk])
             with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for k in order[s * per_shard : (s + 1) * per_shard]:
+                for k in chunk:
                     file = os.fsdecode(split.paths[k])
                     key = f"{int(k):08d}"
                     ext = Path(file).suffix.lower().lstrip(".")
@@ -173,6 +181,7 @@ def pack_shards(folder: str | Path, out: str | Path, per_shard: int = 1000) -> l
                     _add(tar, f"{key}.{ext}", Path(file).read_bytes())
                     _add(tar, f"{key}.cls", f"{int(split.labels[k])}\n".encode())
         patterns.append(str(out / f"{name}-{{000000..{count - 1:06d}}}.tar"))
+        write_shard_index(out / f"{name}.json", urls, labels, name)
     (out / CLASSES_FILE).write_text("".join(f"{c}\n" for c in source.classes), encoding="utf-8")
     return patterns
 
@@ -184,3 +193,34 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size = len(data)
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(data))
+
+
+def index_shards(pattern: str, out: str | Path) -> int:
+    """Write the shard index (:mod:`rescompile.harness.streams`) of the shards a brace pattern
+    names (files, ``http(s)`` URLs or ``pipe:`` commands), reading each once front to back;
+    returns the number of examples. A local shard is named relative to the index when it lies
+    beside it or below (the folder can then move, or be served over http, as one)."""
+    from rescompile.harness.streams import read_examples, write_shard_index
+
+    out = Path(out)
+    urls, labels = [], []
+    for url in expand_pattern(pattern):
+        if not url.startswith("pipe:") and "://" not in url:
+            path = Path(url).expanduser().absolute()
+            if not path.is_file():
+                raise DataError(f"webdataset: the shard {url} does not exist")
+            try:
+                url = str(path.relative_to(out.absolute().parent))
+            except ValueError:
+                url = str(path)
+            source = str(path)
+        else:
+            source = url
+        labels.append([label for _, _, label, _ in read_examples(source, keep=lambda m: False)])
+        urls.append(url)
+    name = out.stem
+    try:
+        write_shard_index(out, urls, labels, name)
+    except OSError as exc:
+        raise DataError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return sum(len(a) for a in labels)

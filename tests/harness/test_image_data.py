@@ -434,11 +434,23 @@ def test_pack_shards_command(tmp_path, folder):
     p = run(str(folder), "-o", str(out), "--per-shard", "12")
     assert p.returncode == 0, p.stderr
     pattern = f"{out}/train-{{000000..000002}}.tar"  # 28 training images, 12 a shard
-    assert p.stdout.strip() == f"train with --data webdataset:{pattern}"
+    assert p.stdout.strip().splitlines() == [
+        f"train with --data webdataset:{pattern}",
+        f"or, read front to back (shards on an object store), --data webdataset:{out}/train.json",
+    ]
     assert sorted(f.name for f in out.iterdir()) == [
         "classes.txt",
         *(f"train-00000{k}.tar" for k in range(3)),
+        "train.json",
         "val-000000.tar",
+        "val.json",
+    ]
+    index = json.loads((out / "train.json").read_text())
+    assert index["__kind__"] == "wids-shard-index-v1"
+    assert [(s["url"], s["nsamples"]) for s in index["shardlist"]] == [
+        ("train-000000.tar", 12),
+        ("train-000001.tar", 12),
+        ("train-000002.tar", 4),
     ]
     p = run(str(folder), "-o", str(out))
     assert p.returncode == 1
@@ -455,8 +467,10 @@ def test_pack_shards_command(tmp_path, folder):
     [
         ("torch", "imagefolder"),
         ("torch", "webdataset"),
+        ("torch", "stream"),
         pytest.param("flax", "imagefolder", marks=pytest.mark.slow),
         ("flax", "webdataset"),
+        ("flax", "stream"),
     ],
 )
 def test_both_backends_train_from_folders_and_shards(
@@ -465,7 +479,11 @@ def test_both_backends_train_from_folders_and_shards(
     from rescompile.harness.loop import TrainConfig, train
 
     monkeypatch.setenv("RESCOMPILE_DATA_WORKERS", "0")
-    data = f"imagefolder:{folder}" if kind == "imagefolder" else f"webdataset:{shards}"
+    data = {
+        "imagefolder": f"imagefolder:{folder}",
+        "webdataset": f"webdataset:{shards}",
+        "stream": f"webdataset:{Path(shards).parent}/train.json",  # read front to back
+    }[kind]
     run = tmp_path / "run"
     summary = train(
         TrainConfig(
@@ -554,16 +572,27 @@ def test_the_paper_recipe_trains_from_a_folder_with_its_scale_augmentation(
         assert evaluate(run, split="train").images == 28
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("flax", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("backend", "kind"),
+    [
+        ("torch", "imagefolder"),
+        pytest.param("flax", "imagefolder", marks=pytest.mark.slow),
+        ("torch", "stream"),
+    ],
+)
 def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(
-    tmp_path, env, folder, backend
+    tmp_path, env, folder, shards, backend, kind
 ):
-    """The sigkill test of test_train_runs.py on an image folder with two worker processes."""
+    """The sigkill test of test_train_runs.py on an image folder with two worker processes, and
+    on its shards read front to back (the resumed reader re-reads only what it needs)."""
     from rescompile.harness.checkpoint import latest_checkpoint, load_checkpoint
 
     env = dict(env, RESCOMPILE_DATA_WORKERS="2")
+    data = f"imagefolder:{folder}"
+    if kind == "stream":
+        data = f"webdataset:{Path(shards).parent}/train.json"
     args = [sys.executable, "-m", "rescompile", "train", DIGITS, *set_args(FIT)]
-    args += ["--data", f"imagefolder:{folder}", "--batch-size", "8", "--backend", backend]
+    args += ["--data", data, "--batch-size", "8", "--backend", backend]
     args += ["--steps", "16", "--ckpt-every", "4", "--eval-every", "8", "--quiet"]
     ref, victim = tmp_path / "ref", tmp_path / "victim"
     logs = [open(tmp_path / f"{name}.log", "w") for name in ("ref", "victim")]  # noqa: SIM115
@@ -597,9 +626,10 @@ def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(
     assert [k for k in a if not np.array_equal(a[k], b[k])] == []
     # the unreadable file met before the kill is in the checkpoint: the resumed session keeps
     # counting (it is not named again, and the run's total is 1, not 1 per session)
-    unreadable = meta_b["state"]["data"]["unreadable"]
-    assert [Path(name).name for name in unreadable] == ["corrupt.jpg"]
-    assert "corrupt.jpg" not in p.stderr
+    unreadable = list(meta_b["state"]["data"]["unreadable"])
+    assert len(unreadable) == 1 and unreadable[0] not in p.stderr
+    if kind == "imagefolder":
+        assert Path(unreadable[0]).name == "corrupt.jpg"
     assert json.loads((victim / "summary.json").read_text())["skipped_images"] == 1
 
 
