@@ -34,12 +34,15 @@ in stream mode, ``urllib``, ``subprocess``).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -81,7 +84,11 @@ PARALLEL = 4
 SHUFFLE_BUFFER = 2048
 """Examples in the shuffle buffer (webdataset's algorithm): about 230 MB of ImageNet JPEGs."""
 TIMEOUT = 120.0
-"""Seconds an ``http(s)`` read may stall before the run stops with an error."""
+"""Seconds an ``http(s)`` read may stall before it counts as failed."""
+RETRIES = 3
+"""Times a failed ``http(s)`` or ``pipe:`` read is tried again (after 1, 2, 4 s), from the
+example it stopped at, before the run stops with the error."""
+RETRY_WAIT = 1.0
 _ORDER_STREAM = 0x5EA1  # the shard order and the buffer's draws (independent of other streams)
 _SAMPLE_STREAM = 0x1A6E  # the per-example augmentation stream (as images.py)
 _IMAGE_EXT = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -92,6 +99,11 @@ MAX_LABEL_BYTES = 64
 # --------------------------------------------------------------------------------------------
 # The index
 # --------------------------------------------------------------------------------------------
+
+
+class StreamError(DataError):
+    """Reading a shard failed (a connection, a command, a stream cut short): worth another try
+    when the shard is remote."""
 
 
 @dataclass(frozen=True)
@@ -229,10 +241,11 @@ def open_stream(url: str) -> Iterator[IO[bytes]]:
         else:
             stream = open(url, "rb")  # noqa: SIM115 - closed below
     except urllib.error.HTTPError as exc:
-        raise DataError(f"webdataset: cannot fetch {url} (HTTP {exc.code} {exc.reason})") from None
+        failed = StreamError if exc.code >= 500 or exc.code == 429 else DataError
+        raise failed(f"webdataset: cannot fetch {url} (HTTP {exc.code} {exc.reason})") from None
     except (urllib.error.URLError, OSError) as exc:
         why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        raise DataError(f"webdataset: cannot read the shard {url} ({why})") from None
+        raise StreamError(f"webdataset: cannot read the shard {url} ({why})") from None
     with stream:
         yield stream
 
@@ -248,7 +261,7 @@ def _command_output(command: str) -> Iterator[IO[bytes]]:
         )
         assert process.stdout is not None
 
-        def failure() -> DataError | None:
+        def failure() -> StreamError | None:
             try:
                 code = process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -258,7 +271,7 @@ def _command_output(command: str) -> Iterator[IO[bytes]]:
             err.seek(0)
             lines = err.read().decode("utf-8", "replace").strip().splitlines()
             why = f": {lines[-1][:200]}" if lines else ""
-            return DataError(f"webdataset: the command `{command}` failed (exit {code}){why}")
+            return StreamError(f"webdataset: the command `{command}` failed (exit {code}){why}")
 
         try:
             yield process.stdout
@@ -337,30 +350,59 @@ def read_examples(
                 if stop is not None and number + 1 >= stop:
                     return
     except (tarfile.TarError, EOFError) as exc:
-        raise DataError(f"webdataset: {url} is not a readable tar shard ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"webdataset: reading {url} failed ({exc.strerror or exc})") from None
+        raise StreamError(f"webdataset: {url} is not a readable tar shard ({exc})") from None
+    except (OSError, http.client.HTTPException) as exc:
+        why = getattr(exc, "strerror", None) or exc or type(exc).__name__
+        raise StreamError(f"webdataset: reading {url} failed ({why})") from None
 
 
 def _checked(
     index: ShardIndex, shard: int, keep: Any = None, stop: int | None = None
 ) -> Iterator[tuple[int, bytes | None, int, str]]:
     """:func:`read_examples` of one shard of ``index``, each label and the count checked
-    against the index (a stale index is an error, not a silent mislabelling)."""
+    against the index (a stale index is an error, not a silent mislabelling). A remote read
+    that fails is tried again :data:`RETRIES` times from the example it stopped at (the stream
+    is read anew from its start, the examples already given skipped)."""
     url, labels = index.urls[shard], index.labels[shard]
-    number = -1
-    with contextlib.closing(read_examples(url, keep, stop)) as examples:
-        for number, data, label, name in examples:
-            if number >= len(labels) or label != labels[number]:
-                what = "more examples than it says" if number >= len(labels) else "another label"
-                raise DataError(
-                    f"webdataset: {name} does not match the index {index.where} ({what}); "
-                    "rebuild it with rescompile index-shards"
-                )
-            yield number, data, label, name
-    if stop is None and number + 1 != len(labels):
+    given = 0  # examples handed out so far
+
+    def wanted(m: int) -> bool:
+        return m >= given and (keep is None or keep(m))
+
+    for attempt in range(RETRIES + 1):
+        try:
+            with contextlib.closing(read_examples(url, wanted, stop)) as examples:
+                for number, data, label, name in examples:
+                    if number < given:
+                        continue
+                    if number >= len(labels) or label != labels[number]:
+                        what = (
+                            "more examples than it says"
+                            if number >= len(labels)
+                            else ("another label")
+                        )
+                        raise DataError(
+                            f"webdataset: {name} does not match the index {index.where} "
+                            f"({what}); rebuild it with rescompile index-shards"
+                        )
+                    yield number, data, label, name
+                    given = number + 1
+            break
+        except StreamError as exc:
+            remote = url.startswith("pipe:") or _is_url(url)
+            if not remote or attempt == RETRIES:
+                raise
+            wait = RETRY_WAIT * 2**attempt
+            print(
+                f"warning: {exc}; trying again in {wait:g} s from example {given} "
+                f"({attempt + 1} of {RETRIES})",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(wait)
+    if stop is None and given != len(labels):
         raise DataError(
-            f"webdataset: {url} holds {number + 1} examples, the index {index.where} says "
+            f"webdataset: {url} holds {given} examples, the index {index.where} says "
             f"{len(labels)}; rebuild it with rescompile index-shards"
         )
 

@@ -194,7 +194,8 @@ def _error(location: str) -> str:
     return str(info.value)
 
 
-def test_bad_indexes_and_shards_are_one_line_errors(packed, served, tmp_path):
+def test_bad_indexes_and_shards_are_one_line_errors(packed, served, tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(streams, "RETRY_WAIT", 0.0)
     assert "cannot read" in _error(f"{tmp_path}/train.json")
     (tmp_path / "train.json").write_text("{not json")
     assert "is not a JSON shard index" in _error(f"{tmp_path}/train.json")
@@ -203,12 +204,7 @@ def test_bad_indexes_and_shards_are_one_line_errors(packed, served, tmp_path):
     assert "needs the shards' index" in _error(f"{served}/train-{{000000..000014}}.tar")
     assert "HTTP 404" in _error(f"{served}/nothing/train.json")
     # an index that no longer matches its shards: a count, a label
-    index = json.loads((packed / "train.json").read_text())
-    for shard in index["shardlist"]:
-        shard["url"] = str(packed / shard["url"])
-    (tmp_path / "val.json").write_text(
-        (packed / "val.json").read_text().replace('"url":"', f'"url":"{packed}/')
-    )
+    index = _local_copy(packed, tmp_path)
     stale = json.loads(json.dumps(index))
     stale["shardlist"][0]["labels"].append(0)
     stale["shardlist"][0]["nsamples"] += 1
@@ -223,10 +219,46 @@ def test_bad_indexes_and_shards_are_one_line_errors(packed, served, tmp_path):
     broken["shardlist"][5]["url"] = f"pipe:cat {tmp_path}/missing.tar"
     (tmp_path / "train.json").write_text(json.dumps(broken))
     message = _error(f"{tmp_path}/train.json")
-    assert message.startswith(
-        f"webdataset: the command `cat {tmp_path}/missing.tar` failed (exit 1)"
-    )
+    command = f"cat {tmp_path}/missing.tar"
+    assert message.startswith(f"webdataset: the command `{command}` failed (exit 1)")
     assert "No such file or directory" in message
+    tries = [line for line in capfd.readouterr().err.splitlines() if command in line]
+    assert len(tries) == streams.RETRIES  # tried again, then the error
+
+
+def _local_copy(packed: Path, tmp_path: Path) -> dict:
+    """The packed index with absolute shard paths, its val.json written to ``tmp_path``."""
+    index = json.loads((packed / "train.json").read_text())
+    for shard in index["shardlist"]:
+        shard["url"] = str(packed / shard["url"])
+    (tmp_path / "val.json").write_text(
+        (packed / "val.json").read_text().replace('"url":"', f'"url":"{packed}/')
+    )
+    return index
+
+
+def test_a_remote_read_that_fails_is_tried_again_from_where_it_stopped(
+    packed, tmp_path, monkeypatch, capfd
+):
+    """A command that dies half-way through a shard the first time it runs (a dropped
+    connection): the run warns, reads the shard again, and gets exactly the batches of the
+    files themselves."""
+    monkeypatch.setattr(streams, "RETRY_WAIT", 0.0)
+    index = _local_copy(packed, tmp_path)
+    flaky = index["shardlist"][2]["url"]
+    marker = tmp_path / "failed-once"
+    index["shardlist"][2]["url"] = (
+        f"pipe:if [ -e {marker} ]; then cat {flaky}; else touch {marker}; "
+        f"head -c 2000 {flaky}; echo connection reset >&2; exit 1; fi"
+    )
+    (tmp_path / "train.json").write_text(json.dumps(index))
+    files = _take(_source(f"{packed}/train.json"), 0, 14)
+    retried = _take(_source(f"{tmp_path}/train.json"), 0, 14)
+    assert marker.exists()
+    for a, b in zip(files, retried, strict=True):
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    (warning,) = [line for line in capfd.readouterr().err.splitlines() if "trying again" in line]
+    assert "connection reset" in warning and "(1 of 3)" in warning
 
 
 def test_index_shards_command(packed, tmp_path):
