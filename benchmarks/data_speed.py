@@ -21,6 +21,9 @@ process tree (main process + workers, sampled every 20 ms):
   (torchvision itself ships only with CUDA builds of torch on this index): full-size PIL decode,
   ``crop`` then ``resize(BILINEAR)``, a torch ``DataLoader(shuffle=True, num_workers=W)``;
 - ``torch-draft``: the torch DataLoader running rescompile's decode (library vs decoding);
+- ``rescompile-stream``: the same shards read front to back through their index
+  (:mod:`rescompile.harness.streams`: 4 shards at once, a 2,048-example shuffle buffer, the
+  bytes sent to the same worker processes), as from an object store without random access;
 - ``webdataset``: the folder packed into tar shards of 250 (``rescompile pack-shards``), read by
   webdataset's ``WebDataset`` + ``shuffle(1000)`` + rescompile's decode + ``batched`` (uint8
   batches, as ours) in its ``WebLoader`` (a torch DataLoader) with the same workers.
@@ -40,7 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-PIPELINES = ("rescompile", "rescompile-grain", "webdataset", "torch-baseline", "torch-draft")
+PIPELINES = (
+    "rescompile",
+    "rescompile-grain",
+    "rescompile-stream",
+    "webdataset",
+    "torch-baseline",
+    "torch-draft",
+)
 
 
 def make_images(root: Path, n: int, classes: int = 10, seed: int = 0) -> None:
@@ -190,9 +200,15 @@ def run_one(name: str, folder: Path, workers: int, batch: int, size: int) -> dic
     steps = n // batch
     t0 = time.perf_counter()
     with TreeRSS() as rss:
-        if name in ("rescompile", "rescompile-grain"):
+        if name in ("rescompile", "rescompile-grain", "rescompile-stream"):
             if name == "rescompile-grain":
                 source._pipeline = lambda loader, start: _grain(loader, start, workers)
+            if name == "rescompile-stream":
+                from rescompile.harness.streams import open_stream_source
+
+                index = _shards(folder) / "train.json"
+                source = open_stream_source(str(index), (size, size), workers=workers)
+                steps = source.steps_per_epoch(batch)
             it = source.train_batches(0, batch, seed=0, augment=True)
             first = next(it)
             t1, c1 = time.perf_counter(), rss.cpu_s()
@@ -206,12 +222,10 @@ def run_one(name: str, folder: Path, workers: int, batch: int, size: int) -> dic
             import webdataset as wds
 
             from rescompile.harness.images import decode_train
-            from rescompile.harness.shards import expand_pattern, pack_shards
+            from rescompile.harness.shards import expand_pattern
 
             torch.set_num_threads(1)
-            shards = folder.parent / f"{folder.name}-shards"
-            if not shards.is_dir():
-                pack_shards(folder, shards, per_shard=250)
+            shards = _shards(folder)
             count = len(list(shards.glob("train-*.tar")))
             urls = expand_pattern(str(shards / f"train-{{000000..{count - 1:06d}}}.tar"))
 
@@ -258,6 +272,16 @@ def run_one(name: str, folder: Path, workers: int, batch: int, size: int) -> dic
         "startup_s": round(t1 - t0, 2),
         "peak_rss_mib": round(rss.peak / 2**20),
     }
+
+
+def _shards(folder: Path) -> Path:
+    """The folder packed into shards of 250 beside it (once), with their indexes."""
+    from rescompile.harness.shards import pack_shards
+
+    shards = folder.parent / f"{folder.name}-shards"
+    if not shards.is_dir():
+        pack_shards(folder, shards, per_shard=250)
+    return shards
 
 
 def _grain(loader, start: int, workers: int):

@@ -37,6 +37,7 @@ import contextlib
 import http.client
 import json
 import os
+import queue
 import subprocess
 import sys
 import tarfile
@@ -89,6 +90,8 @@ RETRIES = 3
 """Times a failed ``http(s)`` or ``pipe:`` read is tried again (after 1, 2, 4 s), from the
 example it stopped at, before the run stops with the error."""
 RETRY_WAIT = 1.0
+READ_AHEAD = 16
+"""Examples each open shard's thread reads ahead of the reader."""
 _ORDER_STREAM = 0x5EA1  # the shard order and the buffer's draws (independent of other streams)
 _SAMPLE_STREAM = 0x1A6E  # the per-example augmentation stream (as images.py)
 _IMAGE_EXT = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -488,6 +491,57 @@ def epoch_plan(
 # --------------------------------------------------------------------------------------------
 
 
+class _ReadAhead:
+    """The items of a shard's iterator, read ahead by a thread of their own (at most ``depth``
+    in hand): the shards a process reads at once download at once. An error of the iterator is
+    raised by ``next``; :meth:`close` stops the thread, which closes the iterator (a command
+    is killed)."""
+
+    def __init__(self, items: Iterator[Any], depth: int = READ_AHEAD) -> None:
+        self.items = items
+        self.queue: queue.Queue[Any] = queue.Queue(depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="shard-stream", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self.items:
+                while not self._put(("item", item)):
+                    if self.stop.is_set():
+                        return
+            self._put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - raised by __next__
+            self._put(("error", exc))
+        finally:
+            with contextlib.suppress(Exception):
+                self.items.close()  # type: ignore[attr-defined]
+
+    def _put(self, entry: tuple[str, Any]) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> _ReadAhead:
+        return self
+
+    def __next__(self) -> Any:
+        kind, value = self.queue.get()
+        if kind == "error":
+            raise value
+        if kind == "end":
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=TIMEOUT)
+
+
 class _RankReader:
     """Reads this rank's shards in the order of :func:`epoch_plan`, from global position
     ``start`` (``epoch * used + position``) on, keeping the bytes of the examples still needed
@@ -568,8 +622,8 @@ class _RankReader:
                 if shard not in streams:
                     self.opened.append((epoch, shard))
                     base = int(self.starts[shard])
-                    streams[shard] = _checked(
-                        self.index, shard, keep=lambda m, b=base: bool(needed[b + m])
+                    streams[shard] = _ReadAhead(
+                        _checked(self.index, shard, keep=lambda m, b=base: bool(needed[b + m]))
                     )
                 number, data, label, name = next(streams[shard])
                 assert number == example - self.starts[shard], "the stream is out of step"
