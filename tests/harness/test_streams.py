@@ -275,3 +275,34 @@ def test_index_shards_command(packed, tmp_path):
     assert p.returncode == 1 and p.stderr.strip().splitlines() == [
         f"error: webdataset: the shard {packed}/nope-0.tar does not exist"
     ]
+
+
+def test_torchrun_two_processes_train_from_streamed_shards(packed, tmp_path, env):
+    """Two processes (torchrun, gloo) each read their own shards: the plan's epoch is the
+    smaller share's (58 images in shards of 4 and 2 split 28/30: 7 batches of 2 x 4), the run
+    completes, and its final evaluation covers every validation image once."""
+    import subprocess
+
+    from tests.harness.common import DIGITS, ROOT, TINY, set_args, torchrun
+
+    fit = [*TINY, "input.channels=3", "input.size=24", "num_classes=3"]
+    args = ["train", DIGITS, *set_args(fit), "--data", f"webdataset:{packed}/train.json"]
+    args += ["--batch-size", "8", "--steps", "9", "--eval-every", "9", "--quiet"]
+    p = subprocess.run(
+        torchrun(*args, "--out", str(tmp_path / "run")),
+        cwd=ROOT,
+        env=dict(env, RESCOMPILE_DATA_WORKERS="0"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "completed"
+    counts = streams.read_shard_index(f"{packed}/train.json").counts
+    shares = sorted(int(counts[rank_shards(counts, r, 2)].sum()) for r in (0, 1))
+    assert shares[0] + shares[1] == 58
+    assert config["plan"]["steps_per_epoch"] == shares[0] // 4
+    assert summary["epochs"] == round(9 / (shares[0] // 4), 3)
+    assert round(summary["final_test_error"] * 9, 6) == round(summary["final_test_error"] * 9)
