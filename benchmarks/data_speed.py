@@ -204,8 +204,10 @@ def run_one(name: str, folder: Path, workers: int, batch: int, size: int) -> dic
             if name == "rescompile-grain":
                 source._pipeline = lambda loader, start: _grain(loader, start, workers)
             if name == "rescompile-stream":
+                import rescompile.harness.streams as streams
                 from rescompile.harness.streams import open_stream_source
 
+                streams.SHUFFLE_BUFFER = int(os.environ.get("STREAM_BUFFER", "2048"))
                 index = _shards(folder) / "train.json"
                 source = open_stream_source(str(index), (size, size), workers=workers)
                 steps = source.steps_per_epoch(batch)
@@ -312,6 +314,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--pipelines", default=",".join(PIPELINES))
     parser.add_argument("--folder", help="use (or create) this folder instead of a temporary one")
+    parser.add_argument(
+        "--stream-buffer", type=int, default=2048, help="rescompile-stream's shuffle buffer"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -329,7 +334,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", name, "--folder", str(folder)]
             cmd += ["--workers", str(args.workers), "--batch", str(args.batch)]
             cmd += ["--size", str(args.size)]
-            env = dict(os.environ, OMP_NUM_THREADS="1")
+            env = dict(os.environ, OMP_NUM_THREADS="1", STREAM_BUFFER=str(args.stream_buffer))
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if p.returncode:
                 print(f"{name} failed:\n{p.stderr[-2000:]}", file=sys.stderr)
