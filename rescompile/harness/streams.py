@@ -194,6 +194,11 @@ def read_shard_index(location: str) -> ShardIndex:
             raise bad(f"shard {k} ({shard['url']}): its labels are not whole numbers >= 0")
         if n != len(classes):
             raise bad(f"shard {k} ({shard['url']}): nsamples {n} but {len(classes)} labels")
+        if shard["url"].startswith("pipe:") and _is_url(location):
+            raise bad(
+                f"shard {k} is a pipe: command, which an index fetched over the network may not "
+                "run; download the index and check it"
+            )
         urls.append(_resolve(shard["url"], location))
         labels.append(np.asarray(classes, np.int64))
     index = ShardIndex(tuple(urls), tuple(labels), location)

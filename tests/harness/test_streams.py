@@ -214,6 +214,23 @@ def test_bad_indexes_and_shards_are_one_line_errors(packed, served, tmp_path, mo
     stale["shardlist"][3]["labels"][1] = (stale["shardlist"][3]["labels"][1] + 1) % 3
     (tmp_path / "train.json").write_text(json.dumps(stale))
     assert "does not match the index" in _error(f"{tmp_path}/train.json")
+    # an index from the network may not run commands here
+    (packed / "evil-train.json").write_text(
+        json.dumps(
+            {
+                "__kind__": "wids-shard-index-v1",
+                "shardlist": [
+                    {"url": "pipe:touch /tmp/owned; cat x.tar", "nsamples": 1, "labels": [0]}
+                ],
+            }
+        )
+    )
+    try:
+        assert "which an index fetched over the network may not run" in _error(
+            f"{served}/evil-train.json"
+        )
+    finally:
+        (packed / "evil-train.json").unlink()
     # a command that fails: its status and last line of error output
     broken = json.loads(json.dumps(index))
     broken["shardlist"][5]["url"] = f"pipe:cat {tmp_path}/missing.tar"
