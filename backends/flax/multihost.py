@@ -21,16 +21,18 @@ jax 0.10.2's default; set here when a configuration turned it off).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from rescompile.errors import UserError
 
-__all__ = ["initialize", "joined", "lost_peer"]
+__all__ = ["all_gather_json", "initialize", "joined", "lost_peer"]
 
 PEER_LOST = ("Gloo", "NCCL", "Connection closed", "Connection reset", "connection reset")
 NOTICE_AFTER_S = 10.0  # say what is being waited for when joining takes longer than this
@@ -115,6 +117,21 @@ def _check_counts(requested: int, world: int) -> None:
             f"the processes were started with different --num-processes: {said}; give every "
             "host the same count"
         )
+
+
+def all_gather_json(value: Any) -> list[Any]:
+    """Every process's ``value`` (JSON), in process order: its UTF-8 text all-gathered as bytes,
+    the lengths first, then the texts padded to the longest (rounded up to a power of two, so
+    that the gathers of a run compile few programs). A collective: every process calls it."""
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(data)))).reshape(-1)
+    width = 1 << max(6, int(lengths.max() - 1).bit_length())
+    padded = np.zeros(width, np.uint8)
+    padded[: len(data)] = data
+    texts = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), width)
+    return [json.loads(bytes(t[:n]).decode()) for t, n in zip(texts, lengths, strict=True)]
 
 
 def lost_peer(exc: BaseException) -> str | None:

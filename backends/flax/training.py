@@ -508,6 +508,15 @@ class FlaxRuntime:
             (params, stats, other, opt_state)
         )
 
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (JSON) in process order (the runtime's contract): a
+        collective."""
+        if self.world_size == 1:
+            return [value]
+        from .multihost import all_gather_json
+
+        return all_gather_json(value)
+
     def close(self, *, aborted: bool = False) -> None:
         """At the normal end of a multi-host run, wait for every process: process 0 may still
         be writing the summary and the plot (and it serves the coordinator)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -328,6 +329,16 @@ class TorchRuntime:
                 else buf
             )
             self.optimizer.state[p]["momentum_buffer"] = buf
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` in rank order (the runtime's contract): a collective."""
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
 
     def close(self, *, aborted: bool = False) -> None:
         if self.world_size > 1:

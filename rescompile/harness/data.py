@@ -237,10 +237,13 @@ class DataSource(Protocol):
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of the source beyond the step (JSON), e.g. the unreadable
-        files met so far, so that a resumed run counts them against its limit once."""
+        files met so far, so that a resumed run counts them against its limit once. Under
+        several processes this process's; the driver gathers every rank's (checkpoints and the
+        end of a run) and restores each into every rank."""
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Take back :meth:`state` from a checkpoint (checked: it is read from a file)."""
+        """Take back :meth:`state` from a checkpoint (checked: it is read from a file), or
+        another rank's: it adds to what the source holds (a merge), never replaces it."""
 
 
 # --------------------------------------------------------------------------------------------

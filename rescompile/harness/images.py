@@ -34,8 +34,9 @@ the sorted folder names). ``--data webdataset:PATTERN`` reads tar shards in the 
   (``rescompile eval --split train``).
 - **Bad files**: an unreadable, truncated or non-image file is skipped (the next file of the
   data set takes its place, deterministically), reported once on stderr with its path and
-  counted (:attr:`ImageSource.skipped`, ``skipped_images`` in ``summary.json``); past
-  ``max_bad`` distinct bad files the run stops with a one-line error. A missing ``val/``, an
+  counted (:attr:`ImageSource.skipped`, ``skipped_images`` in ``summary.json``: under several
+  processes, the files all of them met); past ``max_bad`` distinct bad files the run stops with
+  a one-line error (checked by each process: :meth:`ImageSource.note_bad`). A missing ``val/``, an
   empty class folder or a val class unknown to train is refused before training starts.
 """
 
@@ -632,7 +633,9 @@ class ImageSource:
 
     @property
     def skipped(self) -> int:
-        """Distinct unreadable files met so far (skipped in training, black in evaluation)."""
+        """Distinct unreadable files met so far (skipped in training, black in evaluation): under
+        several processes, this one's and those of all processes as of the last merge (see
+        :meth:`note_bad`)."""
         return len(self.bad)
 
     def summary(self) -> str:
@@ -716,22 +719,30 @@ class ImageSource:
         return _Prefetcher(loader, start, self.workers, self.prefetch)
 
     def note_bad(self, bad: list[tuple[str, str]]) -> None:
-        """Count and report unreadable files; stop past the limit."""
+        """Count and report unreadable files; stop past the limit.
+
+        Under several processes (torchrun, jax.distributed) each decodes only its share of
+        every batch, so each names on its own stderr, prefixed ``process R of W:``, the files
+        it meets that it does not know of yet; the training driver merges the files of all
+        processes at every checkpoint and at the end of the run (:meth:`restore`), so the
+        checkpoint and ``skipped_images`` count them all. The limit ``max_bad`` is checked by
+        each process against the files it knows of: those it met, and those every process had
+        met by the last checkpoint (a file met by two processes in between is named by both)."""
         from rescompile.harness.distributed import current
 
-        rank0 = current().rank == 0  # torchrun or jax.distributed: rank 0 alone reports
+        launch = current()
+        who = f"process {launch.rank} of {launch.world_size}: " if launch.world_size > 1 else ""
         with self._lock:
             for name, why in bad:
                 if name in self.bad:
                     continue
                 self.bad[name] = why
-                if rank0:
-                    print(
-                        f"warning: skipped an unreadable image {name} ({why}); "
-                        f"{len(self.bad)} so far",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                print(
+                    f"warning: {who}skipped an unreadable image {name} ({why}); "
+                    f"{len(self.bad)} so far",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if len(self.bad) > self.max_bad:
                 first, why = next(iter(self.bad.items()))
                 raise DataError(
@@ -740,13 +751,15 @@ class ImageSource:
                 )
 
     def state(self) -> dict[str, Any]:
-        """The unreadable files met so far, ``{name: why}``: a resumed run keeps counting."""
+        """The unreadable files met so far, ``{name: why}``: a resumed run keeps counting (under
+        several processes, the driver gathers every process's before rank 0 writes it)."""
         with self._lock:
             return {"unreadable": dict(self.bad)}
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Take back the unreadable files of :meth:`state` (a malformed entry is ignored: the
-        file will be met, named and counted again)."""
+        """Take back the unreadable files of :meth:`state`, a checkpoint's or another
+        process's, adding them to those already known (a malformed entry is ignored: the file
+        will be met, named and counted again)."""
         unreadable = state.get("unreadable") if isinstance(state, dict) else None
         if not isinstance(unreadable, dict):
             return

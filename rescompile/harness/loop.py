@@ -271,6 +271,7 @@ class _Session:
             with self.guard:
                 self._loop()
             train_loss, train_correct, train_count = self.rt.evaluate("train", self.p.eval_batch)
+            self._gather_data_state()  # the summary's skipped_images: every rank's files
         except KeyboardInterrupt:
             self._save_on_interrupt()
             self._close_log()
@@ -623,10 +624,22 @@ class _Session:
             self.rt.load_state_dict(state)
         return {"ema_test_loss": loss_sum / count, "ema_test_error": 1.0 - correct / count}
 
+    def _gather_data_state(self) -> None:
+        """Give every rank the data source's state of all ranks (a collective: every rank calls
+        it at the same point): each rank decodes only its share of every batch, so the
+        unreadable files one rank met are unknown to the others until then. Each rank's state is
+        restored into the source, which merges (:meth:`DataSource.restore`)."""
+        gather = getattr(self.rt, "all_gather", None)
+        if self.rt.world_size == 1 or gather is None:
+            return
+        for state in gather(self.dataset.state()):
+            self.dataset.restore(state)
+
     def _save(self) -> None:
         from rescompile.harness.checkpoint import save_checkpoint
 
         step = self.step
+        self._gather_data_state()  # before rank 0 writes it: the files every rank met
         if self.rank0:
             state = {
                 "step": step,

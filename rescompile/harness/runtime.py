@@ -237,6 +237,10 @@ class Runtime(Protocol):
 
     # Optional: ``predict(split, batch_size)`` yields the float32 logits of a whole split,
     # batch by batch in order, in evaluation mode (``rescompile eval``; both built-ins have it).
+    # Optional: ``all_gather(value)``, with ``world_size > 1``: every rank's ``value`` (JSON:
+    # dicts, lists, strings, numbers), a list in rank order; a collective, so every rank calls it
+    # at the same point (both built-ins have it). The driver gathers the data source's state with
+    # it (the unreadable files each rank met); a runtime without it leaves that to rank 0's own.
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Model tensors and ``optim/...`` momentum buffers in the portable layout."""

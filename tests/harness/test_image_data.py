@@ -64,6 +64,27 @@ def make_folder(root: Path, per_class: int = 8, val: int = 3, seed: int = 0) -> 
     return root
 
 
+def make_corrupt_folder(root: Path) -> tuple[Path, list[str]]:
+    """:func:`make_folder` with two more corrupt ``.jpg`` files in train, and the names of its
+    three. Train's 30 images, sorted by class then name, put them at positions 4, 15 and 29.
+    Process 1 of 2 alone meets position 15: the first 6 batches of 8 of seed 0 give it to
+    process 1 (each process takes its contiguous half of a batch; worked out by hand from
+    ``epoch_permutation``), and the final evaluation of the training split too (alternate images
+    under torch, halves under flax), each process meeting others there."""
+    make_folder(root)
+    for extra in ("cat/003b.jpg", "dog/004b.jpg"):
+        (root / "train" / extra).write_bytes(b"\xff\xd8\xff\xe0 not a JPEG either")
+    return root, ["003b.jpg", "004b.jpg", "corrupt.jpg"]
+
+
+def named_unreadable(stderr: str, who: str = "") -> list[str]:
+    """The file names of the ``warning: {who}skipped an unreadable image PATH (why)`` lines."""
+    lead = f"warning: {who}skipped an unreadable image "
+    lines = [line for line in stderr.splitlines() if "skipped an unreadable image" in line]
+    assert all(line.startswith(lead) for line in lines), lines
+    return sorted(Path(line.removeprefix(lead).split(" (")[0]).name for line in lines)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     return make_folder(tmp_path_factory.mktemp("images") / "data")
@@ -633,13 +654,15 @@ def test_sigkill_then_resume_from_an_image_folder_ends_bitwise_equal(
     assert json.loads((victim / "summary.json").read_text())["skipped_images"] == 1
 
 
-def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_path, env, folder):
+def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_path, env):
     """The two-node job of README (two torchrun launches of one process each, gloo, standing in
     for two machines) from an image folder, with the paper's scale augmentation: each rank
     decodes its half of every global batch, and the run is the single-process run up to
-    float32 summation order (the bound of test_train_runs.py's DDP test)."""
+    float32 summation order (the bound of test_train_runs.py's DDP test). The unreadable files
+    the two ranks met are counted together, as the single process counts them."""
     from rescompile.harness.checkpoint import load_checkpoint
 
+    folder, corrupt = make_corrupt_folder(tmp_path / "data")
     env = dict(env, RESCOMPILE_DATA_WORKERS="0")
     args = ["train", DIGITS, *set_args(FIT)]
     args += ["--data", f"imagefolder:{folder}", "--recipe", "paper-imagenet", "--batch-size", "8"]
@@ -653,12 +676,30 @@ def test_torchrun_over_two_nodes_trains_from_an_image_folder_as_one_process(tmp_
 
     alone = start([sys.executable, "-m", "rescompile", *args, "--out", str(single)])
     launches = [start(torchrun(*args, "--out", str(nodes), node=(r, port))) for r in (0, 1)]
+    errors = []
     for p in (*launches, alone):
-        assert p.wait(timeout=600) == 0, p.communicate()[1][-3000:]
+        err = p.communicate(timeout=600)[1]
+        assert p.returncode == 0, err[-3000:]
+        errors.append(err)
     s = json.loads((nodes / "summary.json").read_text())
     assert s["world_size"] == 2 and s["settings"]["process_group"] == "gloo"
     assert s["status"] == "completed" and s["steps"] == 6
     assert (nodes / "classes.txt").read_text() == "cat\ndog\neel\n"
     tensors, meta = load_checkpoint(nodes)
     assert meta["state"]["world_size"] == 2 and meta["state"]["step"] == 6
-    assert max_rel_diff(tensors, load_checkpoint(single)[0]) < 1e-3
+    reference, meta_single = load_checkpoint(single)
+    assert max_rel_diff(tensors, reference) < 1e-3
+    # Each rank names, prefixed with its rank, the unreadable files it meets before it knows of
+    # them; the final evaluation of the training split meets all three, so between them the
+    # ranks name all three; a single process names each once, unprefixed
+    named = [named_unreadable(err, f"process {r} of 2: ") for r, err in enumerate(errors[:2])]
+    assert sorted(set(named[0] + named[1])) == corrupt
+    assert "004b.jpg" in named[1] and "004b.jpg" not in named[0]  # rank 1's alone
+    assert named_unreadable(errors[2]) == corrupt
+    # The run counts the files both ranks met, not rank 0's two; the checkpoint (step 6,
+    # before the final evaluation) keeps the files that the single process met in the same
+    # batches: those both ranks met between them
+    assert s["skipped_images"] == len(corrupt)
+    assert json.loads((single / "summary.json").read_text())["skipped_images"] == len(corrupt)
+    unreadable = meta["state"]["data"]["unreadable"]
+    assert sorted(unreadable) == sorted(meta_single["state"]["data"]["unreadable"])

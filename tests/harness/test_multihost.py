@@ -338,10 +338,11 @@ def test_two_hosts_train_like_one_process_and_resume(tmp_path, env):
 @pytest.mark.slow
 def test_two_hosts_stream_an_image_folder_like_one_process(tmp_path, env):
     """Streamed data: each process decodes only its share of every training batch and of every
-    evaluation batch; the run is the single-process run with two devices."""
-    from tests.harness.test_image_data import FIT, make_folder
+    evaluation batch; the run is the single-process run with two devices, and counts the
+    unreadable files both processes met as that run does."""
+    from tests.harness.test_image_data import FIT, make_corrupt_folder, named_unreadable
 
-    folder = make_folder(tmp_path / "data")
+    folder, corrupt = make_corrupt_folder(tmp_path / "data")
     args = ["train", DIGITS, *set_args(FIT), "--backend", "flax"]
     args += ["--data", f"imagefolder:{folder}", "--batch-size", "8", "--steps", "6", "--quiet"]
     e = {**env, "RESCOMPILE_DATA_WORKERS": "0"}
@@ -354,7 +355,8 @@ def test_two_hosts_stream_an_image_folder_like_one_process(tmp_path, env):
             for i in (0, 1)
         ),
     ]
-    for code, _, err in _finish(procs):
+    finished = _finish(procs)
+    for code, _, err in finished:
         assert code == 0, err[-3000:]
     hosts, devices = (
         json.loads((tmp_path / r / "summary.json").read_text())
@@ -364,5 +366,17 @@ def test_two_hosts_stream_an_image_folder_like_one_process(tmp_path, env):
     # the evaluation sums each process's share of the 9 validation images (padded to 10)
     for key in ("final_test_error", "final_test_loss", "final_train_error"):
         assert hosts[key] == pytest.approx(devices[key], rel=1e-6, abs=1e-7), key
-    a, b = (load_checkpoint(tmp_path / r)[0] for r in ("two-hosts", "two-devices"))
+    (a, meta_a), (b, meta_b) = (load_checkpoint(tmp_path / r) for r in ("two-hosts", "two-devices"))
     assert _max_rel_diff(a, b) <= 1e-6  # as above: the same program, two-way sums
+    # unreadable files: each process names those it meets first, with its id; process 1 alone
+    # meets one of the three (make_corrupt_folder); the run counts all three, as one process
+    # does, and the checkpoint (step 6, before the final evaluation) keeps those the one
+    # process met in the same batches
+    named = [
+        named_unreadable(err, f"process {i} of 2: ") for i, (_, _, err) in enumerate(finished[1:])
+    ]
+    assert sorted(set(named[0] + named[1])) == corrupt
+    assert "004b.jpg" in named[1] and "004b.jpg" not in named[0]
+    assert hosts["skipped_images"] == devices["skipped_images"] == len(corrupt)
+    unreadable = meta_a["state"]["data"]["unreadable"]
+    assert sorted(unreadable) == sorted(meta_b["state"]["data"]["unreadable"])
