@@ -9,10 +9,15 @@ jax itself turns most rendezvous failures into a fatal abort with a C++ stack tr
   timeout (process 0 not started, a wrong address, a firewall);
 - once joined, the processes exchange their ``--num-processes`` and refuse a mismatch.
 
-What remains to jax is a process that never arrives (a count larger than the processes
-started): the others wait ``initialization_timeout`` seconds, then jax stops them. A process
-lost mid-run makes the others' next collective fail: :func:`lost_peer` recognises that, so the
-CLI says it in one line (:func:`rescompile.harness.distributed.failed`).
+A process that never arrives (a count larger than the processes started) keeps the others in
+jax's join, in C++, where no Python exception reaches them, until jax aborts them at its
+``initialization_timeout``; so jax is given the timeout plus :data:`JAX_DEADLINE_MARGIN_S`, and
+at the timeout a timer thread prints one line (``error: process I of N: not all N processes
+joined ...``) and ends the process with status 1. What remains to jax is a process whose id is
+past process 0's count (process 0 started with a smaller ``--num-processes``): the coordinator
+refuses it at once and jax aborts it with a C++ stack trace. A process lost mid-run makes the
+others' next collective fail: :func:`lost_peer` recognises that, so the CLI says it in one line
+(:func:`rescompile.harness.distributed.failed`).
 
 On CPUs the cross-process collectives are gloo's (``jax_cpu_collectives_implementation``,
 jax 0.10.2's default; set here when a configuration turned it off).
@@ -25,7 +30,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +41,7 @@ __all__ = ["all_gather_json", "initialize", "joined", "lost_peer"]
 
 PEER_LOST = ("Gloo", "NCCL", "Connection closed", "Connection reset", "connection reset")
 NOTICE_AFTER_S = 10.0  # say what is being waited for when joining takes longer than this
+JAX_DEADLINE_MARGIN_S = 60  # jax's own join deadline is this long after ours (see initialize)
 
 
 def initialize(
@@ -45,7 +51,11 @@ def initialize(
     settings not given (SLURM, Open MPI, Cloud TPU, Kubernetes)."""
     import jax
 
-    from rescompile.harness.distributed import check_port_free, wait_for_coordinator
+    from rescompile.harness.distributed import (
+        TIMEOUT_VARIABLE,
+        check_port_free,
+        wait_for_coordinator,
+    )
 
     if (joined_already := joined()) is not None:
         return joined_already
@@ -68,9 +78,27 @@ def initialize(
     )
     notice.daemon = True
     notice.start()
+    if num_processes is None:
+        missing = (
+            f"the processes of the job did not all join at the coordinator within {timeout} s: "
+            "start every one"
+        )
+    else:
+        missing = (
+            f"not all {num_processes} processes joined at {address} within {timeout} s: start "
+            f"every one (--process-id 0 to {num_processes - 1}) with the same --coordinator and "
+            f"--num-processes"
+        )
+    disarm = _exit_after(
+        timeout, f"{who}{missing}, or raise {TIMEOUT_VARIABLE} if they start later"
+    )
     try:
+        # jax's own deadline comes later: at it, jax aborts the process with a C++ stack trace
         jax.distributed.initialize(
-            address, num_processes, process_id, initialization_timeout=timeout
+            address,
+            num_processes,
+            process_id,
+            initialization_timeout=timeout + JAX_DEADLINE_MARGIN_S,
         )
     except (ValueError, TypeError) as exc:
         if address is None:  # jax found no cluster to read the settings from
@@ -83,11 +111,41 @@ def initialize(
     except RuntimeError as exc:
         raise UserError(f"jax.distributed.initialize failed: {_first_line(exc)}") from None
     finally:
+        disarm()
         notice.cancel()
 
     rank, world = jax.process_index(), jax.process_count()
     _check_counts(world if num_processes is None else num_processes, world)
     return rank, world
+
+
+def _exit_after(seconds: float, line: str) -> Callable[[], None]:
+    """Print ``error: line`` and end the process (status 1) after ``seconds``, unless the
+    function returned is called first. jax.distributed.initialize waits in C++, where no
+    exception reaches it, and aborts the process with a fatal C++ log at its own deadline."""
+    lock = threading.Lock()
+    disarmed = False
+
+    def expire() -> None:
+        with lock:
+            if disarmed:
+                return
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+    def disarm() -> None:
+        nonlocal disarmed
+        with lock:  # an expiry already under way ends the process first
+            disarmed = True
+        timer.cancel()
+
+    return disarm
 
 
 def joined() -> tuple[int, int] | None:

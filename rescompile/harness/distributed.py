@@ -121,8 +121,11 @@ def initialize(
     from SLURM, Open MPI, Cloud TPU or Kubernetes. Every problem that can be seen before the
     processes meet is a one-line :class:`UserError`: a bad address, a process id out of range,
     a coordinator that does not answer within ``timeout`` seconds, processes started with
-    different ``--num-processes``. Calling it again returns the same launch; called without
-    arguments after the script called ``jax.distributed.initialize`` itself, it adopts that."""
+    different ``--num-processes``. Processes that do not all join within ``timeout`` seconds
+    (more asked for than started) end the process with one line (``error: ...``, status 1)
+    where jax would abort it with a C++ stack trace. Calling it again returns the same launch;
+    called without arguments after the script called ``jax.distributed.initialize`` itself, it
+    adopts that."""
     global _jax_launch
     if _jax_launch is not None:
         return _jax_launch

@@ -2,9 +2,10 @@
 machine standing in for two hosts: one CPU device each, a localhost coordinator on a free port,
 gloo for the cross-process collectives.
 
-The default suite checks the launch: the options' one-line errors, two processes joining, and
-mismatched process counts refused on both. The slow test trains: two processes equal the
-single-process run of the same global batch, only process 0 writes, kill -9 and --resume.
+The default suite checks the launch: the options' one-line errors, two processes joining,
+mismatched process counts refused on both, and a process that never joins reported in one line.
+The slow test trains: two processes equal the single-process run of the same global batch, only
+process 0 writes, kill -9 and --resume.
 """
 
 from __future__ import annotations
@@ -139,6 +140,27 @@ def test_cli_launch_errors_are_one_line(tmp_path, env):
         assert code == 1, (name, err)
         assert err.startswith("error: ") and err.count("\n") == 1, (name, err)
         assert expected[name] in err, (name, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_process_that_never_joins_stops_the_others_in_one_line(tmp_path, env):
+    """Two processes started for a run of three: jax waits for the third in C++ and, at its
+    deadline, aborts each with a C++ stack trace; instead, at $RESCOMPILE_JAX_INIT_TIMEOUT,
+    each says in one line that not every process joined, and exits with status 1."""
+    port = free_port()
+    train = ["train", *SMALL, "--backend", "flax", "--steps", "2", "--out", str(tmp_path / "run")]
+    began = time.monotonic()
+    quick = {**env, distributed.TIMEOUT_VARIABLE: "3"}
+    results = _finish([start(*train, *_host(i, port, 3), env=quick) for i in (0, 1)])
+    assert time.monotonic() - began >= 3  # each waited the timeout for the third
+    for i, (code, out, err) in enumerate(results):
+        assert code == 1 and out == "", err
+        assert [line for line in err.splitlines() if line.startswith("error")] == [
+            f"error: process {i} of 3: not all 3 processes joined at 127.0.0.1:{port} within "
+            "3 s: start every one (--process-id 0 to 2) with the same --coordinator and "
+            "--num-processes, or raise RESCOMPILE_JAX_INIT_TIMEOUT if they start later"
+        ], err
+        assert "Check failure" not in err and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()
 
 
