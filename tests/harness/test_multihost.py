@@ -30,6 +30,7 @@ from tests.harness.common import (
     ROOT,
     SMALL,
     TINY,
+    assert_same_early_losses,
     free_port,
     max_rel_diff,
     set_args,
@@ -350,11 +351,9 @@ def test_two_hosts_train_like_one_process_and_resume(tmp_path, env):
     # added, by gloo here, in process there: a + b either way (measured: bitwise equal). The
     # bound leaves room for a collective that rounds once more.
     assert _max_rel_diff(tensors, load_checkpoint(two_dev)[0]) <= 1e-6
-    # One device sums the whole batch in another order: float32 rounding (about 1e-7 per sum)
-    # that 40 steps of SGD amplify (measured 7e-7 on x86-64); the bound is the
-    # torchrun test's. Feeding the wrong half of a batch, or the same half twice, breaks it.
-    summed = _max_rel_diff(tensors, load_checkpoint(single)[0])
-    assert summed < 1e-3, summed
+    # One device sums the whole batch in another order: the losses of the first steps agree
+    # (tests/harness/common.py, early_loss_gaps, says why the final weights need not)
+    assert_same_early_losses(run, single)
 
 
 @pytest.mark.slow

@@ -27,7 +27,9 @@ from tests.harness.common import (
     SMALL,
     THIRTY_STEPS,
     TINY,
+    assert_same_early_losses,
     cli,
+    early_loss_gaps,
     free_port,
     max_rel_diff,
     start,
@@ -363,11 +365,9 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
     assert meta["state"]["world_size"] == 2 and meta["state"]["step"] == 20
     assert sorted(q.name for q in tmp_path.iterdir()) == ["ddp", "single"]  # rank 1 wrote nothing
     assert alone.wait(timeout=600) == 0, alone.communicate()[1]
-    reference, _ = load_checkpoint(single)
-    synced = max_rel_diff(tensors, reference)
-    # float32 sums in another order: 2e-6 after 2 steps, about 2e-4 after these 20 (training
-    # amplifies rounding; measured on x86-64); per-rank statistics give 0.9 (below)
-    assert synced < 1e-3, synced
+    # float32 sums in another order: the first losses agree (early_loss_gaps in common.py says
+    # why the weights after 20 steps need not, on every machine); per-rank statistics: below
+    assert_same_early_losses(run, single)
 
     # the same job over two "nodes": two torchrun launches of one process each, the commands two
     # machines would run (README); rank 1 on the second node trains its half of every batch
@@ -387,7 +387,8 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
         assert launch.wait(timeout=600) == 0, launch.communicate()[1][-3000:]
     s = json.loads((nodes_run / "summary.json").read_text())
     assert s["world_size"] == 2 and s["status"] == "completed"
-    assert max_rel_diff(load_checkpoint(nodes_run)[0], reference) < 1e-3
+    # the same two ranks and the same gloo sums as the one-node job: the same run
+    assert max_rel_diff(load_checkpoint(nodes_run)[0], tensors) <= 1e-6
 
     unsynced_run = tmp_path / "ddp-no-sync"
     cmd = torchrun(*DDP, "--no-sync-bn", "--out", str(unsynced_run))
@@ -395,8 +396,8 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path, env):
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((unsynced_run / "summary.json").read_text())
     assert s["settings"]["sync_bn"] is False
-    unsynced = max_rel_diff(load_checkpoint(unsynced_run)[0], reference)
-    assert unsynced > 30 * synced, (unsynced, synced)
+    # statistics of half a batch change the network's function from step 1 on
+    assert early_loss_gaps(unsynced_run, single, 1)[0] > 30 * 1e-6
 
 
 def test_flax_data_parallel_over_two_host_devices(tmp_path, env):
