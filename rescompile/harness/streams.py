@@ -24,7 +24,9 @@ examples a step needs and which are already consumed. Resuming in the middle of 
 opens only the shards that still hold needed examples (the few being read and those with
 examples still in the buffer), reads each from its start, and keeps only what is needed: the
 batches are bitwise those of an uninterrupted run, at the cost of re-reading a few shards.
-Memory is bounded by the buffer plus the batches in flight, whatever the data set's size.
+Memory is bounded by the buffer, the batches in flight and :data:`READ_AHEAD` examples per open
+shard (each is read by a thread of its own, so the shards download at once), whatever the data
+set's size. A remote read that fails is tried again (:data:`RETRIES`) from where it stopped.
 
 Decoding and augmentation are those of :mod:`rescompile.harness.images`, in the same worker
 processes; only the bytes come from the stream. Only the standard library is used (``tarfile``
@@ -210,13 +212,15 @@ def read_shard_index(location: str) -> ShardIndex:
 def write_shard_index(
     path: str | Path, urls: list[str], labels: list[list[int]], name: str
 ) -> None:
-    """Write a shard index (wids's format with each shard's labels)."""
+    """Write a shard index (wids's format with each shard's labels), atomically."""
     shardlist = [
         {"url": url, "nsamples": len(classes), "labels": classes}
         for url, classes in zip(urls, labels, strict=True)
     ]
+    from rescompile.files import write_file
+
     data = {"__kind__": INDEX_KIND, "wids_version": 1, "name": name, "shardlist": shardlist}
-    Path(path).write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
+    write_file(path, json.dumps(data, separators=(",", ":")) + "\n")  # atomic, no links
 
 
 def _val_location(location: str) -> str:
