@@ -695,7 +695,6 @@ class ImageSource:
         """This rank's batch of every global step from ``start`` on, augmented with
         ``augmentation`` (one of :data:`TRAIN_AUGMENTATIONS`; None: ``random_resized_crop``)
         when ``augment``."""
-        from rescompile.harness.runtime import Batch
 
         if batch_size % world_size:
             raise ValueError(f"a batch of {batch_size} does not split over {world_size} ranks")
@@ -709,7 +708,13 @@ class ImageSource:
             rank,
             world_size,
         )
-        pipeline = self._pipeline(loader, start)
+        return self._batches(self._pipeline(loader, start))
+
+    def _batches(self, pipeline: _Prefetcher) -> Iterator[Any]:
+        """The pipeline's batches as the loop takes them, its unreadable files counted; the
+        pipeline is closed with the source."""
+        from rescompile.harness.runtime import Batch
+
         self._iterators.append(pipeline)
         for item in pipeline:
             self.note_bad(item["bad"])

@@ -896,7 +896,6 @@ class StreamSource(ImageSource):
     ) -> Iterator[Any]:
         """This rank's batch of every global step from ``start`` on (see the module)."""
         from rescompile.harness.images import _check_augmentation, _Prefetcher
-        from rescompile.harness.runtime import Batch
 
         if batch_size % world_size:
             raise ValueError(f"a batch of {batch_size} does not split over {world_size} ranks")
@@ -921,11 +920,7 @@ class StreamSource(ImageSource):
             first = index * per
             return step, epoch, first, reader.take(epoch, range(first, first + per))
 
-        pipeline = _Prefetcher(loader, start, self.workers, self.prefetch, task=task)
-        self._iterators.append(pipeline)
-        for item in pipeline:
-            self.note_bad(item["bad"])
-            yield Batch(item["step"], item["index"], images=item["images"], labels=item["labels"])
+        return self._batches(_Prefetcher(loader, start, self.workers, self.prefetch, task=task))
 
     def close(self) -> None:
         super().close()
