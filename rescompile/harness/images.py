@@ -695,7 +695,6 @@ class ImageSource:
         """This rank's batch of every global step from ``start`` on, augmented with
         ``augmentation`` (one of :data:`TRAIN_AUGMENTATIONS`; None: ``random_resized_crop``)
         when ``augment``."""
-
         if batch_size % world_size:
             raise ValueError(f"a batch of {batch_size} does not split over {world_size} ranks")
         augmentation = _check_augmentation(augmentation)

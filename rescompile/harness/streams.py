@@ -36,6 +36,7 @@ in stream mode, ``urllib``, ``subprocess``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -120,14 +121,19 @@ class ShardIndex:
     labels: tuple[np.ndarray, ...]  # int64, one array per shard
     where: str
 
-    @property
+    @functools.cached_property
     def counts(self) -> np.ndarray:
         return np.array([len(a) for a in self.labels], np.int64)
 
-    @property
+    @functools.cached_property
     def starts(self) -> np.ndarray:
         """The global number of each shard's first example (``len(urls) + 1`` entries)."""
         return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+    @functools.cached_property
+    def shard_of(self) -> np.ndarray:
+        """The shard of each example (by global number)."""
+        return np.repeat(np.arange(len(self.counts)), self.counts)
 
     def all_labels(self) -> np.ndarray:
         return np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
@@ -569,8 +575,7 @@ class _RankReader:
         lookahead: int,
     ) -> None:
         self.index, self.seed, self.rank = index, seed, rank
-        self.counts, self.starts = index.counts, index.starts
-        self.shard_of = np.repeat(np.arange(len(self.counts)), self.counts)
+        self.counts, self.starts, self.shard_of = index.counts, index.starts, index.shard_of
         self.shards = rank_shards(self.counts, rank, world_size)
         self.used, self.start, self.lookahead = used, start, lookahead
         self.taken = start  # the next global position to hand out
@@ -745,7 +750,7 @@ class _StreamImages:
         self.dtype = np.dtype(np.uint8)
         self.shape = (n, *source.input_shape)
         self.ndim = 4
-        self.shard_of = np.repeat(np.arange(len(index.counts)), index.counts)
+        self.shard_of = index.shard_of
         self.stream: Iterator[Any] | None = None
         self.next = 0  # the global number of the stream's next example
         self.first: tuple[bytes, str] | None = None
